@@ -1,0 +1,1 @@
+"""reid.metrics package."""

@@ -1,0 +1,1 @@
+"""reid.models package."""
