@@ -1,0 +1,332 @@
+"""Default configuration: every key with a comment.
+
+YAML files under ``configs/`` override these defaults and the command line overrides the YAML
+(``KEY VALUE`` pairs, e.g. ``OPTIM.MAX_EPOCH 5``). The config is frozen before use. Only the tools
+and the engine builders read it; library classes take plain keyword arguments.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from typing import Any, Iterable, Sequence
+
+import yaml
+from yacs.config import CfgNode as CN
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+_C = CN()
+
+# Folder for everything a run writes: checkpoints, TensorBoard logs, metrics.json, explanations.
+_C.OUTPUT_DIR = "output/default"
+# Seed of Python, NumPy and torch RNGs (data sampling, augmentation, initialisation).
+_C.SEED = 0
+# "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+_C.DEVICE = "auto"
+# Threads torch may use on the CPU; 0 keeps torch's default.
+_C.NUM_THREADS = 0
+
+# ---------------------------------------------------------------------------------------------
+_C.DATA = CN()
+# Root folder of the datasets (each dataset documents its sub-folder layout).
+_C.DATA.ROOT = "reid-data"
+# Training dataset names registered with torchreid (ours: synthetic, cuhk03_np_labeled, ...).
+_C.DATA.SOURCES = ["synthetic"]
+# Test dataset names; empty means the same as SOURCES.
+_C.DATA.TARGETS = []
+# Input height and width in pixels (the paper recipe uses 384 x 128).
+_C.DATA.HEIGHT = 256
+_C.DATA.WIDTH = 128
+# Training augmentations from torchreid's build_transforms (random_flip, random_crop,
+# random_patch, color_jitter, random_erase).
+_C.DATA.TRANSFORMS = ["random_flip"]
+# Normalisation mean and std (ImageNet's by default).
+_C.DATA.NORM_MEAN = [0.485, 0.456, 0.406]
+_C.DATA.NORM_STD = [0.229, 0.224, 0.225]
+# DataLoader worker processes (0 loads in the main process).
+_C.DATA.WORKERS = 2
+# Train on train + query + gallery of the sources (torchreid's combineall).
+_C.DATA.COMBINEALL = False
+# What to do with an unreadable or truncated image: "error" stops with its path, "skip" drops
+# it from the split and logs how many were dropped.
+_C.DATA.ON_BAD_IMAGE = "error"
+
+# Synthetic dataset (reid/data/synthetic.py): generated once under ROOT/synthetic/<variant>.
+_C.DATA.SYNTHETIC = CN()
+# Number of identities (half train, half test).
+_C.DATA.SYNTHETIC.NUM_IDS = 300
+# Number of cameras.
+_C.DATA.SYNTHETIC.NUM_CAMS = 6
+# Images per identity (spread over the cameras).
+_C.DATA.SYNTHETIC.IMAGES_PER_ID = 20
+# Rendered image height and width in pixels.
+_C.DATA.SYNTHETIC.IMG_HEIGHT = 128
+_C.DATA.SYNTHETIC.IMG_WIDTH = 64
+# Seed of the generator (identities, cameras, images).
+_C.DATA.SYNTHETIC.SEED = 0
+
+# ---------------------------------------------------------------------------------------------
+_C.SAMPLER = CN()
+# torchreid train sampler: RandomIdentitySampler (P x K batches, needed by the triplet loss) or
+# RandomSampler.
+_C.SAMPLER.TRAIN = "RandomIdentitySampler"
+# K: images per identity in a training batch.
+_C.SAMPLER.NUM_INSTANCES = 4
+# Training batch size (P x K).
+_C.SAMPLER.BATCH_SIZE_TRAIN = 32
+# Batch size for feature extraction at test time.
+_C.SAMPLER.BATCH_SIZE_TEST = 64
+
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# Registered model name (reid.models.create_model).
+_C.MODEL.NAME = "pcb"
+# Trunk: resnet18, resnet34 or resnet50.
+_C.MODEL.BACKBONE = "resnet50"
+# Number of horizontal stripes P.
+_C.MODEL.NUM_STRIPES = 6
+# Channels of each reduced stripe feature (1x1 conv + BN + ReLU).
+_C.MODEL.REDUCED_DIM = 256
+# Dropout before each stripe's reduction.
+_C.MODEL.DROPOUT = 0.5
+# Stride of layer4's first block (1 doubles the map's resolution, as PCB does).
+_C.MODEL.LAST_STRIDE = 1
+# Test embedding: "pooled" (normalised pooled layer4 stripes, P x C) or "reduced"
+# (normalised reduced stripes, P x REDUCED_DIM).
+_C.MODEL.TEST_FEATURE = "pooled"
+# Local file of ImageNet weights for the trunk (a torchvision state dict). Empty: look in the
+# torchvision cache; none found: random initialisation (logged). Never downloaded.
+_C.MODEL.PRETRAINED_PATH = ""
+# Use ImageNet weights at all (False: always random initialisation).
+_C.MODEL.PRETRAINED = True
+
+# ---------------------------------------------------------------------------------------------
+_C.LOSS = CN()
+# Weight of the ID loss (mean over stripes of cross-entropy).
+_C.LOSS.ID_WEIGHT = 1.0
+# Label smoothing epsilon of the ID loss (0 disables).
+_C.LOSS.LABEL_SMOOTH = 0.0
+# Weight of the batch-hard triplet loss on the concatenated reduced stripe features.
+_C.LOSS.TRIPLET_WEIGHT = 1.0
+# Margin of the triplet loss.
+_C.LOSS.TRIPLET_MARGIN = 0.3
+
+# ---------------------------------------------------------------------------------------------
+_C.OPTIM = CN()
+# Optimiser: sgd or adam.
+_C.OPTIM.NAME = "sgd"
+# Learning rate of the new layers (stripe reductions and classifiers).
+_C.OPTIM.LR = 0.1
+# Multiplier of LR for the pretrained trunk (PCB: 0.1).
+_C.OPTIM.TRUNK_LR_MULT = 0.1
+# Weight decay.
+_C.OPTIM.WEIGHT_DECAY = 5e-4
+# SGD momentum.
+_C.OPTIM.MOMENTUM = 0.9
+# Adam betas.
+_C.OPTIM.ADAM_BETAS = [0.9, 0.999]
+# Learning-rate schedule: "single_step", "multi_step" or "cosine".
+_C.OPTIM.SCHEDULER = "single_step"
+# Epochs at which the step schedules multiply the rate by GAMMA.
+_C.OPTIM.STEPSIZE = [40]
+# Factor of the step schedules.
+_C.OPTIM.GAMMA = 0.1
+# Number of training epochs.
+_C.OPTIM.MAX_EPOCH = 60
+
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+# Evaluate every N epochs during training (0: only after the last epoch).
+_C.TEST.EVAL_FREQ = 0
+# Distance between test embeddings: "euclidean" (squared, as torchreid) or "cosine".
+_C.TEST.DIST_METRIC = "euclidean"
+# L2-normalise the test embeddings before computing distances.
+_C.TEST.NORMALIZE_FEATURE = False
+# CMC ranks reported in the log and in metrics.json.
+_C.TEST.RANKS = [1, 5, 10, 20]
+# CUHK03 single-gallery-shot metric instead of the Market-1501 protocol.
+_C.TEST.METRIC_CUHK03 = False
+# Apply k-reciprocal re-ranking (Zhong et al., CVPR 2017) to the distance matrix.
+_C.TEST.RERANK = False
+
+# ---------------------------------------------------------------------------------------------
+_C.TRAIN = CN()
+# Log the running losses every N iterations.
+_C.TRAIN.PRINT_FREQ = 10
+# Write a checkpoint every N epochs (the last epoch is always written).
+_C.TRAIN.CHECKPOINT_FREQ = 1
+
+
+def get_default_config() -> CN:
+    """Returns a fresh, unfrozen copy of the defaults."""
+    return _C.clone()
+
+
+def _all_keys(node: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, CN):
+            keys.extend(_all_keys(value, full + "."))
+    return keys
+
+
+def _unknown_key_error(key: str, cfg: CN, source: str) -> ConfigError:
+    valid = _all_keys(cfg)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}' in {source}{hint}")
+
+
+def _lookup(cfg: CN, key: str, source: str) -> tuple[CN, str]:
+    node = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, CN):
+            raise _unknown_key_error(key, cfg, source)
+        node = child
+    if parts[-1] not in node:
+        raise _unknown_key_error(key, cfg, source)
+    return node, parts[-1]
+
+
+def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
+    """Converts ``value`` to the type of ``default`` where that is unambiguous."""
+    if isinstance(default, CN):
+        raise ConfigError(f"'{key}' in {source} is a section, not a value")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"'{key}' in {source} must be true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{key}' in {source} must be an integer, got {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"'{key}' in {source} must be a number, got {value!r}")
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise ConfigError(f"'{key}' in {source} must be a list, got {value!r}")
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"'{key}' in {source} must be a string, got {value!r}")
+    return value
+
+
+def _flatten(mapping: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in mapping.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, full + ".")
+        else:
+            yield full, value
+
+
+def _set(cfg: CN, key: str, value: Any, source: str) -> None:
+    node, leaf = _lookup(cfg, key, source)
+    node[leaf] = _coerce(value, node[leaf], key, source)
+
+
+def merge_from_file(cfg: CN, path: str) -> None:
+    """Merges a YAML file into ``cfg``; unknown keys raise :class:`ConfigError`."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    for key, value in _flatten(data):
+        _set(cfg, key, value, path)
+
+
+def _parse_literal(text: str) -> Any:
+    """Parses a command-line value: Python/YAML literal where possible, else the raw string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def merge_from_list(cfg: CN, opts: Sequence[str]) -> None:
+    """Merges ``KEY VALUE`` pairs from the command line into ``cfg``."""
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
+    for key, text in zip(opts[0::2], opts[1::2]):
+        node, leaf = _lookup(cfg, key, "the command line")
+        value = _parse_literal(text)
+        if isinstance(node[leaf], str) and not isinstance(value, str):
+            value = text
+        node[leaf] = _coerce(value, node[leaf], key, "the command line")
+
+
+_CHOICES = {
+    "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
+    "MODEL.TEST_FEATURE": ("pooled", "reduced"),
+    "OPTIM.NAME": ("sgd", "adam"),
+    "OPTIM.SCHEDULER": ("single_step", "multi_step", "cosine"),
+    "TEST.DIST_METRIC": ("euclidean", "cosine"),
+    "DATA.ON_BAD_IMAGE": ("error", "skip"),
+    "SAMPLER.TRAIN": ("RandomIdentitySampler", "RandomSampler"),
+}
+
+
+def validate(cfg: CN) -> None:
+    """Checks values that a type alone does not constrain; raises :class:`ConfigError`."""
+    for key, choices in _CHOICES.items():
+        node, leaf = _lookup(cfg, key, "the config")
+        if node[leaf] not in choices:
+            raise ConfigError(f"{key} must be one of {list(choices)}, got {node[leaf]!r}")
+    if not cfg.DATA.SOURCES:
+        raise ConfigError("DATA.SOURCES must name at least one dataset")
+    if cfg.SAMPLER.BATCH_SIZE_TRAIN % cfg.SAMPLER.NUM_INSTANCES:
+        raise ConfigError(
+            f"SAMPLER.BATCH_SIZE_TRAIN ({cfg.SAMPLER.BATCH_SIZE_TRAIN}) must be a multiple of "
+            f"SAMPLER.NUM_INSTANCES ({cfg.SAMPLER.NUM_INSTANCES})"
+        )
+    if cfg.MODEL.NUM_STRIPES < 1:
+        raise ConfigError("MODEL.NUM_STRIPES must be at least 1")
+    if cfg.OPTIM.MAX_EPOCH < 0:
+        raise ConfigError("OPTIM.MAX_EPOCH must be >= 0")
+
+
+def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
+    """Builds the frozen config: defaults, then ``config_file``, then ``opts``.
+
+    Args:
+        config_file: YAML file of overrides, or None.
+        opts: flat ``[KEY, VALUE, KEY, VALUE, ...]`` command-line overrides.
+
+    Raises:
+        ConfigError: unknown key (naming the closest valid key), wrong type or bad value.
+    """
+    cfg = get_default_config()
+    if config_file:
+        merge_from_file(cfg, config_file)
+    merge_from_list(cfg, opts)
+    validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def config_to_dict(cfg: CN) -> dict:
+    """Plain nested dict of ``cfg`` (for metrics.json and checkpoints)."""
+    return {k: config_to_dict(v) if isinstance(v, CN) else v for k, v in cfg.items()}

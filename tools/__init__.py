@@ -1,0 +1,1 @@
+"""Command-line tools (importable so tests can call ``main(argv)``)."""

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint: ``python tools/test.py --config FILE --weights CKPT [KEY VALUE ...]``.
+
+Writes ``OUTPUT_DIR/test_metrics.json`` (same keys as the training run's ``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from reid.config import ConfigError, config_to_dict, load_config  # noqa: E402
+from reid.engine.base import write_json  # noqa: E402
+from reid.engine.builders import build_engine, setup_logging  # noqa: E402
+from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint  # noqa: E402
+
+logger = logging.getLogger("test")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. TEST.RERANK True")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.opts)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from exc
+    setup_logging(cfg.OUTPUT_DIR, "test")
+    engine = build_engine(cfg, progress=not args.no_progress)
+    state = model_state_from_checkpoint(load_checkpoint(args.weights, map_location=engine.device))
+    engine.model.load_state_dict(state)
+    logger.info("loaded weights from %s", args.weights)
+    results = engine.evaluate()
+    first = next(iter(results.values()))
+    content = {**first, "targets": results, "weights": os.path.abspath(args.weights), "config": config_to_dict(cfg)}
+    path = os.path.join(cfg.OUTPUT_DIR, "test_metrics.json")
+    write_json(path, content)
+    logger.info("metrics written to %s", path)
+    return content
+
+
+if __name__ == "__main__":
+    main()
