@@ -1,1 +1,60 @@
-"""reid.losses package."""
+"""Metric losses and similarity mining; pure functions of tensors (imports torch only).
+
+- :mod:`reid.losses.id_loss`: per-stripe cross-entropy (PCB).
+- :mod:`reid.losses.triplet`: pairwise distances, batch-hard mining, batch-hard triplet loss.
+- :mod:`reid.losses.similarity_mining`: soft masks from attention maps, tuples per form, and the
+  similarity-mining losses on masked embeddings (SAM paper, section 3.2).
+- :mod:`reid.losses.terms`: named loss terms and their weighted sum ``L_ml + gamma * L_sm``.
+"""
+
+from reid.losses.id_loss import part_cross_entropy
+from reid.losses.similarity_mining import (
+    FORMS,
+    ROLES,
+    mining_tuples,
+    normalize_maps,
+    quadruplet_mining_loss,
+    quadruplets,
+    siamese_mining_loss,
+    siamese_pairs,
+    similarity_mining_loss,
+    soft_mask,
+    soft_mask_weights,
+    triplet_mining_loss,
+    triplets,
+    upsample_maps,
+)
+from reid.losses.terms import LossTerms, as_floats, combine
+from reid.losses.triplet import (
+    MinedTuples,
+    TripletLoss,
+    batch_hard_mining,
+    batch_hard_triplet_loss,
+    pairwise_euclidean_distance,
+)
+
+__all__ = [
+    "FORMS",
+    "ROLES",
+    "LossTerms",
+    "MinedTuples",
+    "TripletLoss",
+    "as_floats",
+    "batch_hard_mining",
+    "batch_hard_triplet_loss",
+    "combine",
+    "mining_tuples",
+    "normalize_maps",
+    "pairwise_euclidean_distance",
+    "part_cross_entropy",
+    "quadruplet_mining_loss",
+    "quadruplets",
+    "siamese_mining_loss",
+    "siamese_pairs",
+    "similarity_mining_loss",
+    "soft_mask",
+    "soft_mask_weights",
+    "triplet_mining_loss",
+    "triplets",
+    "upsample_maps",
+]

@@ -1,0 +1,338 @@
+"""Similarity mining: soft-masking with attention maps and the losses on masked embeddings.
+
+Pipeline (SAM paper, section 3.2; METHOD.md section 3): the tuples mined for the metric loss
+(:func:`reid.losses.triplet.batch_hard_mining`) give, per role, the indices of the images in
+the batch (:func:`mining_tuples`). Their similarity-attention maps are upsampled to the image
+size, min-max normalised per sample and turned into a soft mask (:func:`soft_mask`). The masked
+images go through the encoder again and their embeddings ``f*`` enter one of the losses below
+(:func:`similarity_mining_loss`).
+
+Roles: ``"anchor"``, ``"positive"`` (Siamese: the positive pair), plus ``"negative"``
+(triplet) or ``"negative1"``, ``"negative2"`` (quadruplet).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from reid.losses.triplet import MinedTuples
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMS",
+    "ROLES",
+    "mining_tuples",
+    "normalize_maps",
+    "quadruplet_mining_loss",
+    "quadruplets",
+    "siamese_mining_loss",
+    "siamese_pairs",
+    "similarity_mining_loss",
+    "soft_mask",
+    "soft_mask_weights",
+    "triplet_mining_loss",
+    "triplets",
+    "upsample_maps",
+]
+
+ROLES: dict[str, tuple[str, ...]] = {
+    "siamese": ("anchor", "positive"),
+    "triplet": ("anchor", "positive", "negative"),
+    "quadruplet": ("anchor", "positive", "negative1", "negative2"),
+}
+"""The roles of each form of similarity mining, in order."""
+
+FORMS: tuple[str, ...] = tuple(ROLES)
+"""The forms of similarity mining: ``"siamese"``, ``"triplet"``, ``"quadruplet"``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Maps and masks
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-sample min-max normalisation of maps to ``[0, 1]``.
+
+    ``(M - min M) / max(max M - min M, eps)``, min and max over the two last (spatial) axes.
+    A constant map becomes all zeros. Differentiable (except at the ties of min and max, as
+    any min/max). A new tensor is returned; ``maps`` is not modified.
+
+    Args:
+        maps: ``(B, h, w)`` (any number of leading axes is accepted).
+        eps: Smallest range used as denominator.
+
+    Returns:
+        ``(B, h, w)`` maps in ``[0, 1]``.
+    """
+    if maps.dim() < 2:
+        raise ValueError(f"expected maps of shape (B, h, w), got {tuple(maps.shape)}")
+    flat = maps.flatten(start_dim=-2)
+    low = flat.min(dim=-1).values[..., None, None]
+    high = flat.max(dim=-1).values[..., None, None]
+    return (maps - low) / (high - low).clamp(min=eps)
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling (``align_corners=False``) of single-channel maps.
+
+    Args:
+        maps: ``(B, h, w)``.
+        size: Target ``(H, W)``.
+
+    Returns:
+        ``(B, H, W)``.
+    """
+    if maps.dim() != 3:
+        raise ValueError(f"expected maps of shape (B, h, w), got {tuple(maps.shape)}")
+    resized = F.interpolate(
+        maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False
+    )
+    return resized.squeeze(1)
+
+
+def soft_mask_weights(
+    maps: torch.Tensor,
+    size: tuple[int, int],
+    omega: float = 10.0,
+    sigma: float = 0.5,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """The multiplicative soft mask ``1 - sigmoid(omega * (M - sigma))`` at image size.
+
+    ``M`` is the map upsampled to ``size`` (bilinear) and then min-max normalised per sample,
+    so high-attention pixels get weights near 0 and low-attention pixels near 1.
+
+    Reference: SAM paper, section 3.2: ``x_hat = x * (1 - Sigma(M))``,
+    ``Sigma(Z) = sigmoid(alpha (Z - beta))`` (``alpha = omega``, ``beta = sigma`` here; the
+    paper does not print its values, the defaults are METHOD.md section 3's).
+
+    Args:
+        maps: ``(B, h, w)`` raw attention maps (any scale).
+        size: Image size ``(H, W)``.
+        omega: Sharpness of the sigmoid.
+        sigma: Threshold in the normalised map.
+        eps: Passed to :func:`normalize_maps`.
+
+    Returns:
+        ``(B, H, W)`` weights in ``(0, 1)``, differentiable w.r.t. ``maps``.
+    """
+    normalized = normalize_maps(upsample_maps(maps, size), eps=eps)
+    return 1.0 - torch.sigmoid(omega * (normalized - sigma))
+
+
+def soft_mask(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    omega: float = 10.0,
+    sigma: float = 0.5,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """Erases the high-attention regions of images with a soft mask.
+
+    ``x_hat = x * (1 - sigmoid(omega * (M - sigma)))``, the mask from
+    :func:`soft_mask_weights` broadcast over the channels.
+
+    Reference: SAM paper, section 3.2.
+
+    Args:
+        images: ``(B, 3, H, W)`` (any number of channels).
+        maps: ``(B, h, w)`` raw attention maps for the same samples.
+        omega: Sharpness of the sigmoid.
+        sigma: Threshold in the normalised map.
+        eps: Passed to :func:`normalize_maps`.
+
+    Returns:
+        ``(B, 3, H, W)`` masked images, differentiable w.r.t. ``images`` and ``maps``.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+    if maps.dim() != 3 or maps.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"expected maps of shape ({images.shape[0]}, h, w), got {tuple(maps.shape)}"
+        )
+    weights = soft_mask_weights(maps, images.shape[-2:], omega=omega, sigma=sigma, eps=eps)
+    return images * weights.unsqueeze(1).to(images.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Tuples
+# --------------------------------------------------------------------------------------------
+
+
+def siamese_pairs(tuples: MinedTuples) -> dict[str, torch.Tensor]:
+    """Positive pairs (anchor, hardest positive): role -> ``(T,)`` batch indices.
+
+    Reference: SAM paper, section 3.2 (Siamese case: positive pairs only).
+    """
+    return {"anchor": tuples.anchor, "positive": tuples.positive}
+
+
+def triplets(tuples: MinedTuples) -> dict[str, torch.Tensor]:
+    """Triplets (anchor, hardest positive, hardest negative): role -> ``(T,)`` batch indices."""
+    return {"anchor": tuples.anchor, "positive": tuples.positive, "negative": tuples.negative}
+
+
+def quadruplets(tuples: MinedTuples) -> dict[str, torch.Tensor]:
+    """Quadruplets (anchor, hardest positive, two hardest negatives): role -> ``(T,)`` indices.
+
+    Raises:
+        ValueError: If fewer than two negatives were mined (``num_negatives=2`` needed).
+    """
+    if tuples.negatives.dim() != 2 or tuples.negatives.shape[1] < 2:
+        raise ValueError(
+            "quadruplets need two mined negatives per anchor (batch_hard_mining with "
+            f"num_negatives=2), got negatives of shape {tuple(tuples.negatives.shape)}"
+        )
+    return {
+        "anchor": tuples.anchor,
+        "positive": tuples.positive,
+        "negative1": tuples.negatives[:, 0],
+        "negative2": tuples.negatives[:, 1],
+    }
+
+
+def mining_tuples(tuples: MinedTuples, form: str) -> dict[str, torch.Tensor]:
+    """Role -> ``(T,)`` batch indices for a form (see :data:`ROLES`)."""
+    builders = {"siamese": siamese_pairs, "triplet": triplets, "quadruplet": quadruplets}
+    if form not in builders:
+        raise ValueError(f"unknown similarity mining form {form!r}; expected one of {FORMS}")
+    return builders[form](tuples)
+
+
+# --------------------------------------------------------------------------------------------
+# Losses on masked embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare(embeddings: tuple[torch.Tensor, ...], normalize: bool) -> tuple[torch.Tensor, ...]:
+    """Checks that all embeddings are ``(T, D)`` alike and L2-normalises them if asked."""
+    shape = embeddings[0].shape
+    for emb in embeddings:
+        if emb.dim() != 2 or emb.shape != shape:
+            shapes = [tuple(e.shape) for e in embeddings]
+            raise ValueError(f"expected embeddings of one shape (T, D), got {shapes}")
+    if not normalize:
+        return embeddings
+    return tuple(F.normalize(emb, p=2.0, dim=1) for emb in embeddings)
+
+
+def _empty_loss(embeddings: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A zero that stays connected to the (empty) inputs in the autograd graph."""
+    logger.debug("no tuples for similarity mining; returning a zero loss")
+    return sum(emb.sum() for emb in embeddings) * 0.0
+
+
+def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(T,)`` Euclidean norms of the row differences (gradient 0 at a zero difference)."""
+    return torch.linalg.vector_norm(a - b, ord=2, dim=1)
+
+
+def triplet_mining_loss(
+    fa: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, normalize: bool = True
+) -> torch.Tensor:
+    """Triplet similarity-mining loss ``||f*a - f*p|| - ||f*a - f*n||``, mean over triplets.
+
+    Reference: SAM paper, section 3.2, eq. 2.
+
+    Args:
+        fa: ``(T, D)`` masked-anchor embeddings.
+        fp: ``(T, D)`` masked-positive embeddings.
+        fn: ``(T, D)`` masked-negative embeddings.
+        normalize: L2-normalise each embedding first (METHOD.md: ``f`` is always
+            L2-normalised before the formulas). Harmless if they already are.
+
+    Returns:
+        Scalar tensor; a zero connected to the inputs when ``T = 0``.
+    """
+    fa, fp, fn = _prepare((fa, fp, fn), normalize)
+    if fa.shape[0] == 0:
+        return _empty_loss((fa, fp, fn))
+    return (_distance(fa, fp) - _distance(fa, fn)).mean()
+
+
+def siamese_mining_loss(
+    f1: torch.Tensor, f2: torch.Tensor, normalize: bool = True
+) -> torch.Tensor:
+    """Siamese similarity-mining loss ``-||f*1 - f*2||`` on positive pairs, mean over pairs.
+
+    Reference: SAM paper, section 3.2 ("Extensions to other architectures", Siamese case).
+
+    Args:
+        f1: ``(T, D)`` masked embeddings of the first images of the positive pairs.
+        f2: ``(T, D)`` masked embeddings of the second images.
+        normalize: L2-normalise each embedding first.
+
+    Returns:
+        Scalar tensor; a zero connected to the inputs when ``T = 0``.
+    """
+    f1, f2 = _prepare((f1, f2), normalize)
+    if f1.shape[0] == 0:
+        return _empty_loss((f1, f2))
+    return (-_distance(f1, f2)).mean()
+
+
+def quadruplet_mining_loss(
+    fa: torch.Tensor,
+    fp: torch.Tensor,
+    fn1: torch.Tensor,
+    fn2: torch.Tensor,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Quadruplet similarity-mining loss, mean over quadruplets of the two triplet terms.
+
+    ``(||f*a - f*p|| - ||f*a - f*n1||) + (||f*a - f*p|| - ||f*a - f*n2||)``.
+
+    Reference: SAM paper, section 3.2 ("Extensions to other architectures", quadruplet case:
+    ``L_sm = L_sm^T1 + L_sm^T2``).
+
+    Args:
+        fa: ``(T, D)`` masked-anchor embeddings.
+        fp: ``(T, D)`` masked-positive embeddings.
+        fn1: ``(T, D)`` masked embeddings of the first negatives.
+        fn2: ``(T, D)`` masked embeddings of the second negatives.
+        normalize: L2-normalise each embedding first.
+
+    Returns:
+        Scalar tensor; a zero connected to the inputs when ``T = 0``.
+    """
+    fa, fp, fn1, fn2 = _prepare((fa, fp, fn1, fn2), normalize)
+    if fa.shape[0] == 0:
+        return _empty_loss((fa, fp, fn1, fn2))
+    d_ap = _distance(fa, fp)
+    return ((d_ap - _distance(fa, fn1)) + (d_ap - _distance(fa, fn2))).mean()
+
+
+def similarity_mining_loss(
+    form: str, embeddings: Mapping[str, torch.Tensor], normalize: bool = True
+) -> torch.Tensor:
+    """Dispatches to the similarity-mining loss of a form.
+
+    Args:
+        form: ``"siamese"``, ``"triplet"`` or ``"quadruplet"``.
+        embeddings: Role -> ``(T, D)`` masked embeddings, with exactly the roles of
+            ``ROLES[form]`` (the keys that :func:`mining_tuples` returns).
+        normalize: L2-normalise each embedding first.
+
+    Returns:
+        Scalar tensor ``L_sm``.
+
+    Raises:
+        ValueError: On an unknown form or missing/extra roles.
+    """
+    if form not in ROLES:
+        raise ValueError(f"unknown similarity mining form {form!r}; expected one of {FORMS}")
+    roles = ROLES[form]
+    if set(embeddings) != set(roles):
+        raise ValueError(f"form {form!r} needs roles {roles}, got {tuple(embeddings)}")
+    ordered = [embeddings[role] for role in roles]
+    if form == "siamese":
+        return siamese_mining_loss(*ordered, normalize=normalize)
+    if form == "triplet":
+        return triplet_mining_loss(*ordered, normalize=normalize)
+    return quadruplet_mining_loss(*ordered, normalize=normalize)
