@@ -116,6 +116,26 @@ _C.LOSS.TRIPLET_WEIGHT = 1.0
 _C.LOSS.TRIPLET_MARGIN = 0.3
 
 # ---------------------------------------------------------------------------------------------
+# Similarity mining (SAM paper, sections 3.2-3.3; shared/METHOD.md section 3).
+_C.SAM = CN()
+# Add the similarity-mining objective: L = L_ml + GAMMA * L_sm.
+_C.SAM.ENABLED = False
+# Tuple form of the mining loss: siamese (positive pairs), triplet or quadruplet.
+_C.SAM.FORM = "triplet"
+# gamma, the weight of L_sm.
+_C.SAM.GAMMA = 0.2
+# omega and sigma of the soft mask x * (1 - sigmoid(omega * (M - sigma))).
+_C.SAM.OMEGA = 10.0
+_C.SAM.SIGMA = 0.5
+# Explained layer whose map gives the attention (PCB: layer4, the map the embedding pools).
+_C.SAM.LAYER = "layer4"
+# BatchNorm during the masked images' pass: "eval" (frozen running statistics, not updated) or
+# "train" (batch statistics, running statistics updated).
+_C.SAM.BN_MODE = "eval"
+# Second-order gradients: back-propagate through alpha as well (create_graph=True).
+_C.SAM.SECOND_ORDER = False
+
+# ---------------------------------------------------------------------------------------------
 _C.OPTIM = CN()
 # Optimiser: sgd or adam.
 _C.OPTIM.NAME = "sgd"
@@ -286,6 +306,8 @@ _CHOICES = {
     "TEST.DIST_METRIC": ("euclidean", "cosine"),
     "DATA.ON_BAD_IMAGE": ("error", "skip"),
     "SAMPLER.TRAIN": ("RandomIdentitySampler", "RandomSampler"),
+    "SAM.FORM": ("siamese", "triplet", "quadruplet"),
+    "SAM.BN_MODE": ("eval", "train"),
 }
 
 

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from reid import metrics
+from torchreid.reid.metrics import compute_distance_matrix
+
+from reid.metrics.rank import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def distance_matrix(
     """``(Q, G)`` distances between embeddings (squared Euclidean as torchreid, or cosine)."""
     if normalize:
         query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
-    return metrics.compute_distance_matrix(query, gallery, metric).cpu().numpy()
+    return compute_distance_matrix(query, gallery, metric).cpu().numpy()
 
 
 def ranking_metrics(
@@ -66,7 +68,7 @@ def ranking_metrics(
     use_metric_cuhk03: bool = False,
 ) -> dict[str, float]:
     """rank-k, mAP and mINP (fractions in [0, 1]) of a distance matrix."""
-    result = metrics.evaluate(
+    result = evaluate(
         distmat, query.pids, gallery.pids, query.camids, gallery.camids,
         max_rank=max(max(ranks), 1), use_metric_cuhk03=use_metric_cuhk03,
     )

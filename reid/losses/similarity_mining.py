@@ -19,6 +19,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from reid.explain.postprocess import normalize_maps
+from reid.explain.postprocess import resize_maps as upsample_maps
 from reid.losses.triplet import MinedTuples
 
 logger = logging.getLogger(__name__)
@@ -54,46 +56,6 @@ FORMS: tuple[str, ...] = tuple(ROLES)
 # --------------------------------------------------------------------------------------------
 # Maps and masks
 # --------------------------------------------------------------------------------------------
-
-
-def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-sample min-max normalisation of maps to ``[0, 1]``.
-
-    ``(M - min M) / max(max M - min M, eps)``, min and max over the two last (spatial) axes.
-    A constant map becomes all zeros. Differentiable (except at the ties of min and max, as
-    any min/max). A new tensor is returned; ``maps`` is not modified.
-
-    Args:
-        maps: ``(B, h, w)`` (any number of leading axes is accepted).
-        eps: Smallest range used as denominator.
-
-    Returns:
-        ``(B, h, w)`` maps in ``[0, 1]``.
-    """
-    if maps.dim() < 2:
-        raise ValueError(f"expected maps of shape (B, h, w), got {tuple(maps.shape)}")
-    flat = maps.flatten(start_dim=-2)
-    low = flat.min(dim=-1).values[..., None, None]
-    high = flat.max(dim=-1).values[..., None, None]
-    return (maps - low) / (high - low).clamp(min=eps)
-
-
-def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling (``align_corners=False``) of single-channel maps.
-
-    Args:
-        maps: ``(B, h, w)``.
-        size: Target ``(H, W)``.
-
-    Returns:
-        ``(B, H, W)``.
-    """
-    if maps.dim() != 3:
-        raise ValueError(f"expected maps of shape (B, h, w), got {tuple(maps.shape)}")
-    resized = F.interpolate(
-        maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False
-    )
-    return resized.squeeze(1)
 
 
 def soft_mask_weights(
