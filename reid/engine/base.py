@@ -232,8 +232,12 @@ class ReidEngine(Engine):
         results = {}
         try:
             for name, loaders in self.test_loader.items():
-                query = extract_features(self.model, loaders["query"], self.device, f"{name} query")
-                gallery = extract_features(self.model, loaders["gallery"], self.device, f"{name} gallery")
+                query = extract_features(
+                    self.model, loaders["query"], self.device, f"{name} query", self.progress
+                )
+                gallery = extract_features(
+                    self.model, loaders["gallery"], self.device, f"{name} gallery", self.progress
+                )
                 results[name] = self.score(query, gallery)
                 logger.info(
                     "%s: %s", name, " ".join(f"{k} {v:.1%}" for k, v in results[name].items())

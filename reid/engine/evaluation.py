@@ -38,11 +38,15 @@ class Features:
 
 @torch.no_grad()
 def extract_features(
-    model: nn.Module, loader: Iterable[dict], device: torch.device, desc: str = "features"
+    model: nn.Module,
+    loader: Iterable[dict],
+    device: torch.device,
+    desc: str = "features",
+    progress: bool = True,
 ) -> Features:
     """Runs ``model`` (expected in eval mode) over ``loader`` and collects the embeddings."""
     feats, pids, camids, paths = [], [], [], []
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
         out = model(batch["img"].to(device, non_blocking=True))
         feats.append(out.float().cpu())
         pids.append(np.asarray(batch["pid"]))

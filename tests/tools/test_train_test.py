@@ -1,0 +1,108 @@
+"""End to end through the tools: train, test, resume, errors (tiny synthetic set, CPU)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from reid.data.base import ImageReadError
+from reid.engine.pcb import PCBEngine
+from tests.conftest import tiny_overrides
+from tools import test as test_tool
+from tools import train as train_tool
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
+
+
+def test_train_writes_metrics_and_test_reproduces_them(tiny_data_root, tmp_path):
+    out = tmp_path / "run"
+    metrics = train_tool.main(["--config", CONFIG, "--no-progress", *tiny_overrides(tiny_data_root, out)])
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for key in ("rank1", "rank5", "mAP", "mINP"):
+        assert 0.0 <= on_disk[key] <= 1.0
+    assert on_disk["rank1"] == metrics["rank1"]
+    assert on_disk["rank5"] >= on_disk["rank1"]
+    assert on_disk["config"]["MODEL"]["BACKBONE"] == "resnet18"
+    (epoch,) = on_disk["history"]
+    assert {"id", "triplet", "loss", "lr"} <= set(epoch) and epoch["epoch"] == 1
+    assert os.listdir(out / "tensorboard")
+    ckpt = out / "checkpoints" / "checkpoint_last.pth"
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+
+    test_out = tmp_path / "test"
+    tested = test_tool.main(
+        ["--config", CONFIG, "--weights", str(ckpt), "--no-progress", *tiny_overrides(tiny_data_root, test_out)]
+    )
+    for key in ("rank1", "rank5", "rank10", "mAP", "mINP"):
+        assert tested[key] == pytest.approx(on_disk[key], abs=1e-9), key
+    assert json.loads((test_out / "test_metrics.json").read_text())["mAP"] == tested["mAP"]
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_data_root, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    reference = train_tool.main(["--config", CONFIG, "--no-progress", *tiny_overrides(tiny_data_root, full, 2)])
+
+    interrupted = tmp_path / "interrupted"
+    args = ["--config", CONFIG, "--no-progress", *tiny_overrides(tiny_data_root, interrupted, 2)]
+    original = PCBEngine.forward_backward
+
+    def interrupt_in_second_epoch(self, data):
+        if self.epoch == 1 and self.batch_idx == 1:
+            raise KeyboardInterrupt
+        return original(self, data)
+
+    monkeypatch.setattr(PCBEngine, "forward_backward", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_tool.main(args)
+    assert torch.load(interrupted / "checkpoints" / "checkpoint_last.pth", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(PCBEngine, "forward_backward", original)
+
+    resumed = train_tool.main([*args[:2], "--resume", *args[2:]])
+    for key in ("rank1", "mAP", "mINP"):
+        assert resumed[key] == reference[key], key
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
+    a = torch.load(full / "checkpoints" / "checkpoint_last.pth", weights_only=True)["model"]
+    b = torch.load(interrupted / "checkpoints" / "checkpoint_last.pth", weights_only=True)["model"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_unknown_config_key_is_reported(tmp_path):
+    with pytest.raises(SystemExit, match="did you mean 'OPTIM.MAX_EPOCH'"):
+        train_tool.main(["--config", CONFIG, "OUTPUT_DIR", str(tmp_path), "OPTIM.MAX_EPOHC", "1"])
+
+
+def test_data_root_that_is_a_file_is_named(tmp_path):
+    root = tmp_path / "not-a-folder"
+    root.write_text("x")
+    with pytest.raises(NotADirectoryError, match=str(root)):
+        train_tool.main(["--config", CONFIG, *tiny_overrides(root, tmp_path / "out")])
+
+
+def test_missing_real_dataset_names_the_folder(tmp_path):
+    from reid.data.validation import DatasetError
+
+    with pytest.raises(DatasetError, match=str(tmp_path)):
+        train_tool.main(
+            ["--config", CONFIG, *tiny_overrides(tmp_path, tmp_path / "out"), "DATA.SOURCES", "['dukemtmc_reid']"]
+        )
+
+
+def test_corrupt_and_missing_images_are_named(tiny_data_root, tmp_path):
+    import shutil
+
+    from reid.data.synthetic import SyntheticReID
+    from tests.conftest import TINY_SYNTHETIC
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_data_root, root)
+    dataset = SyntheticReID(root=str(root), progress=False, **TINY_SYNTHETIC)
+    corrupt, missing = dataset.train[0][0], dataset.train[1][0]
+    with open(corrupt, "r+b") as handle:
+        handle.truncate(100)
+    os.remove(missing)
+    with pytest.raises(ImageReadError, match=os.path.basename(corrupt)):
+        dataset[0]
+    with pytest.raises(ImageReadError, match=os.path.basename(missing)):
+        dataset[1]
