@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a checkpoint: ``python tools/test.py --config FILE --weights CKPT [KEY VALUE ...]``.
 
-Writes ``OUTPUT_DIR/test_metrics.json`` (same keys as the training run's ``metrics.json``).
+Writes ``OUTPUT_DIR/test_metrics.json`` (same keys as the training run's ``metrics.json``) and the
+CMC plot ``OUTPUT_DIR/test_cmc.png``. ``TEST.RERANK True`` applies k-reciprocal re-ranking.
 """
 
 from __future__ import annotations
@@ -43,10 +44,17 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("loaded weights from %s", args.weights)
     results = engine.evaluate()
     first = next(iter(results.values()))
-    content = {**first, "targets": results, "weights": os.path.abspath(args.weights), "config": config_to_dict(cfg)}
+    content = {
+        **first,
+        "targets": results,
+        "cmc": dict(engine.cmc_curves),
+        "weights": os.path.abspath(args.weights),
+        "config": config_to_dict(cfg),
+    }
     path = os.path.join(cfg.OUTPUT_DIR, "test_metrics.json")
     write_json(path, content)
     logger.info("metrics written to %s", path)
+    engine.plot_cmc(os.path.join(cfg.OUTPUT_DIR, "test_cmc.png"))
     return content
 
 

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint_last.pth"
 METRICS_NAME = "metrics.json"
+CMC_PLOT_NAME = "cmc.png"
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class ReidEngine(Engine):
         self.config = config or {}
         self.progress = progress
         self.history: list[dict[str, Any]] = []
+        self.cmc_curves: dict[str, list[float]] = {}
         self.register_model("model", self.model, optimizer, scheduler)
 
     # -- training ------------------------------------------------------------------------------
@@ -238,7 +240,11 @@ class ReidEngine(Engine):
                 gallery = extract_features(
                     self.model, loaders["gallery"], self.device, f"{name} gallery", self.progress
                 )
-                results[name] = self.score(query, gallery)
+                scores = self.score(query, gallery)
+                cmc = getattr(scores, "cmc", None)
+                if cmc is not None:
+                    self.cmc_curves[name] = [float(x) for x in cmc]
+                results[name] = {key: float(value) for key, value in scores.items()}
                 logger.info(
                     "%s: %s", name, " ".join(f"{k} {v:.1%}" for k, v in results[name].items())
                 )
@@ -262,19 +268,30 @@ class ReidEngine(Engine):
         return ranking_metrics(distmat, query, gallery, opts.ranks, opts.use_metric_cuhk03)
 
     def write_metrics(self, results: dict[str, dict[str, float]], epoch: int) -> dict[str, Any]:
-        """Writes ``metrics.json``: the first target's metrics at top level, all targets, history."""
+        """Writes ``metrics.json`` (the first target's metrics at top level, all targets, their
+        CMC curves, the history of every logged term) and the CMC plot ``cmc.png`` beside it."""
         first = next(iter(results.values()), {})
         content = {
             **first,
             "epoch": epoch,
             "targets": results,
+            "cmc": dict(self.cmc_curves),
             "history": self.history,
             "config": self.config,
         }
         path = os.path.join(self.output_dir, METRICS_NAME)
         write_json(path, content)
         logger.info("metrics written to %s", path)
+        self.plot_cmc(os.path.join(self.output_dir, CMC_PLOT_NAME))
         return content
+
+    def plot_cmc(self, path: str) -> str | None:
+        """Plots the last evaluation's CMC curves to ``path`` (None when nothing was evaluated)."""
+        if not self.cmc_curves:
+            return None
+        from reid.vis.curves import plot_cmc
+
+        return plot_cmc(self.cmc_curves, path, title=f"CMC: {os.path.basename(os.path.normpath(self.output_dir))}")
 
 
 def write_json(path: str, content: dict[str, Any]) -> None:

@@ -12,9 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from torchreid.reid.metrics import compute_distance_matrix
-
-from reid.metrics.rank import evaluate
+from reid.metrics import compute_distance_matrix, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +62,12 @@ def distance_matrix(
     return compute_distance_matrix(query, gallery, metric).cpu().numpy()
 
 
+class RankMetrics(dict):
+    """``{rank1, ..., mAP, mINP}`` as floats, with the whole CMC curve in :attr:`cmc`."""
+
+    cmc: np.ndarray
+
+
 def ranking_metrics(
     distmat: np.ndarray,
     query: Features,
@@ -71,12 +75,17 @@ def ranking_metrics(
     ranks: Iterable[int] = (1, 5, 10, 20),
     use_metric_cuhk03: bool = False,
 ) -> dict[str, float]:
-    """rank-k, mAP and mINP (fractions in [0, 1]) of a distance matrix."""
+    """rank-k, mAP and mINP (fractions in [0, 1]) of a distance matrix, and the CMC curve.
+
+    The CMC goes up to rank 50 (or the largest requested rank, or the gallery size if smaller).
+    """
     result = evaluate(
         distmat, query.pids, gallery.pids, query.camids, gallery.camids,
-        max_rank=max(max(ranks), 1), use_metric_cuhk03=use_metric_cuhk03,
+        max_rank=max(max(ranks), 50), use_metric_cuhk03=use_metric_cuhk03,
     )
-    out = {f"rank{r}": float(result.cmc[r - 1]) for r in ranks if r <= len(result.cmc)}
+    out = RankMetrics()
+    out.cmc = np.asarray(result.cmc, dtype=np.float64)
+    out |= {f"rank{r}": float(result.cmc[r - 1]) for r in ranks if r <= len(result.cmc)}
     out["mAP"] = float(result.mAP)
     if result.mINP is not None:
         out["mINP"] = float(result.mINP)

@@ -1,1 +1,42 @@
-"""reid.metrics package."""
+"""Ranking metrics, distances, re-ranking and top-k retrieval (numpy/torch only).
+
+* :func:`evaluate_rank`: drop-in for ``torchreid.reid.metrics.evaluate_rank``, ``(cmc, mAP)``.
+* :func:`evaluate`: the same numbers plus mINP and per-query AP, as a :class:`RankingResult`.
+* :func:`compute_distance_matrix`: torchreid's squared Euclidean / cosine distances, by chunks.
+* :func:`re_ranking`: k-reciprocal re-ranking, bit-identical to torchreid's and faster.
+* :func:`topk_retrieval`: nearest gallery entries without a full distance matrix (dense chunks
+  or FAISS, an optional dependency imported only when used).
+"""
+
+from reid.metrics.distance import (
+    Metric,
+    compute_distance_matrix,
+    cosine_distance,
+    euclidean_squared_distance,
+)
+from reid.metrics.rank import (
+    CUHK03_NUM_REPEATS,
+    NoValidQueryError,
+    RankingResult,
+    evaluate,
+    evaluate_rank,
+)
+from reid.metrics.rerank import re_ranking
+from reid.metrics.retrieval import TopK, build_faiss_index, smallest_k, topk_retrieval
+
+__all__ = [
+    "CUHK03_NUM_REPEATS",
+    "Metric",
+    "NoValidQueryError",
+    "RankingResult",
+    "TopK",
+    "build_faiss_index",
+    "compute_distance_matrix",
+    "cosine_distance",
+    "euclidean_squared_distance",
+    "evaluate",
+    "evaluate_rank",
+    "re_ranking",
+    "smallest_k",
+    "topk_retrieval",
+]

@@ -1,0 +1,80 @@
+"""Tests for reid.metrics.distance: hand-computed values, torchreid equality, chunking."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from reid.metrics import compute_distance_matrix, cosine_distance, euclidean_squared_distance
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from torchreid.reid.metrics.distance import compute_distance_matrix as torchreid_distance
+
+
+def _features(rows: int, dim: int, seed: int) -> torch.Tensor:
+    return torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def test_hand_computed_values() -> None:
+    x = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    y = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    # Squared distances: |(3,4)|^2 = 25, |(1,0)|^2 = 1, |(2,2)|^2 = 8, |(0,2)|^2 = 4.
+    assert compute_distance_matrix(x, y).tolist() == [[25.0, 1.0], [8.0, 4.0]]
+    # Cosine: (1,2).(3,4) / (sqrt5 * 5) = 11 / (5 sqrt5); (1,2).(1,0) / sqrt5 = 1 / sqrt5;
+    # a zero vector normalises to zero (eps), so its distance to anything is 1.
+    expected = [[1.0, 1.0], [1 - 11 / (5 * math.sqrt(5)), 1 - 1 / math.sqrt(5)]]
+    got = compute_distance_matrix(x, y, "cosine")
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("shape", [(7, 13, 5), (60, 150, 32)])
+def test_equals_torchreid(metric: str, shape: tuple[int, int, int]) -> None:
+    num_x, num_y, dim = shape
+    x, y = _features(num_x, dim, 0), _features(num_y, dim, 1)
+    ref = torchreid_distance(x, y, metric)
+    got = compute_distance_matrix(x, y, metric)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    # A BLAS may round a row block's products differently: a few float32 ulps of |x|^2.
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-5 * dim)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_chunked_equals_unchunked(metric: str) -> None:
+    x, y = _features(37, 16, 2), _features(50, 16, 3)
+    whole = compute_distance_matrix(x, y, metric, chunk_size=37)
+    for chunk in (1, 5, 36):
+        assert torch.allclose(
+            compute_distance_matrix(x, y, metric, chunk_size=chunk), whole, rtol=1e-6, atol=1e-4
+        )
+
+
+def test_dtypes_numpy_and_float64() -> None:
+    x, y = _features(4, 3, 4), _features(5, 3, 5)
+    assert euclidean_squared_distance(x.double(), y.double()).dtype == torch.float64
+    assert cosine_distance(x.half(), y).dtype == torch.float32
+    from_numpy = compute_distance_matrix(x.numpy(), y.numpy())
+    assert torch.equal(from_numpy, compute_distance_matrix(x, y))
+    expected = ((x.double()[:, None, :] - y.double()[None]) ** 2).sum(-1)
+    assert torch.allclose(euclidean_squared_distance(x.double(), y.double()), expected, atol=1e-12)
+
+
+def test_errors() -> None:
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="Unknown distance metric"):
+        compute_distance_matrix(x, x, "manhattan")
+    with pytest.raises(ValueError, match="feature sizes"):
+        compute_distance_matrix(x, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="2-D"):
+        compute_distance_matrix(torch.zeros(3), x)
+    with pytest.raises(ValueError, match="chunk_size"):
+        compute_distance_matrix(x, x, chunk_size=0)
+
+
+def test_empty_inputs() -> None:
+    assert compute_distance_matrix(torch.zeros(0, 3), torch.zeros(4, 3)).shape == (0, 4)
+    assert compute_distance_matrix(torch.zeros(2, 3), torch.zeros(0, 3), "cosine").shape == (2, 0)
