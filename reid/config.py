@@ -134,6 +134,38 @@ _C.SAM.LAYER = "layer4"
 _C.SAM.BN_MODE = "eval"
 # Second-order gradients: back-propagate through alpha as well (create_graph=True).
 _C.SAM.SECOND_ORDER = False
+# Tuples per step in L_sm: 0 uses every mined tuple (the method as published); n > 0 draws n
+# of them at random each step (an unbiased estimate of the same mean, bounding the masked pass
+# to n tuples' images: a cost knob, see benchmarks/sam_overhead.py).
+_C.SAM.MAX_TUPLES = 0
+
+# ---------------------------------------------------------------------------------------------
+# AVSL similarity head (AVSL paper; shared/METHOD.md section 5). Used when MODEL.NAME is avsl;
+# MODEL.BACKBONE, MODEL.LAST_STRIDE, MODEL.PRETRAINED(_PATH) choose its trunk.
+_C.AVSL = CN()
+# Trunk stages giving the levels of the similarity graph, bottom-up.
+_C.AVSL.LEVELS = ["layer2", "layer3", "layer4"]
+# R: nodes (embedding dimensions) per level.
+_C.AVSL.EMBED_DIM = 512
+# k: lower-level nodes that rectify each node (top-k edges; the paper uses 128).
+_C.AVSL.TOPK = 128
+# gamma of the edge update: omega <- MOMENTUM * omega + (1 - MOMENTUM) * omega_hat.
+_C.AVSL.MOMENTUM = 0.5
+# Metric loss of each level and of the overall distance: triplet (batch hard, for P x K
+# batches) or proxy_anchor (the paper's ProxyAnchor; learns one proxy per identity and level).
+_C.AVSL.LOSS = "triplet"
+# Triplet margin, in squared-distance units.
+_C.AVSL.MARGIN = 0.3
+# Weight of each level's metric loss (one per level).
+_C.AVSL.LEVEL_WEIGHTS = [1.0, 1.0, 1.0]
+# Weight of the overall loss on the rectified distance (trains only the reliability parameters).
+_C.AVSL.OVERALL_WEIGHT = 1.0
+# ProxyAnchor scale alpha and its positive / negative distance margins.
+_C.AVSL.PROXY_ALPHA = 16.0
+_C.AVSL.PROXY_POS_MARGIN = 1.8
+_C.AVSL.PROXY_NEG_MARGIN = 2.2
+# Queries per chunk of the test distance matrix (0: automatic, bounded memory).
+_C.AVSL.EVAL_CHUNK_SIZE = 0
 
 # ---------------------------------------------------------------------------------------------
 _C.OPTIM = CN()
@@ -308,6 +340,8 @@ _CHOICES = {
     "SAMPLER.TRAIN": ("RandomIdentitySampler", "RandomSampler"),
     "SAM.FORM": ("siamese", "triplet", "quadruplet"),
     "SAM.BN_MODE": ("eval", "train"),
+    "MODEL.NAME": ("pcb", "avsl"),
+    "AVSL.LOSS": ("triplet", "proxy_anchor"),
 }
 
 
@@ -328,6 +362,28 @@ def validate(cfg: CN) -> None:
         raise ConfigError("MODEL.NUM_STRIPES must be at least 1")
     if cfg.OPTIM.MAX_EPOCH < 0:
         raise ConfigError("OPTIM.MAX_EPOCH must be >= 0")
+    if cfg.SAM.MAX_TUPLES < 0:
+        raise ConfigError("SAM.MAX_TUPLES must be >= 0 (0: every mined tuple)")
+    if cfg.SAM.ENABLED and cfg.MODEL.NAME != "pcb":
+        raise ConfigError(f"SAM.ENABLED needs MODEL.NAME pcb, got {cfg.MODEL.NAME!r}")
+    avsl = cfg.AVSL
+    layers = ("layer1", "layer2", "layer3", "layer4")
+    if not avsl.LEVELS or any(level not in layers for level in avsl.LEVELS):
+        raise ConfigError(f"AVSL.LEVELS must be a non-empty list of {list(layers)}, got {avsl.LEVELS}")
+    if list(avsl.LEVELS) != sorted(set(avsl.LEVELS), key=layers.index):
+        raise ConfigError(f"AVSL.LEVELS must be distinct and bottom-up, got {avsl.LEVELS}")
+    if len(avsl.LEVEL_WEIGHTS) != len(avsl.LEVELS):
+        raise ConfigError(
+            f"AVSL.LEVEL_WEIGHTS needs one weight per level ({len(avsl.LEVELS)}), got {avsl.LEVEL_WEIGHTS}"
+        )
+    if avsl.EMBED_DIM < 1 or not 1 <= avsl.TOPK <= avsl.EMBED_DIM:
+        raise ConfigError(
+            f"AVSL.TOPK must be in [1, AVSL.EMBED_DIM]; got TOPK {avsl.TOPK}, EMBED_DIM {avsl.EMBED_DIM}"
+        )
+    if not 0.0 <= avsl.MOMENTUM < 1.0:
+        raise ConfigError(f"AVSL.MOMENTUM must be in [0, 1), got {avsl.MOMENTUM}")
+    if avsl.EVAL_CHUNK_SIZE < 0:
+        raise ConfigError("AVSL.EVAL_CHUNK_SIZE must be >= 0 (0: automatic)")
 
 
 def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:

@@ -103,6 +103,20 @@ def build_datamanager(cfg: CfgNode, device: torch.device) -> ImageDataManager:
 
 def build_model(cfg: CfgNode, num_classes: int) -> nn.Module:
     """The configured model (see ``reid.models``)."""
+    if cfg.MODEL.NAME == "avsl":
+        return create_model(
+            "avsl",
+            num_classes=num_classes,
+            backbone=cfg.MODEL.BACKBONE,
+            levels=tuple(cfg.AVSL.LEVELS),
+            embed_dim=cfg.AVSL.EMBED_DIM,
+            topk=cfg.AVSL.TOPK,
+            momentum=cfg.AVSL.MOMENTUM,
+            last_stride=cfg.MODEL.LAST_STRIDE,
+            proxies=cfg.AVSL.LOSS == "proxy_anchor",
+            pretrained=cfg.MODEL.PRETRAINED,
+            pretrained_path=cfg.MODEL.PRETRAINED_PATH,
+        )
     return create_model(
         cfg.MODEL.NAME,
         num_classes=num_classes,
@@ -170,9 +184,30 @@ def build_engine(cfg: CfgNode, progress: bool = True):
         use_metric_cuhk03=cfg.TEST.METRIC_CUHK03,
         rerank=cfg.TEST.RERANK,
     )
-    return PCBEngine(
-        datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR,
-        eval_options=eval_options, config=config_to_dict(cfg), progress=progress,
+    base = dict(eval_options=eval_options, config=config_to_dict(cfg), progress=progress)
+    if cfg.MODEL.NAME == "avsl":
+        from .avsl import AVSLEngine
+
+        avsl = cfg.AVSL
+        return AVSLEngine(
+            datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **base,
+            loss=avsl.LOSS, margin=avsl.MARGIN, level_weights=list(avsl.LEVEL_WEIGHTS),
+            overall_weight=avsl.OVERALL_WEIGHT, proxy_alpha=avsl.PROXY_ALPHA,
+            proxy_pos_margin=avsl.PROXY_POS_MARGIN, proxy_neg_margin=avsl.PROXY_NEG_MARGIN,
+            chunk_size=avsl.EVAL_CHUNK_SIZE or None,
+        )
+    common = dict(
+        **base,
         id_weight=cfg.LOSS.ID_WEIGHT, triplet_weight=cfg.LOSS.TRIPLET_WEIGHT,
         margin=cfg.LOSS.TRIPLET_MARGIN, label_smoothing=cfg.LOSS.LABEL_SMOOTH,
     )
+    if cfg.SAM.ENABLED:
+        from .sam import SAMEngine
+
+        return SAMEngine(
+            datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common,
+            form=cfg.SAM.FORM, gamma=cfg.SAM.GAMMA, omega=cfg.SAM.OMEGA, sigma=cfg.SAM.SIGMA,
+            layer=cfg.SAM.LAYER, bn_mode=cfg.SAM.BN_MODE, second_order=cfg.SAM.SECOND_ORDER,
+            max_tuples=cfg.SAM.MAX_TUPLES,
+        )
+    return PCBEngine(datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common)
