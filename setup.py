@@ -1,12 +1,16 @@
 """Installable package ``reid``: explainable person re-identification on torchreid."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+_README = Path(__file__).resolve().parent / "README.md"
 
 setup(
     name="reid-explain",
     version="0.1.0",
     description="Person re-identification that explains itself: PCB, similarity attention, AVSL",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=_README.read_text(encoding="utf-8") if _README.is_file() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["reid", "reid.*"]),
@@ -29,7 +33,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "grad-cam==1.5.7", "faiss-cpu"],
         "faiss": ["faiss-cpu"],
     },
 )

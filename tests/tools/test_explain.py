@@ -1,0 +1,235 @@
+"""tools/explain.py on a PCB trained 1 epoch on the tiny synthetic set (CPU, seconds).
+
+The ranking is checked against an independent oracle (the engine's own feature extraction and
+distance matrix, evaluation protocol, stable sort); the trunk is counted per image.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from reid.config import load_config
+from reid.engine.builders import build_engine
+from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
+from reid.engine.evaluation import distance_matrix, extract_features
+from reid.models.pcb import PCB
+from tests.conftest import tiny_overrides
+from tests.vis.test_report_browser import find_browser, images_in_browser
+from tools import explain as explain_tool
+from tools import train as train_tool
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
+NUM_QUERIES, TOPK = 4, 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("explain-train")
+    train_tool.main(["--config", CONFIG, "--no-progress", *tiny_overrides(tiny_data_root, out)])
+    return out / "checkpoints" / "checkpoint_last.pth"
+
+
+def run_explain(checkpoint, root, out, *flags):
+    """Runs the tool; returns its summary, the JSON and how often the trunk/full model ran."""
+    calls = {"trunk_images": 0, "forward": 0}
+    forward_features, forward = PCB.forward_features, PCB.forward
+
+    def counting_features(self, x):
+        calls["trunk_images"] += x.shape[0]
+        return forward_features(self, x)
+
+    def counting_forward(self, x):
+        calls["forward"] += 1
+        return forward(self, x)
+
+    argv = [
+        "--config", CONFIG, "--weights", str(checkpoint), "--num-queries", str(NUM_QUERIES), "--topk", str(TOPK),
+        "--no-progress", *flags, *tiny_overrides(root, out),
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PCB, "forward_features", counting_features)
+        patch.setattr(PCB, "forward", counting_forward)
+        summary = explain_tool.main(argv)
+    content = json.loads((out / "explanations" / "explanations.json").read_text())
+    return summary, content, calls
+
+
+@pytest.fixture(scope="module")
+def head_run(checkpoint, tiny_data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("explain-head")
+    return (*run_explain(checkpoint, tiny_data_root, out, "--triplets"), out)
+
+
+@pytest.fixture(scope="module")
+def oracle(checkpoint, tiny_data_root, tmp_path_factory):
+    """Query/gallery features and the full distance matrix, computed the evaluation's way."""
+    cfg = load_config(CONFIG, tiny_overrides(tiny_data_root, tmp_path_factory.mktemp("explain-oracle")))
+    engine = build_engine(cfg, progress=False)
+    engine.model.load_state_dict(model_state_from_checkpoint(load_checkpoint(str(checkpoint))))
+    engine.model.eval()
+    loaders = next(iter(engine.test_loader.values()))
+    query = extract_features(engine.model, loaders["query"], engine.device, progress=False)
+    gallery = extract_features(engine.model, loaders["gallery"], engine.device, progress=False)
+    return query, gallery, distance_matrix(query.features, gallery.features, "euclidean", False)
+
+
+def oracle_order(oracle, query_index):
+    """Gallery indices in rank order for a query: same identity and camera removed, stable."""
+    query, gallery, dist = oracle
+    keep = ~((gallery.pids == query.pids[query_index]) & (gallery.camids == query.camids[query_index]))
+    order = np.argsort(dist[query_index], kind="stable")
+    return [int(j) for j in order if keep[j]]
+
+
+def test_spread_indices():
+    assert explain_tool.spread_indices(16, 4) == [0, 5, 10, 15]
+    assert explain_tool.spread_indices(3, 10) == [0, 1, 2]
+    assert explain_tool.spread_indices(5, 1) == [0]
+
+
+def test_tracker_matches_a_full_stable_sort():
+    rng = np.random.default_rng(0)
+    num_q, num_g, topk = 3, 40, 4
+    dist = rng.integers(0, 6, size=(num_q, num_g)).astype(float)  # many ties
+    q_pids, q_cams = np.array([1, 2, 3]), np.array([0, 1, 0])
+    g_pids, g_cams = rng.integers(1, 5, size=num_g), rng.integers(0, 2, size=num_g)
+    tracker = explain_tool.MatchTracker(q_pids, q_cams, topk, remove_same_camera=True)
+    for start in range(0, num_g, 7):
+        sl = slice(start, start + 7)
+        idx = list(range(num_g))[sl]
+        tracker.update(dist[:, sl], g_pids[sl], g_cams[sl], [f"g{j}" for j in idx], [f"map{j}" for j in idx])
+        assert len(tracker.payload) <= num_q * (topk + 2)
+    assert tracker.num_gallery == num_g
+    for i in range(num_q):
+        junk = (g_pids == q_pids[i]) & (g_cams == q_cams[i])
+        order = [int(j) for j in np.argsort(dist[i], kind="stable") if not junk[j]]
+        assert tracker.ranked(i) == order[:topk]
+        correct = [bool(g_pids[j] == q_pids[i]) for j in order]
+        b = next((j for j, c in zip(order, correct) if c != correct[0]), None)
+        assert tracker.contrast(i) == b
+        if b is not None:
+            assert tracker.rank_of(i, b) == order.index(b) + 1
+            assert tracker.payload[b] == f"map{b}"
+        for j in tracker.ranked(i):
+            assert tracker.payload[j] == f"map{j}"
+
+
+def test_mask_fraction_by_hand(tmp_path):
+    from reid.vis import save_image
+
+    image = tmp_path / "set" / "query" / "0001_c1s1_000000_00.jpg"
+    save_image(image, np.zeros((4, 2, 3), dtype=np.uint8))
+    mask = np.array([[0, 1], [2, 0], [0, 0], [3, 0]], dtype=np.uint8)
+    os.makedirs(tmp_path / "set" / "masks" / "query")
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "set" / "masks" / "query" / "0001_c1s1_000000_00.png"), mask)
+    raw = torch.tensor([[1.0, 2.0], [3.0, 0.0], [4.0, 0.0], [0.0, 0.0]])
+    frac, area = explain_tool.mask_fraction(raw, str(image))
+    assert frac == pytest.approx((2 + 3) / 10) and area == pytest.approx(3 / 8)
+    assert explain_tool.mask_fraction(torch.zeros(4, 2), str(image)) == (None, pytest.approx(3 / 8))
+    assert explain_tool.mask_fraction(raw, str(tmp_path / "elsewhere.jpg")) == (None, None)
+
+
+def test_dump_files_ranks_and_correct_flags(head_run, oracle):
+    summary, content, _, out = head_run
+    report = out / "explanations"
+    assert (report / "index.html").is_file()
+    assert summary["explained_with"] == "head" and summary["same"] == "truth"
+    pairs = content["pairs"]
+    assert len(pairs) == summary["num_pairs"] == NUM_QUERIES * TOPK
+    query, gallery, dist = oracle
+    chosen = sorted({p["query_index"] for p in pairs})
+    assert chosen == explain_tool.spread_indices(len(query.paths), NUM_QUERIES)
+    for qi in chosen:
+        rows = sorted((p for p in pairs if p["query_index"] == qi), key=lambda p: p["rank"])
+        assert [p["rank"] for p in rows] == list(range(1, TOPK + 1))
+        assert [p["gallery_path"] for p in rows] == [gallery.paths[j] for j in oracle_order(oracle, qi)[:TOPK]]
+        for p in rows:
+            j = gallery.paths.index(p["gallery_path"])
+            assert p["query_path"] == query.paths[qi] and p["query_pid"] == int(query.pids[qi])
+            assert p["gallery_pid"] == int(gallery.pids[j])
+            assert p["distance"] == pytest.approx(float(dist[qi, j]), rel=1e-4, abs=1e-6)
+            assert p["correct"] == (p["query_pid"] == p["gallery_pid"]) == p["same"]
+            assert (report / p["panel"]).is_file() and not os.path.isabs(p["panel"])
+        assert all(a["distance"] <= b["distance"] for a, b in zip(rows, rows[1:]))
+
+
+def test_mask_fractions_in_unit_interval(head_run):
+    summary, content, _, _ = head_run
+    fractions = [p[k] for p in content["pairs"] for k in ("query_mask_fraction", "gallery_mask_fraction")]
+    known = [f for f in fractions if f is not None]
+    assert known, "the synthetic set has masks: fractions must be computed"
+    assert all(0.0 <= f <= 1.0 for f in known)
+    for key in ("mean_mask_fraction_correct", "mean_mask_fraction_wrong", "mean_mask_area"):
+        assert summary[key] is None or 0.0 <= summary[key] <= 1.0
+
+
+def test_trunk_runs_once_per_image(head_run, oracle):
+    summary, _, calls, _ = head_run
+    _, gallery, _ = oracle
+    assert summary["num_gallery"] == len(gallery.paths)
+    assert calls["trunk_images"] == NUM_QUERIES + len(gallery.paths)
+    assert calls["forward"] == 0  # no full-model pass: everything after the trunk is head-only
+
+
+def test_triplets(head_run, oracle):
+    summary, content, _, out = head_run
+    triplets = content["triplets"]
+    assert len(triplets) == summary["num_triplets"] == NUM_QUERIES  # the tiny set has both kinds
+    query, gallery, _ = oracle
+    for t in triplets:
+        order = oracle_order(oracle, t["query_index"])
+        paths = [gallery.paths[j] for j in order]
+        correct = [bool(gallery.pids[j] == query.pids[t["query_index"]]) for j in order]
+        b = next(k for k, c in enumerate(correct) if c != correct[0])
+        assert (t["a_path"], t["a_correct"], t["a_rank"]) == (paths[0], correct[0], 1)
+        assert (t["b_path"], t["b_correct"], t["b_rank"]) == (paths[b], correct[b], b + 1)
+        assert t["a_correct"] != t["b_correct"] and t["a_distance"] <= t["b_distance"]
+        assert (out / "explanations" / t["panel"]).is_file()
+    assert len(list((out / "explanations" / "triplets").iterdir())) == NUM_QUERIES
+
+
+def test_report_images_load_in_a_browser(head_run):
+    browser = find_browser()
+    if browser is None:
+        pytest.skip("no Chromium/Chrome found; install one with: apt-get install -y chromium")
+    _, content, _, out = head_run
+    result = images_in_browser(out / "explanations" / "index.html", browser)
+    assert result["broken"] == []
+    # per query: its thumb, a thumb and a panel per match, a triplet panel
+    assert result["total"] == NUM_QUERIES * (1 + 2 * TOPK + 1)
+
+
+def test_full_model_path_gives_the_same_explanations(checkpoint, tiny_data_root, tmp_path, head_run):
+    summary, content, calls = run_explain(checkpoint, tiny_data_root, tmp_path, "--layer", "layer4")
+    assert summary["explained_with"] == "model" and summary["num_triplets"] == 0
+    assert not (tmp_path / "explanations" / "triplets").exists()
+    assert calls["forward"] > 0
+    key = lambda p: (p["query_index"], p["rank"])  # noqa: E731
+    ours, head = sorted(content["pairs"], key=key), sorted(head_run[1]["pairs"], key=key)
+    assert [(key(p), p["gallery_path"], p["correct"]) for p in ours] == [
+        (key(p), p["gallery_path"], p["correct"]) for p in head
+    ]
+    for p, h in zip(ours, head):
+        for field in ("query_mask_fraction", "gallery_mask_fraction", "distance"):
+            assert p[field] == pytest.approx(h[field], rel=1e-4, abs=1e-6), field
+
+
+def test_same_model_treats_every_shown_match_as_a_match(checkpoint, tiny_data_root, tmp_path, head_run):
+    summary, content, _ = run_explain(checkpoint, tiny_data_root, tmp_path, "--same", "model")
+    assert summary["same"] == "model"
+    assert all(p["same"] for p in content["pairs"])
+    key = lambda p: (p["query_index"], p["rank"])  # noqa: E731
+    truth = {key(p): p for p in head_run[1]["pairs"]}
+    changed = 0
+    for p in content["pairs"]:
+        t = truth[key(p)]
+        if p["correct"]:  # same weights either way
+            assert p["gallery_mask_fraction"] == pytest.approx(t["gallery_mask_fraction"], abs=1e-6)
+        else:  # other weights, other maps
+            changed += p["gallery_mask_fraction"] != pytest.approx(t["gallery_mask_fraction"], abs=1e-6)
+    assert changed > 0

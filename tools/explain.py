@@ -1,0 +1,677 @@
+#!/usr/bin/env python
+"""Explain a model's top matches with similarity attention and dump panels and an HTML report.
+
+Usage::
+
+    python tools/explain.py --config FILE --weights CKPT [--num-queries N] [--topk K] [--triplets]
+        [--same truth|model] [--layer NAME] [--keep-same-camera] [--batch-size B] [--no-progress]
+        [KEY VALUE ...]
+
+What it does, on the first target dataset of the config (``DATA.TARGETS``, else ``DATA.SOURCES``):
+
+1. **Queries.** ``N`` queries evenly spread over the query set (indices
+   ``round(linspace(0, Q - 1, N))``; the query set is sorted by identity, so spreading covers many
+   identities and cameras, unlike the first ``N``). All queries when ``N >= Q``.
+2. **Ranking** by the model's distance (the engine's ``distance_matrix`` when it has one, e.g.
+   AVSL's ``d_hat``, else ``TEST.DIST_METRIC``/``TEST.NORMALIZE_FEATURE``), with gallery images of
+   the query's identity *and* camera removed as in the evaluation protocol (``--keep-same-camera``
+   keeps them); ties broken by gallery order. ``TEST.RERANK`` is ignored: explanations explain the
+   model's own distance (``shared/METHOD.md`` section 4).
+3. **One trunk pass per image.** When the model has ``forward_features`` (images -> ``layer4``
+   map) and ``embed_features`` (map -> embedding), e.g. PCB, each chosen query and each gallery
+   image goes through the trunk exactly once; the gallery is streamed, and only the ``layer4``
+   maps of the images an explanation needs are kept (each query's current top-``K`` and its best
+   true and best wrong match), so memory is bounded by ``N (K + 2)`` maps whatever the gallery
+   size. All pairs and triplets are then explained through the cheap head only
+   (:func:`reid.explain.explain_pair_features`). Any other model (or an explicit ``--layer``)
+   falls back to :func:`reid.explain.explain_pair` on the images, which re-runs the model on the
+   explained images.
+4. **Siamese explanation** of each of the top-``K`` pairs. ``--same truth`` (default): ``same`` is
+   the ground truth (query and gallery identities equal); ``--same model``: every shown match is
+   treated as a match, because the model ranks it among its top ``K`` (the maps then show what the
+   model found alike). Reference: SAM paper, section 3.1; ``shared/METHOD.md`` sections 2 and 4.
+5. **Triplet explanation** with ``--triplets``: "why is the top match A closer than B", where B is
+   the best-ranked gallery image whose correctness differs from A's: the first wrong match when A
+   is correct, the first true match when A is wrong (why the model failed). B may rank below
+   ``K``; its map was kept while streaming. No triplet when no such B exists.
+
+Everything goes under ``OUTPUT_DIR/explanations/``:
+
+* ``panels/q<query>_r<rank>.png``: one panel per pair (query, both overlays, gallery, distance,
+  rank, correct or wrong);
+* ``triplets/q<query>.png``: triplet panels;
+* ``index.html``: the report (query and gallery images are copied under ``images/``);
+* ``explanations.json``: per pair the query and gallery paths and identities, distance, rank,
+  correct (identity equality), the ``same`` used for the weights, the panel path relative to
+  the report, and, where a ground-truth person mask exists beside the image (the synthetic set),
+  the fraction of map mass inside the person mask for both images; the triplets; a summary.
+
+Mask-mass fraction of a map: the raw (non-negative) map is resized bilinearly to the mask's
+size and ``sum(M * [mask > 0]) / sum(M)`` is taken (``None`` for an all-zero map or without a
+mask). The log gives its mean over the correct matches next to the person's area fraction (what a
+uniform map would score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from reid.config import ConfigError, load_config  # noqa: E402
+from reid.data.synthetic import load_mask, mask_path  # noqa: E402
+from reid.engine.base import write_json  # noqa: E402
+from reid.engine.builders import build_engine, setup_logging  # noqa: E402
+from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint  # noqa: E402
+from reid.engine.evaluation import distance_matrix  # noqa: E402
+from reid.explain import (  # noqa: E402
+    explain_pair,
+    explain_pair_features,
+    explain_triplet,
+    explain_triplet_features,
+    normalize_maps,
+    resize_maps,
+)
+from reid.vis import Match, Panel, QueryResult, load_image, pair_panel, save_image, triplet_panel  # noqa: E402
+from reid.vis import write_html_report  # noqa: E402
+
+logger = logging.getLogger("explain")
+
+DEFAULT_LAYER = "layer4"
+EXPLANATIONS_DIR = "explanations"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    parser.add_argument("--num-queries", type=int, default=10, help="queries explained, evenly spread (N)")
+    parser.add_argument("--topk", type=int, default=5, help="matches explained per query (K)")
+    parser.add_argument("--triplets", action="store_true", help="also explain 'why is A closer than B'")
+    parser.add_argument(
+        "--same", choices=("truth", "model"), default="truth",
+        help="Siamese weights: ground-truth identity equality, or every shown match treated as a match",
+    )
+    parser.add_argument(
+        "--layer", default=None,
+        help=f"explain this layer on the full model (default: the head-only path on forward_features "
+        f"when the model has one, else {DEFAULT_LAYER!r})",
+    )
+    parser.add_argument(
+        "--keep-same-camera", action="store_true",
+        help="keep gallery images of the query's identity and camera (removed by the evaluation protocol)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="pairs per explanation batch (0: SAMPLER.BATCH_SIZE_TEST)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. OUTPUT_DIR out")
+    args = parser.parse_args(argv)
+    if args.num_queries < 1 or args.topk < 1:
+        parser.error("--num-queries and --topk must be positive")
+    return args
+
+
+# -- choosing queries and ranking -----------------------------------------------------------------
+
+
+def spread_indices(total: int, count: int) -> list[int]:
+    """``count`` indices evenly spread over ``range(total)`` (all of them when ``count >= total``)."""
+    if count >= total:
+        return list(range(total))
+    return sorted({int(round(v)) for v in np.linspace(0, total - 1, count)})
+
+
+@dataclass
+class _QueryCandidates:
+    """The gallery images one query still needs: its top-K, best true and best wrong match."""
+
+    indices: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    distances: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+    correct: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
+
+
+class MatchTracker:
+    """Ranks a streamed gallery for a few queries and keeps the payload of the images needed.
+
+    Gallery images arrive batch by batch with their distances to the ``N`` queries. For each
+    query the tracker keeps the top ``K`` (by distance, ties by gallery index, i.e. the order of
+    a stable sort of the whole row) plus its best true match and best wrong match; the payload
+    (e.g. a ``layer4`` map) of every image some query still needs is kept, the others dropped.
+
+    Args:
+        query_pids: ``(N,)`` identities of the queries.
+        query_camids: ``(N,)`` cameras of the queries.
+        topk: ``K``.
+        remove_same_camera: drop gallery images with the query's identity and camera.
+    """
+
+    def __init__(self, query_pids: np.ndarray, query_camids: np.ndarray, topk: int, remove_same_camera: bool) -> None:
+        self.query_pids = np.asarray(query_pids)
+        self.query_camids = np.asarray(query_camids)
+        self.topk = topk
+        self.remove_same_camera = remove_same_camera
+        self.candidates = [_QueryCandidates() for _ in self.query_pids]
+        self.payload: dict[int, Any] = {}
+        self.distance_chunks: list[np.ndarray] = []
+        self.pids: list[np.ndarray] = []
+        self.camids: list[np.ndarray] = []
+        self.paths: list[str] = []
+
+    @property
+    def num_gallery(self) -> int:
+        """Gallery images seen so far."""
+        return len(self.paths)
+
+    def update(
+        self,
+        distances: np.ndarray,
+        pids: np.ndarray,
+        camids: np.ndarray,
+        paths: Sequence[str],
+        payload: Sequence[Any] | None = None,
+    ) -> None:
+        """Takes the next gallery batch.
+
+        Args:
+            distances: ``(N, b)`` query-gallery distances of the batch.
+            pids: ``(b,)`` gallery identities.
+            camids: ``(b,)`` gallery cameras.
+            paths: b gallery image paths.
+            payload: b items kept for the images that are needed (None: keep nothing).
+        """
+        offset = self.num_gallery
+        distances = np.where(self._junk(pids, camids), np.inf, np.asarray(distances, dtype=np.float64))
+        self.distance_chunks.append(distances)
+        self.pids.append(np.asarray(pids))
+        self.camids.append(np.asarray(camids))
+        self.paths.extend(paths)
+        batch_indices = offset + np.arange(len(paths))
+        for i, cand in enumerate(self.candidates):
+            valid = np.isfinite(distances[i])
+            indices = np.concatenate([cand.indices, batch_indices[valid]])
+            dists = np.concatenate([cand.distances, distances[i][valid]])
+            correct = np.concatenate([cand.correct, np.asarray(pids)[valid] == self.query_pids[i]])
+            order = np.lexsort((indices, dists))
+            keep = set(order[: self.topk].tolist())
+            for wanted in (True, False):
+                hits = order[correct[order] == wanted]
+                if hits.size:
+                    keep.add(int(hits[0]))
+            chosen = order[np.isin(order, sorted(keep))]
+            self.candidates[i] = _QueryCandidates(indices[chosen], dists[chosen], correct[chosen])
+        needed = {int(j) for cand in self.candidates for j in cand.indices}
+        for j in [j for j in self.payload if j not in needed]:
+            del self.payload[j]
+        if payload is not None:
+            for j in needed:
+                if j >= offset and j not in self.payload:
+                    self.payload[j] = payload[j - offset]
+
+    def _junk(self, pids: np.ndarray, camids: np.ndarray) -> np.ndarray:
+        """``(N, b)`` bool: gallery entries removed for each query."""
+        pids, camids = np.asarray(pids), np.asarray(camids)
+        if not self.remove_same_camera:
+            return np.zeros((len(self.query_pids), len(pids)), dtype=bool)
+        return (self.query_pids[:, None] == pids[None, :]) & (self.query_camids[:, None] == camids[None, :])
+
+    def distances(self) -> np.ndarray:
+        """``(N, G)`` distances of every gallery image seen (``inf`` where removed)."""
+        if not self.distance_chunks:
+            return np.empty((len(self.query_pids), 0))
+        return np.concatenate(self.distance_chunks, axis=1)
+
+    def ranked(self, query: int) -> list[int]:
+        """Gallery indices of the query's top ``K``, best first."""
+        cand = self.candidates[query]
+        return [int(j) for j in cand.indices[: self.topk]]
+
+    def contrast(self, query: int) -> int | None:
+        """Gallery index of B: the best match whose correctness differs from the top match's."""
+        cand = self.candidates[query]
+        if not cand.indices.size:
+            return None
+        others = np.flatnonzero(cand.correct != cand.correct[0])
+        return int(cand.indices[others[0]]) if others.size else None
+
+    def rank_of(self, query: int, gallery_index: int) -> int:
+        """1-based rank of a gallery image for a query (stable order of the whole row)."""
+        row = self.distances()[query]
+        d = row[gallery_index]
+        before = (row < d) | ((row == d) & (np.arange(row.size) < gallery_index))
+        return int(np.count_nonzero(before & np.isfinite(row))) + 1
+
+
+# -- model access ---------------------------------------------------------------------------------
+
+
+def has_head_path(model: nn.Module) -> bool:
+    """Whether the model splits into ``forward_features`` (trunk) and ``embed_features`` (head)."""
+    return callable(getattr(model, "forward_features", None)) and callable(getattr(model, "embed_features", None))
+
+
+def _features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    feature_maps = model.forward_features(images)
+    if not isinstance(feature_maps, torch.Tensor) or feature_maps.dim() != 4:
+        raise TypeError(
+            f"{type(model).__name__}.forward_features must return one (B, C, h, w) map for the head-only "
+            f"path; pass --layer to explain a named layer on the full model instead"
+        )
+    return feature_maps
+
+
+@dataclass
+class EncodedBatch:
+    """Embeddings of a batch and, on the head-only path, its ``layer4`` maps.
+
+    Attributes:
+        embeddings: ``(b, D)`` float32 on the CPU.
+        feature_maps: ``(b, C, h, w)`` on the model's device, or None.
+    """
+
+    embeddings: torch.Tensor
+    feature_maps: torch.Tensor | None
+
+
+@torch.no_grad()
+def encode(model: nn.Module, images: torch.Tensor, head_path: bool) -> EncodedBatch:
+    """Runs the trunk once on ``images``: embeddings, plus the maps on the head-only path."""
+    if not head_path:
+        return EncodedBatch(model(images).float().cpu(), None)
+    feature_maps = _features(model, images)
+    return EncodedBatch(model.embed_features(feature_maps).float().cpu(), feature_maps)
+
+
+def distance_function(engine: Any) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
+    """The engine's test distance: ``(N, D), (M, D)`` embeddings -> ``(N, M)`` numpy."""
+    own = getattr(engine, "distance_matrix", None)
+    if callable(own):
+
+        def engine_distances(query: torch.Tensor, gallery: torch.Tensor) -> np.ndarray:
+            result = own(query, gallery)
+            return result.cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
+
+        return engine_distances
+    opts = engine.eval_options
+    return lambda q, g: distance_matrix(q, g, opts.dist_metric, opts.normalize_feature)
+
+
+# -- encoding and ranking -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every stage of the dump needs.
+
+    Attributes:
+        model: the model, in eval mode.
+        device: where it runs.
+        head_path: explain through ``embed_features`` from maps of ``forward_features``.
+        layer: the explained layer on the full-model path.
+        batch_size: pairs (or triplets) per explanation batch.
+        progress: show progress bars.
+    """
+
+    model: nn.Module
+    device: torch.device
+    head_path: bool
+    layer: str
+    batch_size: int
+    progress: bool
+
+    def bar(self, iterable: Iterable[Any] | None = None, desc: str = "", total: int | None = None) -> tqdm:
+        """A tqdm bar that disappears when done (hidden with ``--no-progress``)."""
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=not self.progress)
+
+
+@dataclass(frozen=True)
+class QueryInfo:
+    """A chosen query: its index in the query set, image path, identity and camera."""
+
+    index: int
+    path: str
+    pid: int
+    camid: int
+
+
+@dataclass
+class EncodedQueries:
+    """The chosen queries after their one trunk pass.
+
+    Attributes:
+        queries: the queries, in query-set order.
+        embeddings: ``(N, D)`` float32 embeddings on the CPU.
+        inputs: per query, what explanations start from: its ``(C, h, w)`` ``layer4`` map on the
+            head-only path, its ``(3, H, W)`` network input otherwise.
+    """
+
+    queries: list[QueryInfo]
+    embeddings: torch.Tensor
+    inputs: list[torch.Tensor]
+
+
+def encode_queries(setup: Setup, loader: DataLoader, count: int) -> EncodedQueries:
+    """Runs the trunk once on ``count`` evenly spread queries of ``loader``'s dataset (only)."""
+    chosen = spread_indices(len(loader.dataset), count)
+    subset = DataLoader(
+        Subset(loader.dataset, chosen), batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers
+    )
+    queries: list[QueryInfo] = []
+    embeddings, inputs = [], []
+    for batch in setup.bar(subset, "queries"):
+        images = batch["img"].to(setup.device)
+        encoded = encode(setup.model, images, setup.head_path)
+        embeddings.append(encoded.embeddings)
+        inputs.extend(encoded.feature_maps if setup.head_path else images)
+        for path, pid, camid in zip(batch["impath"], batch["pid"], batch["camid"]):
+            queries.append(QueryInfo(chosen[len(queries)], path, int(pid), int(camid)))
+    return EncodedQueries(queries, torch.cat(embeddings), inputs)
+
+
+def rank_gallery(
+    setup: Setup,
+    loader: DataLoader,
+    encoded: EncodedQueries,
+    distances_of: Callable[[torch.Tensor, torch.Tensor], np.ndarray],
+    topk: int,
+    remove_same_camera: bool,
+) -> MatchTracker:
+    """Streams the gallery once through the trunk, ranking it and keeping the needed maps."""
+    tracker = MatchTracker(
+        np.array([q.pid for q in encoded.queries]), np.array([q.camid for q in encoded.queries]), topk,
+        remove_same_camera,
+    )
+    for batch in setup.bar(loader, "gallery"):
+        batch_encoded = encode(setup.model, batch["img"].to(setup.device), setup.head_path)
+        maps = batch_encoded.feature_maps
+        tracker.update(
+            distances_of(encoded.embeddings, batch_encoded.embeddings), np.asarray(batch["pid"]),
+            np.asarray(batch["camid"]), list(batch["impath"]),
+            [m.clone() for m in maps] if maps is not None else None,  # a clone frees the batch
+        )
+    return tracker
+
+
+# -- explaining -----------------------------------------------------------------------------------
+
+
+class Explainer:
+    """Siamese and triplet maps of query-gallery tuples, head-only or on the full model.
+
+    Args:
+        setup: model and options.
+        encoded: the chosen queries.
+        tracker: the ranked gallery (holding the kept ``layer4`` maps on the head-only path).
+        gallery_set: the gallery dataset (network inputs for the full-model path).
+    """
+
+    def __init__(self, setup: Setup, encoded: EncodedQueries, tracker: MatchTracker, gallery_set: Any) -> None:
+        self.setup = setup
+        self.encoded = encoded
+        self.tracker = tracker
+        self.gallery_set = gallery_set
+
+    def _query_inputs(self, queries: Sequence[int]) -> torch.Tensor:
+        return torch.stack([self.encoded.inputs[qi] for qi in queries])
+
+    def _gallery_inputs(self, gallery: Sequence[int]) -> torch.Tensor:
+        if self.setup.head_path:
+            return torch.stack([self.tracker.payload[j] for j in gallery])
+        return torch.stack([self.gallery_set[j]["img"] for j in gallery]).to(self.setup.device)
+
+    def pairs(self, queries: Sequence[int], gallery: Sequence[int], same: Sequence[bool]) -> tuple[torch.Tensor, ...]:
+        """Raw Siamese maps ``(T, h, w)`` of the queries and of the gallery images."""
+        first, second = self._query_inputs(queries), self._gallery_inputs(gallery)
+        same_t = torch.tensor(list(same), dtype=torch.bool, device=self.setup.device)
+        model = self.setup.model
+        with torch.no_grad():
+            if self.setup.head_path:
+                return explain_pair_features(model.embed_features, first, second, same_t)
+            return explain_pair(model, self.setup.layer, first, second, same_t)
+
+    def triplets(
+        self, queries: Sequence[int], closer: Sequence[int], farther: Sequence[int]
+    ) -> tuple[torch.Tensor, ...]:
+        """Raw triplet maps ``(T, h, w)`` of the queries, the closer and the farther images."""
+        anchors, a, b = self._query_inputs(queries), self._gallery_inputs(closer), self._gallery_inputs(farther)
+        model = self.setup.model
+        with torch.no_grad():
+            if self.setup.head_path:
+                return explain_triplet_features(model.embed_features, anchors, a, b)
+            return explain_triplet(model, self.setup.layer, anchors, a, b)
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def mask_fraction(raw_map: torch.Tensor, image_path: str) -> tuple[float | None, float | None]:
+    """Fraction of map mass inside the person mask, and the person's area fraction.
+
+    Args:
+        raw_map: ``(h, w)`` raw non-negative map.
+        image_path: the image; its ground-truth part mask is looked up beside it (label 0 is
+            background).
+
+    Returns:
+        ``(mass_fraction, area_fraction)``, each None when no mask exists; the mass fraction is
+        None for an all-zero map.
+    """
+    if not os.path.isfile(mask_path(image_path)):
+        return None, None
+    person = load_mask(image_path) > 0
+    resized = resize_maps(raw_map[None].float().cpu(), person.shape)[0].clamp(min=0).numpy()
+    total = float(resized.sum())
+    area = float(person.mean())
+    if total <= 0:
+        return None, area
+    return float(resized[person].sum() / total), area
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+class ImageCache:
+    """RGB images read once per path."""
+
+    def __init__(self) -> None:
+        self._images: dict[str, np.ndarray] = {}
+
+    def __call__(self, path: str) -> np.ndarray:
+        if path not in self._images:
+            self._images[path] = load_image(path)
+        return self._images[path]
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), max(size, 1)):
+        yield items[start : start + size]
+
+
+@dataclass
+class Dump:
+    """What the explanations produce: JSON records and the report's entries."""
+
+    out_dir: str
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    triplets: list[dict[str, Any]] = field(default_factory=list)
+    matches: dict[int, list[Match]] = field(default_factory=dict)
+    extra_panels: dict[int, list[Panel]] = field(default_factory=dict)
+    images: ImageCache = field(default_factory=ImageCache)
+
+
+def dump_pairs(explainer: Explainer, dump: Dump, same_mode: str) -> None:
+    """Explains every query's top-K matches and writes one panel per pair."""
+    tracker, queries = explainer.tracker, explainer.encoded.queries
+    pids, camids, dist = np.concatenate(tracker.pids), np.concatenate(tracker.camids), tracker.distances()
+    pairs = [(qi, rank, j) for qi in range(len(queries)) for rank, j in enumerate(tracker.ranked(qi), start=1)]
+    bar = explainer.setup.bar(desc="pairs", total=len(pairs))
+    for chunk in _chunks(pairs, explainer.setup.batch_size):
+        correct = [bool(pids[j] == queries[qi].pid) for qi, _, j in chunk]
+        same = correct if same_mode == "truth" else [True] * len(chunk)
+        m_query, m_gallery = explainer.pairs([qi for qi, _, _ in chunk], [j for _, _, j in chunk], same)
+        n_query, n_gallery = normalize_maps(m_query).cpu().numpy(), normalize_maps(m_gallery).cpu().numpy()
+        for t, (qi, rank, j) in enumerate(chunk):
+            query, g_path, distance = queries[qi], tracker.paths[j], float(dist[qi, j])
+            panel = f"panels/q{query.index:05d}_r{rank:03d}.png"
+            image = pair_panel(
+                dump.images(query.path), dump.images(g_path), n_query[t], n_gallery[t], distance, rank, correct[t],
+                query.pid, int(pids[j]),
+            )
+            save_image(os.path.join(dump.out_dir, panel), image)
+            q_frac, q_area = mask_fraction(m_query[t], query.path)
+            g_frac, g_area = mask_fraction(m_gallery[t], g_path)
+            dump.pairs.append({
+                "query_index": query.index, "query_path": query.path, "gallery_index": j, "gallery_path": g_path,
+                "query_pid": query.pid, "gallery_pid": int(pids[j]),
+                "query_camid": query.camid, "gallery_camid": int(camids[j]),
+                "distance": distance, "rank": rank, "correct": correct[t], "same": same[t], "panel": panel,
+                "query_mask_fraction": q_frac, "gallery_mask_fraction": g_frac,
+                "query_mask_area": q_area, "gallery_mask_area": g_area,
+            })
+            dump.matches.setdefault(qi, []).append(
+                Match(g_path, int(pids[j]), distance, rank, correct[t], os.path.join(dump.out_dir, panel))
+            )
+        bar.update(len(chunk))
+    bar.close()
+
+
+def dump_triplets(explainer: Explainer, dump: Dump) -> None:
+    """For each query: why is the top match A closer than B, the best match of the other kind."""
+    tracker, queries = explainer.tracker, explainer.encoded.queries
+    pids, dist = np.concatenate(tracker.pids), tracker.distances()
+    triples = [
+        (qi, tracker.ranked(qi)[0], b)
+        for qi in range(len(queries))
+        if tracker.ranked(qi) and (b := tracker.contrast(qi)) is not None
+    ]
+    for chunk in explainer.setup.bar(list(_chunks(triples, explainer.setup.batch_size)), "triplets"):
+        maps = explainer.triplets(*([row[k] for row in chunk] for k in range(3)))
+        m_anchor, m_a, m_b = (normalize_maps(m).cpu().numpy() for m in maps)
+        for t, (qi, a, b) in enumerate(chunk):
+            query = queries[qi]
+            correct_a, correct_b = bool(pids[a] == query.pid), bool(pids[b] == query.pid)
+            d_a, d_b, rank_b = float(dist[qi, a]), float(dist[qi, b]), tracker.rank_of(qi, b)
+            panel = f"triplets/q{query.index:05d}.png"
+            image = triplet_panel(
+                dump.images(query.path), dump.images(tracker.paths[a]), dump.images(tracker.paths[b]),
+                m_anchor[t], m_a[t], m_b[t], d_a, d_b, correct_a, correct_b,
+            )
+            save_image(os.path.join(dump.out_dir, panel), image)
+            dump.triplets.append({
+                "query_index": query.index, "query_path": query.path, "query_pid": query.pid,
+                "a_path": tracker.paths[a], "a_pid": int(pids[a]), "a_rank": 1, "a_distance": d_a,
+                "a_correct": correct_a, "b_path": tracker.paths[b], "b_pid": int(pids[b]), "b_rank": rank_b,
+                "b_distance": d_b, "b_correct": correct_b, "panel": panel,
+            })
+            caption = f"why is rank 1 ({'correct' if correct_a else 'wrong'}) closer than rank {rank_b}?"
+            dump.extra_panels.setdefault(qi, []).append(Panel(os.path.join(dump.out_dir, panel), caption))
+
+
+def summarize(dump: Dump) -> dict[str, Any]:
+    """Counts and mean mask-mass fractions (both images of each pair pooled)."""
+
+    def fractions(correct: bool) -> list[float | None]:
+        keys = ("query_mask_fraction", "gallery_mask_fraction")
+        return [r[key] for r in dump.pairs if r["correct"] == correct for key in keys]
+
+    return {
+        "num_pairs": len(dump.pairs),
+        "num_triplets": len(dump.triplets),
+        "rank1_correct": sum(r["correct"] for r in dump.pairs if r["rank"] == 1),
+        "mean_mask_fraction_correct": _mean(fractions(True)),
+        "mean_mask_fraction_wrong": _mean(fractions(False)),
+        "mean_mask_area": _mean(r[k] for r in dump.pairs for k in ("query_mask_area", "gallery_mask_area")),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+# -- the tool -------------------------------------------------------------------------------------
+
+
+def load_engine(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Config, engine and weights, as ``tools/test.py`` loads them."""
+    try:
+        cfg = load_config(args.config, args.opts)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from exc
+    setup_logging(cfg.OUTPUT_DIR, "explain")
+    engine = build_engine(cfg, progress=not args.no_progress)
+    state = model_state_from_checkpoint(load_checkpoint(args.weights, map_location=engine.device))
+    engine.model.load_state_dict(state)
+    logger.info("loaded weights from %s", args.weights)
+    if cfg.TEST.RERANK:
+        logger.warning("TEST.RERANK is ignored: the explanations rank by the model's own distance")
+    return cfg, engine
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    cfg, engine = load_engine(args)
+    engine.model.eval()
+    setup = Setup(
+        model=engine.model, device=engine.device, head_path=args.layer is None and has_head_path(engine.model),
+        layer=args.layer or DEFAULT_LAYER, batch_size=args.batch_size or cfg.SAMPLER.BATCH_SIZE_TEST,
+        progress=not args.no_progress,
+    )
+    dataset_name = next(iter(engine.test_loader))
+    loaders = engine.test_loader[dataset_name]
+    how = "the head-only path (one trunk pass per image)" if setup.head_path else f"the full model at {setup.layer!r}"
+    logger.info("explaining %s with %s", dataset_name, how)
+
+    encoded = encode_queries(setup, loaders["query"], args.num_queries)
+    tracker = rank_gallery(
+        setup, loaders["gallery"], encoded, distance_function(engine), args.topk, not args.keep_same_camera
+    )
+    explainer = Explainer(setup, encoded, tracker, loaders["gallery"].dataset)
+    dump = Dump(os.path.join(cfg.OUTPUT_DIR, EXPLANATIONS_DIR))
+    dump_pairs(explainer, dump, args.same)
+    if args.triplets:
+        dump_triplets(explainer, dump)
+
+    results = [
+        QueryResult(
+            q.path, q.pid, dump.matches.get(qi, []), dump.extra_panels.get(qi, []),
+            name=f"{os.path.basename(q.path)} (query {q.index})",
+        )
+        for qi, q in enumerate(encoded.queries)
+    ]
+    report = write_html_report(dump.out_dir, results, title=f"Similarity attention: {dataset_name}")
+    summary = {
+        "dataset": dataset_name, "explained_with": "head" if setup.head_path else "model",
+        "layer": DEFAULT_LAYER if setup.head_path else setup.layer, "same": args.same,
+        "num_queries": len(encoded.queries), "num_gallery": tracker.num_gallery, **summarize(dump),
+        "report": os.path.abspath(report), "json": os.path.abspath(os.path.join(dump.out_dir, "explanations.json")),
+    }
+    write_json(summary["json"], {"summary": summary, "pairs": dump.pairs, "triplets": dump.triplets})
+    logger.info(
+        "mean fraction of map mass inside the person mask: correct matches %s, wrong matches %s "
+        "(a uniform map would give the person's area fraction, %s)",
+        _fmt(summary["mean_mask_fraction_correct"]), _fmt(summary["mean_mask_fraction_wrong"]),
+        _fmt(summary["mean_mask_area"]),
+    )
+    logger.info(
+        "explained %d pairs and %d triplets of %d queries: %s",
+        summary["num_pairs"], summary["num_triplets"], summary["num_queries"], report,
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main()
