@@ -1,1 +1,35 @@
 """Command-line tools (importable so tests can call ``main(argv)``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parses the tool's options anywhere on the line; every other token is a config override.
+
+    The parser declares its options and a positional ``opts`` (``nargs="*"``). Tokens that are
+    one of its option strings (``--flag``, ``--key value``, ``--key=value``) are options, the
+    rest are ``KEY VALUE`` overrides in order, so values such as ``-1e-3`` or ``[]`` pass through
+    untouched and ``--no-progress`` may come after the overrides.
+    """
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    actions = {name: action for action in parser._actions for name in action.option_strings}
+    options: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        action = actions.get(token.split("=", 1)[0]) if token.startswith("-") else None
+        if action is None:
+            overrides.append(token)
+        else:
+            options.append(token)
+            if action.nargs != 0 and "=" not in token and i + 1 < len(tokens):
+                options.append(tokens[i + 1])
+                i += 1
+        i += 1
+    args = parser.parse_args(options)
+    args.opts = overrides
+    return args

@@ -20,6 +20,7 @@ from torchreid.reid.data.datasets import init_image_dataset  # noqa: E402
 
 import reid.data.cuhk03_np  # noqa: E402,F401  (registers cuhk03_np_labeled / _detected)
 import reid.data.dukemtmc  # noqa: E402,F401  (registers dukemtmc_reid)
+from tools import parse_with_overrides  # noqa: E402
 from reid.config import ConfigError, load_config  # noqa: E402
 from reid.engine.builders import dataset_names  # noqa: E402
 from reid.data.validation import SPLITS, count_mismatches, format_statistics, split_statistics  # noqa: E402
@@ -30,8 +31,8 @@ logger = logging.getLogger("check_data")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. DATA.ROOT /data")
-    return parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. DATA.ROOT /data")
+    return parse_with_overrides(parser, argv)
 
 
 def check_dataset(name: str, registered_name: str, root: str) -> tuple[str, list[str]]:

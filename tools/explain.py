@@ -70,6 +70,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tools import parse_with_overrides  # noqa: E402
 from reid.config import ConfigError, load_config  # noqa: E402
 from reid.data.synthetic import load_mask, mask_path  # noqa: E402
 from reid.engine.base import write_json  # noqa: E402
@@ -117,8 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batch-size", type=int, default=0, help="pairs per explanation batch (0: SAMPLER.BATCH_SIZE_TEST)"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. OUTPUT_DIR out")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OUTPUT_DIR out")
+    args = parse_with_overrides(parser, argv)
     if args.num_queries < 1 or args.topk < 1:
         parser.error("--num-queries and --topk must be positive")
     return args

@@ -14,6 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tools import parse_with_overrides  # noqa: E402
 from reid.config import ConfigError, config_to_dict, load_config  # noqa: E402
 from reid.engine.base import write_json  # noqa: E402
 from reid.engine.builders import build_engine, setup_logging  # noqa: E402
@@ -27,8 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. TEST.RERANK True")
-    return parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. TEST.RERANK True")
+    return parse_with_overrides(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -10,6 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tools import parse_with_overrides  # noqa: E402
 from reid.config import ConfigError, load_config  # noqa: E402
 from reid.engine.builders import build_engine, setup_logging  # noqa: E402
 
@@ -21,8 +22,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML config file (overrides reid/config.py)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. OPTIM.MAX_EPOCH 5")
-    return parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OPTIM.MAX_EPOCH 5")
+    return parse_with_overrides(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
