@@ -5,7 +5,7 @@ Usage::
 
     python tools/explain.py --config FILE --weights CKPT [--num-queries N] [--topk K] [--triplets]
         [--same truth|model] [--layer NAME] [--keep-same-camera] [--batch-size B] [--no-progress]
-        [KEY VALUE ...]
+        [--top-nodes T] [--feeders F] [KEY VALUE ...]
 
 What it does, on the first target dataset of the config (``DATA.TARGETS``, else ``DATA.SOURCES``):
 
@@ -46,6 +46,31 @@ Everything goes under ``OUTPUT_DIR/explanations/``:
   the report, and, where a ground-truth person mask exists beside the image (the synthetic set),
   the fraction of map mass inside the person mask for both images; the triplets; a summary.
 
+**AVSL models** (``MODEL.NAME avsl``, any model with ``attribute`` and ``edge_weights``) are not
+explained with similarity attention (their flat eval features are not an embedding; the distance
+is ``d_hat``). Steps 1-2 are the same (ranking by the engine's ``distance_matrix``, i.e. ``d_hat``);
+step 3 runs the full model; steps 4-5 are replaced by one **attribution panel** per pair
+(``--triplets`` and ``--layer`` are refused, ``--same`` is ignored), from
+:meth:`reid.models.avsl.AVSL.attribute` and :mod:`reid.vis.attribution`:
+
+* the overall distance ``d_hat`` and its split over the levels, ``sum_i lambda^l_i delta^l_i``
+  (exact: AVSL paper, section 3.4, eq. 11);
+* per level, the ``--top-nodes`` nodes with the largest contribution ``lambda^l_i delta^l_i``, each
+  with its node CAM overlaid on the query and on the gallery image;
+* one rectified node: among the ``--top-nodes`` top-level nodes with the largest rectified value
+  ``delta_hat^L_i`` (the terms of ``d_hat``), the least reliable one (lowest ``p``), with its raw
+  ``delta``, ``p``, ``delta_hat = p delta + (1 - p) sum_j W~_ij delta_hat^(L-1)_j`` (eq. 8) and the
+  ``--feeders`` lower-level nodes ``j`` with the largest ``W~_ij delta_hat^(L-1)_j`` (their edge
+  weights and CAMs).
+
+Panels go to ``attributions/q<query>_r<rank>.png`` and join ``index.html`` as each match's panel;
+``explanations.json`` holds per pair the engine's ``distance``, the attribution pass's
+``attributed_distance`` (equal to float precision; a warning is logged otherwise) and
+``attribution``: per level the ``total``, every node's ``contributions``, the ``top`` nodes (node,
+contribution, weight, delta) and ``rest``; and ``rectified_node`` (level, node, delta,
+reliability, rectified, carried, feeders). The summary gives the mean share of ``d_hat`` per
+level. Reference: ``shared/METHOD.md`` section 5.
+
 Mask-mass fraction of a map: the raw (non-negative) map is resized bilinearly to the mask's
 size and ``sum(M * [mask > 0]) / sum(M)`` is taken (``None`` for an all-zero map or without a
 mask). The log gives its mean over the correct matches next to the person's area fraction (what a
@@ -85,13 +110,16 @@ from reid.explain import (  # noqa: E402
     normalize_maps,
     resize_maps,
 )
+from reid.models.avsl import rectify_step  # noqa: E402
 from reid.vis import Match, Panel, QueryResult, load_image, pair_panel, save_image, triplet_panel  # noqa: E402
-from reid.vis import write_html_report  # noqa: E402
+from reid.vis import attribution_panel, summarize_attribution, write_html_report  # noqa: E402
 
 logger = logging.getLogger("explain")
 
 DEFAULT_LAYER = "layer4"
 EXPLANATIONS_DIR = "explanations"
+# Relative tolerance between the engine's distance and the attribution's d_hat of a pair.
+_DISTANCE_TOLERANCE = 1e-4
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,11 +145,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", type=int, default=0, help="pairs per explanation batch (0: SAMPLER.BATCH_SIZE_TEST)"
     )
+    parser.add_argument(
+        "--top-nodes", type=int, default=3, help="AVSL: nodes shown per level (and rectification candidates)"
+    )
+    parser.add_argument("--feeders", type=int, default=3, help="AVSL: lower-level nodes shown for the rectified node")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OUTPUT_DIR out")
     args = parse_with_overrides(parser, argv)
     if args.num_queries < 1 or args.topk < 1:
         parser.error("--num-queries and --topk must be positive")
+    if args.top_nodes < 1 or args.feeders < 1:
+        parser.error("--top-nodes and --feeders must be positive")
     return args
 
 
@@ -256,6 +290,11 @@ class MatchTracker:
 
 
 # -- model access ---------------------------------------------------------------------------------
+
+
+def has_attribution_path(model: nn.Module) -> bool:
+    """Whether the model explains its distances by attribution (AVSL: ``attribute`` and ``edge_weights``)."""
+    return callable(getattr(model, "attribute", None)) and callable(getattr(model, "edge_weights", None))
 
 
 def has_head_path(model: nn.Module) -> bool:
@@ -442,6 +481,10 @@ class Explainer:
                 return explain_pair_features(model.embed_features, first, second, same_t)
             return explain_pair(model, self.setup.layer, first, second, same_t)
 
+    def attributions(self, queries: Sequence[int], gallery: Sequence[int]) -> "PairAttributions":
+        """AVSL attribution of the pairs ``(query, gallery image)`` (full-model path)."""
+        return attribute_pairs(self.setup.model, self._query_inputs(queries), self._gallery_inputs(gallery))
+
     def triplets(
         self, queries: Sequence[int], closer: Sequence[int], farther: Sequence[int]
     ) -> tuple[torch.Tensor, ...]:
@@ -582,12 +625,133 @@ def dump_triplets(explainer: Explainer, dump: Dump) -> None:
             dump.extra_panels.setdefault(qi, []).append(Panel(os.path.join(dump.out_dir, panel), caption))
 
 
+# -- AVSL attribution -----------------------------------------------------------------------------
+
+
+@dataclass
+class PairAttributions:
+    """AVSL attribution of B pairs as CPU numpy arrays (see :meth:`reid.models.avsl.AVSL.attribute`).
+
+    Attributes:
+        distance: ``(B,)`` ``d_hat`` from the attribution pass.
+        nodes: L arrays ``(B, R)`` ``delta^l``.
+        weights: L arrays ``(B, R)`` ``lambda^l``; ``sum_l (weights * nodes).sum(1) == distance``.
+        reliabilities: L-1 arrays ``(B, R)`` ``p^l`` of levels ``2..L``.
+        rectified: L arrays ``(B, R)`` ``delta_hat^l`` (eq. 8; ``delta_hat^1 = delta^1``).
+        edge_weights: L-1 arrays ``(R, R)`` ``W~^l`` of levels ``2..L``.
+        cams1: L arrays ``(B, R, h_l, w_l)``: the first images' node CAMs, each min-max normalised.
+        cams2: L arrays of the second images' normalised node CAMs.
+    """
+
+    distance: np.ndarray
+    nodes: list[np.ndarray]
+    weights: list[np.ndarray]
+    reliabilities: list[np.ndarray]
+    rectified: list[np.ndarray]
+    edge_weights: list[np.ndarray]
+    cams1: list[np.ndarray]
+    cams2: list[np.ndarray]
+
+
+def _unit_cams(cams: torch.Tensor) -> np.ndarray:
+    """``(B, R, h, w)`` -> the same, each map min-max normalised to ``[0, 1]``, numpy float32."""
+    return normalize_maps(cams.flatten(0, 1).float()).reshape(cams.shape).cpu().numpy()
+
+
+@torch.no_grad()
+def attribute_pairs(model: nn.Module, first: torch.Tensor, second: torch.Tensor) -> PairAttributions:
+    """Runs ``model.attribute`` on the pairs and adds the rectified nodes of every level.
+
+    Reference: AVSL paper, section 3.3 (eq. 8) and section 3.4 (eq. 11); ``shared/METHOD.md``
+    section 5.
+
+    Args:
+        model: an AVSL model in eval mode.
+        first: ``(B, 3, H, W)`` query images.
+        second: ``(B, 3, H, W)`` gallery images.
+    """
+    out = model.attribute(first, second)
+    edge_weights = [w.to(first.device) for w in model.edge_weights()]
+    rectified = [out["nodes"][0]]
+    for delta, p, w in zip(out["nodes"][1:], out["reliabilities"], edge_weights):
+        rectified.append(rectify_step(rectified[-1], delta, p, w))
+
+    def arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        return [t.detach().double().cpu().numpy() for t in tensors]
+
+    return PairAttributions(
+        distance=out["distance"].detach().double().cpu().numpy(), nodes=arrays(out["nodes"]),
+        weights=arrays(out["weights"]), reliabilities=arrays(out["reliabilities"]), rectified=arrays(rectified),
+        edge_weights=arrays(edge_weights), cams1=[_unit_cams(c) for c in out["cams1"]],
+        cams2=[_unit_cams(c) for c in out["cams2"]],
+    )
+
+
+def dump_attributions(explainer: Explainer, dump: Dump, top_nodes: int, feeders: int) -> None:
+    """Attributes every query's top-K matches (AVSL) and writes one attribution panel per pair.
+
+    The recorded ``distance`` is the engine's (the ranking's); ``attributed_distance`` is the
+    attribution pass's ``d_hat``, which the contributions sum to; a warning is logged when the two
+    differ by more than a relative ``1e-4``.
+    """
+    tracker, queries, model = explainer.tracker, explainer.encoded.queries, explainer.setup.model
+    pids, camids, dist = np.concatenate(tracker.pids), np.concatenate(tracker.camids), tracker.distances()
+    levels = list(model.levels)
+    pairs = [(qi, rank, j) for qi in range(len(queries)) for rank, j in enumerate(tracker.ranked(qi), start=1)]
+    bar = explainer.setup.bar(desc="attributions", total=len(pairs))
+    for chunk in _chunks(pairs, explainer.setup.batch_size):
+        att = explainer.attributions([qi for qi, _, _ in chunk], [j for _, _, j in chunk])
+        for t, (qi, rank, j) in enumerate(chunk):
+            query, g_path, distance = queries[qi], tracker.paths[j], float(dist[qi, j])
+            correct = bool(pids[j] == query.pid)
+            summary = summarize_attribution(
+                float(att.distance[t]), levels, [n[t] for n in att.nodes], [w[t] for w in att.weights],
+                [p[t] for p in att.reliabilities], [r[t] for r in att.rectified], att.edge_weights,
+                top=top_nodes, feeders=feeders,
+            )
+            if abs(summary.distance - distance) > _DISTANCE_TOLERANCE * max(1.0, abs(distance)):
+                logger.warning(
+                    "query %d, gallery %d: attributed d_hat %.6f differs from the ranking's distance %.6f",
+                    query.index, j, summary.distance, distance,
+                )
+            panel = f"attributions/q{query.index:05d}_r{rank:03d}.png"
+            image = attribution_panel(
+                dump.images(query.path), dump.images(g_path), summary, [c[t] for c in att.cams1],
+                [c[t] for c in att.cams2], rank=rank, correct=correct,
+            )
+            save_image(os.path.join(dump.out_dir, panel), image)
+            dump.pairs.append({
+                "query_index": query.index, "query_path": query.path, "gallery_index": j, "gallery_path": g_path,
+                "query_pid": query.pid, "gallery_pid": int(pids[j]),
+                "query_camid": query.camid, "gallery_camid": int(camids[j]),
+                "distance": distance, "attributed_distance": summary.distance, "rank": rank, "correct": correct,
+                "panel": panel, "attribution": summary.to_dict(),
+            })
+            caption = f"AVSL attribution: d_hat {summary.distance:.4f} by level and node, and one rectified node"
+            dump.matches.setdefault(qi, []).append(
+                Match(g_path, int(pids[j]), distance, rank, correct, None,
+                      (Panel(os.path.join(dump.out_dir, panel), caption),))
+            )
+        bar.update(len(chunk))
+    bar.close()
+
+
+def level_shares(dump: Dump) -> dict[str, float | None]:
+    """Mean share of ``d_hat`` per level over the attributed pairs (level total / distance)."""
+    shares: dict[str, list[float]] = {}
+    for record in dump.pairs:
+        total = record["attribution"]["distance"]
+        for level in record["attribution"]["levels"]:
+            shares.setdefault(level["level"], []).append(level["total"] / total if total > 0 else None)
+    return {name: _mean(values) for name, values in shares.items()}
+
+
 def summarize(dump: Dump) -> dict[str, Any]:
     """Counts and mean mask-mass fractions (both images of each pair pooled)."""
 
     def fractions(correct: bool) -> list[float | None]:
         keys = ("query_mask_fraction", "gallery_mask_fraction")
-        return [r[key] for r in dump.pairs if r["correct"] == correct for key in keys]
+        return [r.get(key) for r in dump.pairs if r["correct"] == correct for key in keys]
 
     return {
         "num_pairs": len(dump.pairs),
@@ -595,7 +759,7 @@ def summarize(dump: Dump) -> dict[str, Any]:
         "rank1_correct": sum(r["correct"] for r in dump.pairs if r["rank"] == 1),
         "mean_mask_fraction_correct": _mean(fractions(True)),
         "mean_mask_fraction_wrong": _mean(fractions(False)),
-        "mean_mask_area": _mean(r[k] for r in dump.pairs for k in ("query_mask_area", "gallery_mask_area")),
+        "mean_mask_area": _mean(r.get(k) for r in dump.pairs for k in ("query_mask_area", "gallery_mask_area")),
     }
 
 
@@ -626,14 +790,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     cfg, engine = load_engine(args)
     engine.model.eval()
+    attribution = has_attribution_path(engine.model)
+    if attribution and (args.triplets or args.layer):
+        raise SystemExit(
+            "--triplets and --layer explain with similarity attention, which does not apply to an AVSL model "
+            "(MODEL.NAME avsl); its explanations are attribution panels: drop these options"
+        )
     setup = Setup(
-        model=engine.model, device=engine.device, head_path=args.layer is None and has_head_path(engine.model),
+        model=engine.model, device=engine.device,
+        head_path=args.layer is None and not attribution and has_head_path(engine.model),
         layer=args.layer or DEFAULT_LAYER, batch_size=args.batch_size or cfg.SAMPLER.BATCH_SIZE_TEST,
         progress=not args.no_progress,
     )
     dataset_name = next(iter(engine.test_loader))
     loaders = engine.test_loader[dataset_name]
-    how = "the head-only path (one trunk pass per image)" if setup.head_path else f"the full model at {setup.layer!r}"
+    if attribution:
+        how = f"AVSL attribution over levels {list(engine.model.levels)}"
+    elif setup.head_path:
+        how = "the head-only path (one trunk pass per image)"
+    else:
+        how = f"the full model at {setup.layer!r}"
     logger.info("explaining %s with %s", dataset_name, how)
 
     encoded = encode_queries(setup, loaders["query"], args.num_queries)
@@ -642,7 +818,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     explainer = Explainer(setup, encoded, tracker, loaders["gallery"].dataset)
     dump = Dump(os.path.join(cfg.OUTPUT_DIR, EXPLANATIONS_DIR))
-    dump_pairs(explainer, dump, args.same)
+    if attribution:
+        dump_attributions(explainer, dump, args.top_nodes, args.feeders)
+    else:
+        dump_pairs(explainer, dump, args.same)
     if args.triplets:
         dump_triplets(explainer, dump)
 
@@ -653,20 +832,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         for qi, q in enumerate(encoded.queries)
     ]
-    report = write_html_report(dump.out_dir, results, title=f"Similarity attention: {dataset_name}")
+    title = f"{'AVSL attribution' if attribution else 'Similarity attention'}: {dataset_name}"
+    report = write_html_report(dump.out_dir, results, title=title)
+    if attribution:
+        method = {"explained_with": "attribution", "levels": list(engine.model.levels), "same": None,
+                  "mean_level_share": level_shares(dump)}
+    else:
+        method = {"explained_with": "head" if setup.head_path else "model",
+                  "layer": DEFAULT_LAYER if setup.head_path else setup.layer, "same": args.same}
     summary = {
-        "dataset": dataset_name, "explained_with": "head" if setup.head_path else "model",
-        "layer": DEFAULT_LAYER if setup.head_path else setup.layer, "same": args.same,
+        "dataset": dataset_name, **method,
         "num_queries": len(encoded.queries), "num_gallery": tracker.num_gallery, **summarize(dump),
         "report": os.path.abspath(report), "json": os.path.abspath(os.path.join(dump.out_dir, "explanations.json")),
     }
     write_json(summary["json"], {"summary": summary, "pairs": dump.pairs, "triplets": dump.triplets})
-    logger.info(
-        "mean fraction of map mass inside the person mask: correct matches %s, wrong matches %s "
-        "(a uniform map would give the person's area fraction, %s)",
-        _fmt(summary["mean_mask_fraction_correct"]), _fmt(summary["mean_mask_fraction_wrong"]),
-        _fmt(summary["mean_mask_area"]),
-    )
+    if attribution:
+        logger.info(
+            "mean share of d_hat per level: %s",
+            ", ".join(f"{name} {_fmt(share)}" for name, share in summary["mean_level_share"].items()),
+        )
+    else:
+        logger.info(
+            "mean fraction of map mass inside the person mask: correct matches %s, wrong matches %s "
+            "(a uniform map would give the person's area fraction, %s)",
+            _fmt(summary["mean_mask_fraction_correct"]), _fmt(summary["mean_mask_fraction_wrong"]),
+            _fmt(summary["mean_mask_area"]),
+        )
     logger.info(
         "explained %d pairs and %d triplets of %d queries: %s",
         summary["num_pairs"], summary["num_triplets"], summary["num_queries"], report,
