@@ -33,7 +33,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "grad-cam==1.5.7", "faiss-cpu"],
+        "test": ["pytest", "grad-cam==1.5.7", "faiss-cpu", "onnx", "onnxruntime", "onnxscript"],
+        "export": ["onnx", "onnxruntime", "onnxscript"],
         "faiss": ["faiss-cpu"],
     },
 )

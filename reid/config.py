@@ -211,6 +211,31 @@ _C.TRAIN = CN()
 _C.TRAIN.PRINT_FREQ = 10
 # Write a checkpoint every N epochs (the last epoch is always written).
 _C.TRAIN.CHECKPOINT_FREQ = 1
+# Mixed precision (torch.autocast) of training, feature extraction and explanation: "off"
+# (float32), "bf16" (bfloat16, CPU or CUDA, no loss scaling) or "fp16" (float16 with a dynamic
+# loss scaler, CUDA only). Losses, similarity weights and the attention maps' alpha and weighted
+# sum stay float32.
+_C.TRAIN.AMP = "off"
+# Store the model's weights and the input images in channels_last memory format (faster
+# convolutions on recent GPUs, notably with AMP; often slower on the CPU). Same results up to
+# floating-point rounding, except that dropout draws its mask in memory order, so the masks
+# (not their distribution) differ.
+_C.TRAIN.CHANNELS_LAST = False
+
+# ---------------------------------------------------------------------------------------------
+# Distributed training, one process per GPU, started with torchrun (which sets WORLD_SIZE, RANK
+# and LOCAL_RANK). With W processes each one loads SAMPLER.BATCH_SIZE_TRAIN / W images per step,
+# so the global batch stays SAMPLER.BATCH_SIZE_TRAIN; see reid/engine/distributed.py.
+_C.DIST = CN()
+# Process-group backend: "auto" (nccl on GPUs, gloo on the CPU), "nccl" or "gloo".
+_C.DIST.BACKEND = "auto"
+# Minutes a collective (e.g. the barrier while rank 0 evaluates) may wait before failing.
+_C.DIST.TIMEOUT_MIN = 60
+# Passes over the training identities per epoch with the distributed identity sampler (each
+# identity once per pass, K images each). 1 makes an epoch shorter than torchreid's
+# RandomIdentitySampler epoch by about images-per-identity / K; the training log prints the
+# value that matches it (to keep OPTIM.MAX_EPOCH and OPTIM.STEPSIZE meaning the same).
+_C.DIST.ID_PASSES = 1
 
 
 def get_default_config() -> CN:
@@ -342,6 +367,8 @@ _CHOICES = {
     "SAM.BN_MODE": ("eval", "train"),
     "MODEL.NAME": ("pcb", "avsl"),
     "AVSL.LOSS": ("triplet", "proxy_anchor"),
+    "TRAIN.AMP": ("off", "bf16", "fp16"),
+    "DIST.BACKEND": ("auto", "nccl", "gloo"),
 }
 
 
@@ -384,6 +411,37 @@ def validate(cfg: CN) -> None:
         raise ConfigError(f"AVSL.MOMENTUM must be in [0, 1), got {avsl.MOMENTUM}")
     if avsl.EVAL_CHUNK_SIZE < 0:
         raise ConfigError("AVSL.EVAL_CHUNK_SIZE must be >= 0 (0: automatic)")
+    if cfg.TRAIN.AMP == "fp16" and cfg.DEVICE == "cpu":
+        raise ConfigError(
+            "TRAIN.AMP fp16 needs a CUDA device (float16 autocast with a loss scaler); "
+            "use TRAIN.AMP bf16 on the CPU"
+        )
+    if cfg.DIST.TIMEOUT_MIN < 1:
+        raise ConfigError(f"DIST.TIMEOUT_MIN must be >= 1, got {cfg.DIST.TIMEOUT_MIN}")
+    if cfg.DIST.ID_PASSES < 1:
+        raise ConfigError(f"DIST.ID_PASSES must be >= 1, got {cfg.DIST.ID_PASSES}")
+
+
+def validate_world_size(cfg: CN, world_size: int) -> None:
+    """Checks that the training batch splits over ``world_size`` processes into P x K batches.
+
+    Each process loads ``SAMPLER.BATCH_SIZE_TRAIN / world_size`` images per step, and that
+    per-process batch must itself be a multiple of ``SAMPLER.NUM_INSTANCES`` (K).
+
+    Raises:
+        ConfigError: the batch does not divide.
+    """
+    if world_size < 1:
+        raise ConfigError(f"world size must be >= 1, got {world_size}")
+    if world_size == 1:
+        return
+    batch, k = cfg.SAMPLER.BATCH_SIZE_TRAIN, cfg.SAMPLER.NUM_INSTANCES
+    if batch % world_size or (batch // world_size) % k:
+        raise ConfigError(
+            f"SAMPLER.BATCH_SIZE_TRAIN ({batch}) must split over {world_size} processes into "
+            f"per-process batches that are multiples of SAMPLER.NUM_INSTANCES ({k}); "
+            f"use a multiple of {world_size * k}"
+        )
 
 
 def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:

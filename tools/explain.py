@@ -80,6 +80,7 @@ uniform map would score).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -812,18 +813,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         how = f"the full model at {setup.layer!r}"
     logger.info("explaining %s with %s", dataset_name, how)
 
-    encoded = encode_queries(setup, loaders["query"], args.num_queries)
-    tracker = rank_gallery(
-        setup, loaders["gallery"], encoded, distance_function(engine), args.topk, not args.keep_same_camera
-    )
-    explainer = Explainer(setup, encoded, tracker, loaders["gallery"].dataset)
-    dump = Dump(os.path.join(cfg.OUTPUT_DIR, EXPLANATIONS_DIR))
-    if attribution:
-        dump_attributions(explainer, dump, args.top_nodes, args.feeders)
-    else:
-        dump_pairs(explainer, dump, args.same)
-    if args.triplets:
-        dump_triplets(explainer, dump)
+    # TRAIN.AMP: trunk passes under autocast; reid.explain keeps alpha and Eq. 1 in float32.
+    # AVSL attribution stays float32 (its eq. 11 identity is checked exactly).
+    amp = contextlib.nullcontext() if attribution else engine.autocast()
+    with amp:
+        encoded = encode_queries(setup, loaders["query"], args.num_queries)
+        tracker = rank_gallery(
+            setup, loaders["gallery"], encoded, distance_function(engine), args.topk, not args.keep_same_camera
+        )
+        explainer = Explainer(setup, encoded, tracker, loaders["gallery"].dataset)
+        dump = Dump(os.path.join(cfg.OUTPUT_DIR, EXPLANATIONS_DIR))
+        if attribution:
+            dump_attributions(explainer, dump, args.top_nodes, args.feeders)
+        else:
+            dump_pairs(explainer, dump, args.same)
+        if args.triplets:
+            dump_triplets(explainer, dump)
 
     results = [
         QueryResult(

@@ -2,7 +2,9 @@
 """Evaluate a checkpoint: ``python tools/test.py --config FILE --weights CKPT [KEY VALUE ...]``.
 
 Writes ``OUTPUT_DIR/test_metrics.json`` (same keys as the training run's ``metrics.json``) and the
-CMC plot ``OUTPUT_DIR/test_cmc.png``. ``TEST.RERANK True`` applies k-reciprocal re-ranking.
+CMC plot ``OUTPUT_DIR/test_cmc.png``. ``TEST.RERANK True`` applies k-reciprocal re-ranking;
+``TRAIN.AMP bf16`` (or ``fp16`` on CUDA) extracts the features under autocast. Evaluates
+checkpoints of single-process and distributed (``torchrun``) runs alike; it runs as one process.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(args.config, args.opts)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from exc
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise SystemExit(
+            "tools/test.py evaluates in one process; run it with python, not torchrun "
+            f"(WORLD_SIZE is {os.environ['WORLD_SIZE']})"
+        )
     setup_logging(cfg.OUTPUT_DIR, "test")
     engine = build_engine(cfg, progress=not args.no_progress)
     state = model_state_from_checkpoint(load_checkpoint(args.weights, map_location=engine.device))

@@ -212,14 +212,13 @@ class AVSLEngine(ReidEngine):
     def forward_backward(self, data: dict[str, Any]) -> dict[str, float]:
         """One optimisation step on a training batch; returns the logged terms as floats."""
         imgs, pids = self.to_device(data)
-        output = self.model(imgs)
+        with self.autocast():
+            output = self.model(imgs)
         if not isinstance(output, AVSLOutput):
             raise TypeError(f"expected the model's train-mode AVSLOutput, got {type(output).__name__}")
-        terms, stats = self.metric_terms(output, pids)
+        terms, stats = self.metric_terms(self.float32(output), pids)
         loss = combine(terms, self.weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.backward_step(loss)
         logged = as_floats(terms)
         logged["loss"] = float(loss.detach())
         logged.update(stats)

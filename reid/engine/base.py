@@ -3,20 +3,34 @@
 Subclasses fill in ``forward_backward(data) -> dict`` (torchreid's contract). What this class adds
 to torchreid's ``Engine.run``: ``logging`` instead of ``print``, a device instead of ``.cuda()``,
 atomic checkpoints that load with ``weights_only=True`` and resume bit-for-bit, our fast evaluator
-with mINP, and a ``metrics.json`` with the history of every loss term.
+with mINP, a ``metrics.json`` with the history of every loss term, and the three switches every
+engine's step shares through :meth:`ReidEngine.autocast`, :meth:`ReidEngine.float32` and
+:meth:`ReidEngine.backward_step`:
+
+- mixed precision (``amp``): the forward passes run under ``torch.autocast`` (bfloat16, or
+  float16 with a dynamic loss scaler on CUDA); the outputs are cast back to float32 before the
+  losses, so losses, mining and similarity weights are computed in float32;
+- ``channels_last`` memory format of the weights and of the input images;
+- distributed data parallelism (``reid/engine/distributed.py``): gradients averaged over the
+  processes after each backward, buffers after each step; evaluation, checkpoints, metrics and
+  TensorBoard on rank 0 only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
+import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -24,7 +38,16 @@ from torchreid.reid.engine import Engine
 from tqdm import tqdm
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .evaluation import distance_matrix, extract_features, ranking_metrics
+from .distributed import (
+    DistributedContext,
+    all_reduce_gradients,
+    average_buffers,
+    barrier,
+    broadcast_module_state,
+    gather_objects,
+    mean_over_processes,
+)
+from .evaluation import autocast_context, check_amp, distance_matrix, extract_features, ranking_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +75,22 @@ class EvalOptions:
     rerank: bool = False
 
 
+def to_float32(value: Any) -> Any:
+    """``value`` with every float16 / bfloat16 tensor cast to float32 (tensors, lists, tuples,
+    dicts and dataclasses such as ``PCBOutput``, recursively; other tensors are returned as
+    they are); the casts keep the autograd graph."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_float32(v) for v in value)
+    if isinstance(value, dict):
+        return {k: to_float32(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: to_float32(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **changes)
+    return value
+
+
 class ReidEngine(Engine):
     """Base engine: one model, one optimiser, one scheduler stepped per epoch.
 
@@ -65,6 +104,13 @@ class ReidEngine(Engine):
         eval_options: see :class:`EvalOptions`.
         config: plain dict of the config, stored in checkpoints and ``metrics.json``.
         progress: show tqdm progress bars.
+        amp: mixed precision: ``off`` (float32), ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA only,
+            with ``torch.amp.GradScaler``).
+        channels_last: weights and input images in channels_last memory format.
+        dist: this process's place in a ``torchrun`` job (default: a single process).
+
+    Raises:
+        RuntimeError: ``amp`` cannot run on ``device`` (fp16 off CUDA).
     """
 
     def __init__(
@@ -78,10 +124,22 @@ class ReidEngine(Engine):
         eval_options: EvalOptions = EvalOptions(),
         config: dict | None = None,
         progress: bool = True,
+        amp: str = "off",
+        channels_last: bool = False,
+        dist: DistributedContext | None = None,
     ) -> None:
+        check_amp(amp, device)
         super().__init__(datamanager, use_gpu=device.type == "cuda")
         self.device = device
+        self.amp = amp
+        self.channels_last = channels_last
+        self.dist = dist or DistributedContext()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model.to(device)
+        # fp16 needs loss scaling; disabled, scale/step/update are plain backward/step.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        broadcast_module_state(self.model, self.dist)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.output_dir = output_dir
@@ -109,6 +167,9 @@ class ReidEngine(Engine):
     ) -> dict[str, Any]:
         """Trains for ``max_epoch`` epochs, evaluates, writes ``metrics.json``.
 
+        In a distributed job every process calls this; rank 0 evaluates, writes the checkpoints
+        and ``metrics.json``, and the others return an empty dict.
+
         Args:
             max_epoch: total number of epochs (counting those of a resumed run).
             eval_freq: evaluate every N epochs as well as after the last (0: only after the last).
@@ -117,37 +178,53 @@ class ReidEngine(Engine):
             resume: continue from ``checkpoint_path`` when it exists.
 
         Returns:
-            The content of ``metrics.json``.
+            The content of ``metrics.json`` (``{}`` on ranks other than 0).
         """
-        os.makedirs(self.output_dir, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            os.makedirs(self.output_dir, exist_ok=True)
         start_epoch = self._resume() if resume else 0
         self.max_epoch = max_epoch
-        self.writer = SummaryWriter(log_dir=os.path.join(self.output_dir, "tensorboard"))
+        self.writer = SummaryWriter(log_dir=os.path.join(self.output_dir, "tensorboard")) if main else None
         try:
             started = time.time()
             for self.epoch in range(start_epoch, max_epoch):
                 record = {"epoch": self.epoch + 1, **self.train_epoch(print_freq)}
                 last = self.epoch + 1 == max_epoch
                 if last or (eval_freq > 0 and (self.epoch + 1) % eval_freq == 0):
-                    record["test"] = self.evaluate()
+                    record["test"] = self.evaluate_on_main()
                 self.history.append(record)
                 if last or (self.epoch + 1) % max(checkpoint_freq, 1) == 0:
                     self.save_checkpoint(self.epoch + 1)
             if start_epoch >= max_epoch:
                 logger.info("run already complete at epoch %d; evaluating only", start_epoch)
                 self.epoch = max_epoch - 1
-                results = self.evaluate()
+                results = self.evaluate_on_main()
+            elif "test" in self.history[-1]:
+                results = self.history[-1]["test"]
             else:
-                results = self.history[-1].get("test") or self.evaluate()
+                results = self.evaluate_on_main()
             logger.info("training took %.1f s", time.time() - started)
         finally:
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
             self.writer = None
+        if not main:
+            return {}
         return self.write_metrics(results, max_epoch)
+
+    def evaluate_on_main(self) -> dict[str, dict[str, float]]:
+        """:meth:`evaluate` on rank 0 while the other processes wait; ``{}`` on those."""
+        results = self.evaluate() if self.dist.is_main else {}
+        barrier(self.dist)
+        return results
 
     def train_epoch(self, print_freq: int = 10) -> dict[str, float]:
         """One epoch over the training loader; returns the mean of each logged term and the lr."""
         self.model.train()
+        sampler = getattr(self.train_loader, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(self.epoch)
         sums: dict[str, float] = defaultdict(float)
         num_batches = len(self.train_loader)
         lr = self.optimizer.param_groups[-1]["lr"]
@@ -157,6 +234,7 @@ class ReidEngine(Engine):
         )
         for self.batch_idx, data in enumerate(bar):
             terms = self.forward_backward(data)
+            terms = mean_over_processes(terms, self.dist, self.device, check_keys=self.batch_idx == 0)
             for name, value in terms.items():
                 if not math.isfinite(value):
                     raise FloatingPointError(
@@ -165,9 +243,10 @@ class ReidEngine(Engine):
                     )
                 sums[name] += value
             step = self.epoch * num_batches + self.batch_idx
-            for name, value in terms.items():
-                self.writer.add_scalar(f"Train/{name}", value, step)
-            self.writer.add_scalar("Train/lr", lr, step)
+            if self.writer is not None:
+                for name, value in terms.items():
+                    self.writer.add_scalar(f"Train/{name}", value, step)
+                self.writer.add_scalar("Train/lr", lr, step)
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
             if (self.batch_idx + 1) % max(print_freq, 1) == 0:
                 logger.info(
@@ -185,24 +264,59 @@ class ReidEngine(Engine):
 
     def to_device(self, data: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and identity labels of a training batch, on the engine's device."""
-        return data["img"].to(self.device, non_blocking=True), data["pid"].to(self.device)
+        images = self.prepare_images(data["img"].to(self.device, non_blocking=True))
+        return images, data["pid"].to(self.device)
+
+    # -- the shared step helpers ------------------------------------------------------------------
+
+    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` in the engine's memory format (channels_last when switched on)."""
+        if self.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The mixed-precision context of the forward passes (a no-op when ``amp`` is off)."""
+        return autocast_context(self.device, self.amp)
+
+    def float32(self, output: Any) -> Any:
+        """A forward output with its floating tensors in float32 (see :func:`to_float32`), for
+        the losses; returned as is when ``amp`` is off."""
+        return output if self.amp == "off" else to_float32(output)
+
+    def backward_step(self, loss: torch.Tensor) -> None:
+        """Zeroes the gradients, back-propagates ``loss`` (scaled for fp16), averages the
+        gradients over the processes, steps the optimiser (skipped by the scaler on an fp16
+        overflow) and averages the buffers over the processes."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        all_reduce_gradients(self.model.parameters(), self.dist)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        average_buffers(self.model, self.dist)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
     def save_checkpoint(self, epoch: int) -> None:
-        """Writes the resumable state after ``epoch`` epochs."""
-        save_checkpoint(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "epoch": epoch,
-                "history": self.history,
-                "rng": capture_rng_state(),
-                "config": self.config,
-            },
-            self.checkpoint_path,
-        )
+        """Writes the resumable state after ``epoch`` epochs (rank 0 writes; every process must
+        call this, as it gathers every process's RNG state)."""
+        rng = gather_objects(capture_rng_state(), self.dist)
+        if not self.dist.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "history": self.history,
+            "rng": rng[0],
+            "config": self.config,
+        }
+        if self.dist.is_distributed:
+            state["rng_per_process"] = rng
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        save_checkpoint(state, self.checkpoint_path)
 
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
         """torchreid's hook, routed to our atomic checkpoint."""
@@ -217,9 +331,32 @@ class ReidEngine(Engine):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = list(state.get("history", []))
-        restore_rng_state(state["rng"])
+        if self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self._restore_rng(state)
         logger.info("resumed from %s after epoch %d", self.checkpoint_path, state["epoch"])
         return int(state["epoch"])
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        """Each process's saved RNG state; with another number of processes, rank 0's state
+        offset by the rank (the run goes on, but not as an uninterrupted one would)."""
+        per_process = state.get("rng_per_process")
+        world, rank = self.dist.world_size, self.dist.rank
+        if per_process is not None and len(per_process) == world:
+            restore_rng_state(per_process[rank])
+            return
+        restore_rng_state(state["rng"])
+        if per_process is not None or world > 1:
+            saved = len(per_process) if per_process is not None else 1
+            logger.warning(
+                "checkpoint holds the RNG state of %d process(es), this run has %d: random "
+                "streams restart from rank 0's saved state offset by the rank", saved, world,
+            )
+            if rank > 0:
+                seed = int(torch.randint(2**31 - 1, (1,))) + rank
+                random.seed(seed)
+                np.random.seed(seed)
+                torch.manual_seed(seed)
 
     # -- evaluation ------------------------------------------------------------------------------
 
@@ -235,10 +372,12 @@ class ReidEngine(Engine):
         try:
             for name, loaders in self.test_loader.items():
                 query = extract_features(
-                    self.model, loaders["query"], self.device, f"{name} query", self.progress
+                    self.model, loaders["query"], self.device, f"{name} query", self.progress,
+                    amp=self.amp, channels_last=self.channels_last,
                 )
                 gallery = extract_features(
-                    self.model, loaders["gallery"], self.device, f"{name} gallery", self.progress
+                    self.model, loaders["gallery"], self.device, f"{name} gallery", self.progress,
+                    amp=self.amp, channels_last=self.channels_last,
                 )
                 scores = self.score(query, gallery)
                 cmc = getattr(scores, "cmc", None)

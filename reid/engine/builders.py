@@ -17,13 +17,27 @@ from yacs.config import CfgNode
 
 import reid.data  # noqa: F401  (registers our datasets with torchreid)
 from reid.data.base import register_variant
+from reid.data.samplers import DistributedIdentitySampler
 from reid.models import create_model
+
+from .distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
 
 
-def setup_logging(output_dir: str, name: str) -> None:
-    """Tools' logging: INFO to the console and to ``output_dir/<name>.log``."""
+def setup_logging(output_dir: str, name: str, main_process: bool = True) -> None:
+    """Tools' logging: INFO to the console and to ``output_dir/<name>.log``.
+
+    In a distributed job only rank 0 (``main_process``) logs that way; the other processes log
+    warnings and errors to the console only, prefixed by their rank.
+    """
+    if not main_process:
+        rank = os.environ.get("RANK", "?")
+        logging.basicConfig(
+            level=logging.WARNING, format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s",
+            handlers=[logging.StreamHandler()], force=True,
+        )
+        return
     os.makedirs(output_dir, exist_ok=True)
     handlers = [logging.StreamHandler(), logging.FileHandler(os.path.join(output_dir, f"{name}.log"))]
     logging.basicConfig(
@@ -32,14 +46,36 @@ def setup_logging(output_dir: str, name: str) -> None:
     )
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``."""
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        local_rank: in a distributed job, this process's rank on its node: ``auto`` and
+            ``cuda`` then mean ``cuda:local_rank`` (one GPU per process).
+
+    Raises:
+        RuntimeError: CUDA asked for but absent, or fewer GPUs than processes on the node.
+        ValueError: ``cuda:N`` in a distributed job (every process would use GPU N).
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"DEVICE is {name!r} but CUDA is not available on this machine")
-    return device
+    if local_rank is None or device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise ValueError(
+            f"DEVICE {name!r} names one GPU, but a distributed job uses one GPU per process "
+            "(cuda:LOCAL_RANK); set DEVICE auto or cuda"
+        )
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPU(s): start at "
+            "most one process per GPU (torchrun --nproc_per_node)"
+        )
+    return torch.device("cuda", local_rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -98,6 +134,51 @@ def build_datamanager(cfg: CfgNode, device: torch.device) -> ImageDataManager:
         workers=cfg.DATA.WORKERS,
         num_instances=cfg.SAMPLER.NUM_INSTANCES,
         train_sampler=cfg.SAMPLER.TRAIN,
+    )
+
+
+def distributed_train_loader(
+    cfg: CfgNode, datamanager: ImageDataManager, dist: DistributedContext
+) -> torch.utils.data.DataLoader:
+    """The training loader of one process of a distributed job.
+
+    Each process loads ``SAMPLER.BATCH_SIZE_TRAIN / world_size`` images per step (the global
+    batch stays ``SAMPLER.BATCH_SIZE_TRAIN``), drawn by :class:`DistributedIdentitySampler`
+    (``RandomIdentitySampler``: P x K per process, each identity once per pass across the
+    processes, ``DIST.ID_PASSES`` passes per epoch) or by torch's ``DistributedSampler``
+    (``RandomSampler``), both seeded by ``SEED + epoch``. Same dataset, transforms and workers
+    as the data manager's loader.
+    """
+    from reid.config import validate_world_size
+
+    validate_world_size(cfg, dist.world_size)
+    base = datamanager.train_loader
+    batch_size = cfg.SAMPLER.BATCH_SIZE_TRAIN // dist.world_size
+    dataset = base.dataset
+    if cfg.SAMPLER.TRAIN == "RandomIdentitySampler":
+        sampler = DistributedIdentitySampler(
+            dataset.train, batch_size=batch_size, num_instances=cfg.SAMPLER.NUM_INSTANCES,
+            num_replicas=dist.world_size, rank=dist.rank, seed=cfg.SEED, passes=cfg.DIST.ID_PASSES,
+        )
+        single = len(base)  # steps of torchreid's RandomIdentitySampler over the global batch
+        logger.info(
+            "distributed identity sampler: %d steps per epoch (DIST.ID_PASSES %d); one process with "
+            "torchreid's RandomIdentitySampler takes %d, which DIST.ID_PASSES %d about matches",
+            len(sampler) // batch_size, cfg.DIST.ID_PASSES, single,
+            max(1, round(single / sampler.batches_per_pass)),
+        )
+    else:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.SEED,
+            drop_last=True,
+        )
+    logger.info(
+        "distributed training: %d processes x %d images per step (%s)",
+        dist.world_size, batch_size, type(sampler).__name__,
+    )
+    return torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=batch_size, shuffle=False, num_workers=base.num_workers,
+        pin_memory=base.pin_memory, drop_last=True,
     )
 
 
@@ -162,21 +243,35 @@ def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.opt
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.OPTIM.MAX_EPOCH, 1))
 
 
-def build_engine(cfg: CfgNode, progress: bool = True):
-    """Data manager, model, optimiser, scheduler and engine for ``cfg``."""
+def build_engine(cfg: CfgNode, progress: bool = True, dist: DistributedContext | None = None):
+    """Data manager, model, optimiser, scheduler and engine for ``cfg``.
+
+    Args:
+        cfg: the frozen config.
+        progress: show progress bars (rank 0 only in a distributed job).
+        dist: this process's place in a ``torchrun`` job (its process group already joined,
+            see :func:`reid.engine.distributed.init_distributed`); None: one process.
+    """
     from reid.config import config_to_dict
 
     from .base import EvalOptions
     from .pcb import PCBEngine
 
+    dist = dist or DistributedContext()
     if cfg.NUM_THREADS > 0:
         torch.set_num_threads(cfg.NUM_THREADS)
-    device = resolve_device(cfg.DEVICE)
+    device = resolve_device(cfg.DEVICE, dist.local_rank if dist.is_distributed else None)
     seed_everything(cfg.SEED)
     datamanager = build_datamanager(cfg, device)
     model = build_model(cfg, datamanager.num_train_pids)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
+    if dist.is_distributed:
+        datamanager.train_loader = distributed_train_loader(cfg, datamanager, dist)
+        # Same initial weights everywhere (seeded above), then one random stream per process
+        # (augmentation, dropout).
+        seed_everything(cfg.SEED + dist.rank)
+        progress = progress and dist.is_main
     eval_options = EvalOptions(
         dist_metric=cfg.TEST.DIST_METRIC,
         normalize_feature=cfg.TEST.NORMALIZE_FEATURE,
@@ -184,7 +279,10 @@ def build_engine(cfg: CfgNode, progress: bool = True):
         use_metric_cuhk03=cfg.TEST.METRIC_CUHK03,
         rerank=cfg.TEST.RERANK,
     )
-    base = dict(eval_options=eval_options, config=config_to_dict(cfg), progress=progress)
+    base = dict(
+        eval_options=eval_options, config=config_to_dict(cfg), progress=progress,
+        amp=cfg.TRAIN.AMP, channels_last=cfg.TRAIN.CHANNELS_LAST, dist=dist,
+    )
     if cfg.MODEL.NAME == "avsl":
         from .avsl import AVSLEngine
 

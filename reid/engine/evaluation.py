@@ -1,7 +1,12 @@
-"""Feature extraction and ranking evaluation of an embedding model on query/gallery loaders."""
+"""Feature extraction and ranking evaluation of an embedding model on query/gallery loaders.
+
+Also the mixed-precision switch shared by training and feature extraction
+(:func:`autocast_context`, :func:`check_amp`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -15,6 +20,34 @@ from tqdm import tqdm
 from reid.metrics import compute_distance_matrix, evaluate
 
 logger = logging.getLogger(__name__)
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""Autocast dtype of each mixed-precision mode (``off`` runs in float32)."""
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """Fails clearly when ``amp`` cannot run on ``device``.
+
+    Raises:
+        ValueError: unknown mode.
+        RuntimeError: ``fp16`` off CUDA, or ``bf16`` on a GPU without bfloat16 support.
+    """
+    if amp != "off" and amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {['off', *AMP_DTYPES]}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise RuntimeError(
+            f"mixed precision fp16 needs a CUDA device (float16 autocast with a loss scaler), "
+            f"this run uses {device}; use bf16 on the CPU"
+        )
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RuntimeError(f"{torch.cuda.get_device_name(device)} does not support bfloat16; use fp16")
+
+
+def autocast_context(device: torch.device, amp: str = "off") -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device``'s type in the dtype of ``amp``; a no-op for ``off``."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 @dataclass
@@ -41,11 +74,30 @@ def extract_features(
     device: torch.device,
     desc: str = "features",
     progress: bool = True,
+    amp: str = "off",
+    channels_last: bool = False,
 ) -> Features:
-    """Runs ``model`` (expected in eval mode) over ``loader`` and collects the embeddings."""
+    """Runs ``model`` (expected in eval mode) over ``loader`` and collects the embeddings.
+
+    Args:
+        model: maps ``(B, 3, H, W)`` images to ``(B, D)`` embeddings.
+        loader: batches with ``img``, ``pid``, ``camid`` and ``impath``.
+        device: where the model runs.
+        desc: progress-bar label.
+        progress: show the progress bar.
+        amp: ``off``, ``bf16`` or ``fp16``: the forward pass under :func:`autocast_context`.
+        channels_last: feed the images in channels_last memory format.
+
+    Returns:
+        :class:`Features`, float32 on the CPU whatever ``amp``.
+    """
+    check_amp(amp, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     feats, pids, camids, paths = [], [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
-        out = model(batch["img"].to(device, non_blocking=True))
+        images = batch["img"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        with autocast_context(device, amp):
+            out = model(images)
         feats.append(out.float().cpu())
         pids.append(np.asarray(batch["pid"]))
         camids.append(np.asarray(batch["camid"]))

@@ -45,13 +45,14 @@ class PCBEngine(ReidEngine):
         return terms, mined
 
     def forward_backward(self, data: dict[str, Any]) -> dict[str, float]:
+        """One step (forward under the engine's autocast, float32 losses); the logged terms."""
         imgs, pids = self.to_device(data)
-        output = self.model(imgs)
+        with self.autocast():
+            output = self.model(imgs)
+        output = self.float32(output)
         terms, _ = self.metric_terms(output, pids)
         loss = combine(terms, self.weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.backward_step(loss)
         logged = as_floats(terms)
         logged["loss"] = float(loss.detach())
         predicted = torch.stack(output.logits).sum(0).argmax(1)

@@ -40,6 +40,10 @@ Decisions (``shared/METHOD.md`` sections 2-3 where it decides, ours otherwise):
   dropped from the quadruplets only).
 - No tuple in the batch (e.g. no positive pair): ``L_sm`` is a zero connected to the graph and
   the masked pass is skipped.
+- Mixed precision (``amp`` of the base engine): the batch's forward pass and the masked pass run
+  under autocast; their outputs are cast to float32 (:meth:`ReidEngine.float32`) before the
+  losses, so the similarity weights, the head that the maps differentiate, ``alpha``, the
+  weighted sum of Eq. 1, the soft masks and ``L_sm`` are all computed in float32.
 - ``layer="layer4"`` (the map the PCB embedding is pooled from) uses the head-only path above.
   Any other layer falls back to :func:`reid.explain.attention_maps` on the whole model in eval
   mode: a second trunk pass over the member images (slower; the maps then come from eval-mode
@@ -231,15 +235,15 @@ class SAMEngine(PCBEngine):
         """One step of ``L = L_ml + gamma L_sm``; returns the logged terms (floats)."""
         imgs, pids = self.to_device(data)
         with record_function("sam/batch_forward"):
-            output = self.model(imgs)
+            with self.autocast():
+                output = self.model(imgs)
+            output = self.float32(output)
             terms, mined = self.metric_terms(output, pids)
         mining = self.similarity_mining(imgs, output, mined)
         terms["sm"] = mining.loss
         loss = combine(terms, self.weights)
-        self.optimizer.zero_grad(set_to_none=True)
         with record_function("sam/backward"):
-            loss.backward()
-        self.optimizer.step()
+            self.backward_step(loss)
         logged = as_floats(terms)
         logged["loss"] = float(loss.detach())
         predicted = torch.stack(output.logits).sum(0).argmax(1)
@@ -295,8 +299,10 @@ class SAMEngine(PCBEngine):
             maps = self._attention_maps(images, output.feature_map, flat, weights)  # (R U, h, w)
         with record_function("sam/masked_forward"):
             masked = soft_mask(images[flat], maps, omega=self.omega, sigma=self.sigma)
-            with self._masked_pass_mode():
-                embedded = self.model.embed_features(self.model.forward_features(masked))
+            with self._masked_pass_mode(), self.autocast():
+                masked_maps = self.model.forward_features(self.prepare_images(masked))
+                embedded = self.model.embed_features(masked_maps)
+            embedded = self.float32(embedded)
         num_roles, num_unique = len(self.roles), unique.shape[0]
 
         def per_tuple(rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -362,9 +368,10 @@ class SAMEngine(PCBEngine):
                     create_graph=self.second_order,
                 )
             else:
-                maps, _ = attention_maps(
-                    self.model, self.layer, images[rows], weights, create_graph=self.second_order
-                )
+                with self.autocast():  # attention_maps keeps alpha and Eq. 1 in float32
+                    maps, _ = attention_maps(
+                        self.model, self.layer, images[rows], weights, create_graph=self.second_order
+                    )
         return maps
 
     def _masked_pass_mode(self) -> contextlib.AbstractContextManager:

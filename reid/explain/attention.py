@@ -23,6 +23,12 @@ maps still depend on the parameters through ``A`` (first-order, ``shared/METHOD.
 section 3); with ``create_graph=True`` ``alpha`` is differentiable too (second-order). Under
 ``torch.no_grad()`` the returned tensors are detached (plain explanations).
 
+Mixed precision: the model (or head) may run under ``torch.autocast`` (bfloat16 or float16
+activations). The normalisation, the scores, ``alpha`` and the weighted sum of Eq. 1 are then
+computed in float32 with autocast switched off (a float32 island), so the maps and embeddings
+are float32 whatever the autocast dtype; without autocast nothing changes (float64 stays
+float64).
+
 Reference: SAM paper, section 3.1, Eq. 1; ``shared/METHOD.md`` section 2.
 """
 
@@ -53,15 +59,22 @@ def grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
         gradients: ``(B, C, h, w)`` gradients of each sample's score with respect to ``A``.
 
     Returns:
-        ``(B, h, w)`` raw (unnormalised) maps.
+        ``(B, h, w)`` raw (unnormalised) maps, computed with autocast off in float32 when the
+        inputs are float16 or bfloat16 (float64 inputs stay float64).
     """
     if activations.dim() != 4 or gradients.shape != activations.shape:
         raise ValueError(
             f"expected activations and gradients of one shape (B, C, h, w), got "
             f"{tuple(activations.shape)} and {tuple(gradients.shape)}"
         )
-    alpha = gradients.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
-    return F.relu((alpha * activations).sum(dim=1))
+    with torch.autocast(device_type=activations.device.type, enabled=False):
+        alpha = _at_least_float32(gradients).mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        return F.relu((alpha * _at_least_float32(activations)).sum(dim=1))
+
+
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 when it is float16 or bfloat16 (autocast output), else unchanged."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def _score_function(weights: torch.Tensor | None, score_fn: ScoreFn | None) -> ScoreFn:
@@ -98,8 +111,9 @@ def _maps_and_embeddings(
             f"feature maps {tuple(activations.shape)} and embeddings "
             f"{tuple(raw_embeddings.shape)} do not form one batch of (B, C, h, w) and (B, D)"
         )
-    embeddings = F.normalize(raw_embeddings, dim=1)
-    scores = score(embeddings)
+    with torch.autocast(device_type=raw_embeddings.device.type, enabled=False):
+        embeddings = F.normalize(_at_least_float32(raw_embeddings), dim=1)
+        scores = score(embeddings)
     if scores.shape != (embeddings.shape[0],):
         raise ValueError(f"score function must return ({embeddings.shape[0]},), got {tuple(scores.shape)}")
     (gradients,) = torch.autograd.grad(
