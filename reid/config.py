@@ -138,6 +138,9 @@ _C.SAM.SECOND_ORDER = False
 # of them at random each step (an unbiased estimate of the same mean, bounding the masked pass
 # to n tuples' images: a cost knob, see benchmarks/sam_overhead.py).
 _C.SAM.MAX_TUPLES = 0
+# L_sm reaches the first pass through the maps (A in M = ReLU(sum alpha_k A_k)), as published.
+# False detaches the maps: the masks are constants and L_sm trains through the masked pass only.
+_C.SAM.MAP_GRADIENT = True
 
 # ---------------------------------------------------------------------------------------------
 # AVSL similarity head (AVSL paper; shared/METHOD.md section 5). Used when MODEL.NAME is avsl;
@@ -389,6 +392,8 @@ def validate(cfg: CN) -> None:
         raise ConfigError("MODEL.NUM_STRIPES must be at least 1")
     if cfg.OPTIM.MAX_EPOCH < 0:
         raise ConfigError("OPTIM.MAX_EPOCH must be >= 0")
+    if cfg.SAM.SECOND_ORDER and not cfg.SAM.MAP_GRADIENT:
+        raise ConfigError("SAM.SECOND_ORDER needs SAM.MAP_GRADIENT true (detached maps have no alpha gradient)")
     if cfg.SAM.MAX_TUPLES < 0:
         raise ConfigError("SAM.MAX_TUPLES must be >= 0 (0: every mined tuple)")
     if cfg.SAM.ENABLED and cfg.MODEL.NAME != "pcb":

@@ -306,6 +306,6 @@ def build_engine(cfg: CfgNode, progress: bool = True, dist: DistributedContext |
             datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common,
             form=cfg.SAM.FORM, gamma=cfg.SAM.GAMMA, omega=cfg.SAM.OMEGA, sigma=cfg.SAM.SIGMA,
             layer=cfg.SAM.LAYER, bn_mode=cfg.SAM.BN_MODE, second_order=cfg.SAM.SECOND_ORDER,
-            max_tuples=cfg.SAM.MAX_TUPLES,
+            max_tuples=cfg.SAM.MAX_TUPLES, map_gradient=cfg.SAM.MAP_GRADIENT,
         )
     return PCBEngine(datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common)

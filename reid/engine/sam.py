@@ -180,6 +180,11 @@ class SAMEngine(PCBEngine):
             ``n > 0``: over ``n`` tuples drawn at random (torch's global RNG) each step, an
             unbiased estimate of the full mean that bounds the masked pass to ``R n`` images
             (a cost knob: ``n = B / R`` brings a step to about 2x a PCB step).
+        map_gradient: True (default, ``shared/METHOD.md`` section 3): ``L_sm`` reaches the
+            first pass through ``A`` in the maps. False: the maps (hence the masks) are
+            constants and ``L_sm`` trains the network through the masked pass only, so the model
+            cannot lower ``L_sm`` by moving its attention off the evidence (an ablation, see the
+            README's explanation-quality reading).
         *args: see :class:`~reid.engine.pcb.PCBEngine`.
         **kwargs: see :class:`~reid.engine.pcb.PCBEngine`.
     """
@@ -195,6 +200,7 @@ class SAMEngine(PCBEngine):
         bn_mode: str = "eval",
         second_order: bool = False,
         max_tuples: int = 0,
+        map_gradient: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -206,6 +212,8 @@ class SAMEngine(PCBEngine):
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         if max_tuples < 0:
             raise ValueError(f"max_tuples must be >= 0 (0: all tuples), got {max_tuples}")
+        if second_order and not map_gradient:
+            raise ValueError("second_order needs map_gradient: with detached maps alpha gets no gradient")
         for method in ("forward_features", "embed_features"):
             if not callable(getattr(self.model, method, None)):
                 raise TypeError(
@@ -226,6 +234,7 @@ class SAMEngine(PCBEngine):
         self.bn_mode = bn_mode
         self.second_order = second_order
         self.max_tuples = max_tuples
+        self.map_gradient = map_gradient
         self.num_negatives = 2 if form == "quadruplet" else 1
         self.weights["sm"] = gamma
 
@@ -297,6 +306,8 @@ class SAMEngine(PCBEngine):
         with record_function("sam/maps"):
             weights = self._tuple_weights(output.feature_map, unique).repeat(len(self.roles), 1)
             maps = self._attention_maps(images, output.feature_map, flat, weights)  # (R U, h, w)
+            if not self.map_gradient:
+                maps = maps.detach()
         with record_function("sam/masked_forward"):
             masked = soft_mask(images[flat], maps, omega=self.omega, sigma=self.sigma)
             with self._masked_pass_mode(), self.autocast():

@@ -263,3 +263,18 @@ def test_train_tool_builds_sam_engine_and_logs_sm(tiny_data_root, tmp_path):
     (epoch,) = json.loads((out / "metrics.json").read_text())["history"]
     assert {"id", "triplet", "sm", "loss", "lr"} <= set(epoch)
     assert math.isfinite(epoch["sm"])
+
+
+def test_detached_maps_stop_l_sm_at_the_masked_pass():
+    engine = make_engine(map_gradient=False)
+    _, output, _, step = mining_step(engine)
+    output.feature_map.retain_grad()
+    step.loss.backward()
+    # the first pass gets nothing from L_sm: its map entered only through the (detached) masks
+    assert output.feature_map.grad is None or output.feature_map.grad.abs().sum() == 0
+    assert not any(m.requires_grad for m in step.maps.values())
+    # the network still learns from L_sm through the masked images' pass
+    grad = engine.model.layer1[0].conv1.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="second_order needs map_gradient"):
+        make_engine(map_gradient=False, second_order=True)
