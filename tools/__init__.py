@@ -33,3 +33,29 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
     args = parser.parse_args(options)
     args.opts = overrides
     return args
+
+
+def config_or_exit(args: argparse.Namespace):
+    """The frozen config of ``args.config`` and ``args.opts``; a config error exits with its message."""
+    from reid.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.opts)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from exc
+
+
+def engine_with_weights(cfg, weights: str, log_name: str, progress: bool = True):
+    """Logging to ``OUTPUT_DIR/<log_name>.log``, the configured engine, and ``weights`` loaded into
+    its model (our checkpoint or a plain state dict, read with ``weights_only=True``)."""
+    import logging
+
+    from reid.engine.builders import build_engine, setup_logging
+    from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
+
+    setup_logging(cfg.OUTPUT_DIR, log_name)
+    engine = build_engine(cfg, progress=progress)
+    state = model_state_from_checkpoint(load_checkpoint(weights, map_location=engine.device))
+    engine.model.load_state_dict(state)
+    logging.getLogger(log_name).info("loaded weights from %s", weights)
+    return engine

@@ -20,8 +20,7 @@ from torchreid.reid.data.datasets import init_image_dataset  # noqa: E402
 
 import reid.data.cuhk03_np  # noqa: E402,F401  (registers cuhk03_np_labeled / _detected)
 import reid.data.dukemtmc  # noqa: E402,F401  (registers dukemtmc_reid)
-from tools import parse_with_overrides  # noqa: E402
-from reid.config import ConfigError, load_config  # noqa: E402
+from tools import config_or_exit, parse_with_overrides  # noqa: E402
 from reid.engine.builders import dataset_names  # noqa: E402
 from reid.data.validation import SPLITS, count_mismatches, format_statistics, split_statistics  # noqa: E402
 
@@ -53,10 +52,7 @@ def check_dataset(name: str, registered_name: str, root: str) -> tuple[str, list
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as exc:
-        raise SystemExit(f"config error: {exc}") from exc
+    cfg = config_or_exit(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     names = list(dict.fromkeys([*cfg.DATA.SOURCES, *cfg.DATA.TARGETS]))
     errors = []

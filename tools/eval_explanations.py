@@ -58,13 +58,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools import parse_with_overrides  # noqa: E402
-from reid.config import ConfigError, config_to_dict, load_config  # noqa: E402
+from tools import config_or_exit, engine_with_weights, parse_with_overrides  # noqa: E402
+from reid.config import config_to_dict  # noqa: E402
 from reid.data.controlled import ControlledTriplet, build_controlled_triplets  # noqa: E402
 from reid.data.synthetic import is_complete  # noqa: E402
 from reid.engine.base import write_json  # noqa: E402
-from reid.engine.builders import build_engine, setup_logging  # noqa: E402
-from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint  # noqa: E402
 from reid.explain import explain_pair_features, explain_triplet_features, resize_maps  # noqa: E402
 from reid.explain.baselines import (  # noqa: E402
     activation_maps,
@@ -336,15 +334,8 @@ def format_tables(tables: dict[str | None, dict[str, dict[str, Any]]]) -> str:
 
 def load_engine(args: argparse.Namespace) -> tuple[Any, Any]:
     """Config, engine and weights, as ``tools/test.py`` loads them."""
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as exc:
-        raise SystemExit(f"config error: {exc}") from exc
-    setup_logging(cfg.OUTPUT_DIR, "eval_explanations")
-    engine = build_engine(cfg, progress=not args.no_progress)
-    state = model_state_from_checkpoint(load_checkpoint(args.weights, map_location=engine.device))
-    engine.model.load_state_dict(state)
-    logger.info("loaded weights from %s", args.weights)
+    cfg = config_or_exit(args)
+    engine = engine_with_weights(cfg, args.weights, "eval_explanations", progress=not args.no_progress)
     return cfg, engine
 
 

@@ -96,12 +96,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools import parse_with_overrides  # noqa: E402
-from reid.config import ConfigError, load_config  # noqa: E402
+from tools import config_or_exit, engine_with_weights, parse_with_overrides  # noqa: E402
 from reid.data.synthetic import load_mask, mask_path  # noqa: E402
 from reid.engine.base import write_json  # noqa: E402
-from reid.engine.builders import build_engine, setup_logging  # noqa: E402
-from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint  # noqa: E402
 from reid.engine.evaluation import distance_matrix  # noqa: E402
 from reid.explain import (  # noqa: E402
     explain_pair,
@@ -773,15 +770,8 @@ def _fmt(value: float | None) -> str:
 
 def load_engine(args: argparse.Namespace) -> tuple[Any, Any]:
     """Config, engine and weights, as ``tools/test.py`` loads them."""
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as exc:
-        raise SystemExit(f"config error: {exc}") from exc
-    setup_logging(cfg.OUTPUT_DIR, "explain")
-    engine = build_engine(cfg, progress=not args.no_progress)
-    state = model_state_from_checkpoint(load_checkpoint(args.weights, map_location=engine.device))
-    engine.model.load_state_dict(state)
-    logger.info("loaded weights from %s", args.weights)
+    cfg = config_or_exit(args)
+    engine = engine_with_weights(cfg, args.weights, "explain", progress=not args.no_progress)
     if cfg.TEST.RERANK:
         logger.warning("TEST.RERANK is ignored: the explanations rank by the model's own distance")
     return cfg, engine

@@ -35,8 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from tools import parse_with_overrides  # noqa: E402
-from reid.config import ConfigError, load_config  # noqa: E402
+from tools import config_or_exit, parse_with_overrides  # noqa: E402
 from reid.engine.builders import build_model, setup_logging  # noqa: E402
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint  # noqa: E402
 
@@ -140,10 +139,7 @@ def compare_with_onnxruntime(model: torch.nn.Module, path: str, images: torch.Te
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as exc:
-        raise SystemExit(f"config error: {exc}") from exc
+    cfg = config_or_exit(args)
     if args.batch_size < 1 or args.batch_size == TRACE_BATCH:
         raise SystemExit(f"--batch-size must be a positive size other than {TRACE_BATCH} (the traced batch)")
     onnx = require("onnx", "it writes and checks the model")

@@ -16,11 +16,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools import parse_with_overrides  # noqa: E402
-from reid.config import ConfigError, config_to_dict, load_config  # noqa: E402
+from tools import config_or_exit, engine_with_weights, parse_with_overrides  # noqa: E402
+from reid.config import config_to_dict  # noqa: E402
 from reid.engine.base import write_json  # noqa: E402
-from reid.engine.builders import build_engine, setup_logging  # noqa: E402
-from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint  # noqa: E402
 
 logger = logging.getLogger("test")
 
@@ -36,20 +34,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as exc:
-        raise SystemExit(f"config error: {exc}") from exc
+    cfg = config_or_exit(args)
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise SystemExit(
             "tools/test.py evaluates in one process; run it with python, not torchrun "
             f"(WORLD_SIZE is {os.environ['WORLD_SIZE']})"
         )
-    setup_logging(cfg.OUTPUT_DIR, "test")
-    engine = build_engine(cfg, progress=not args.no_progress)
-    state = model_state_from_checkpoint(load_checkpoint(args.weights, map_location=engine.device))
-    engine.model.load_state_dict(state)
-    logger.info("loaded weights from %s", args.weights)
+    engine = engine_with_weights(cfg, args.weights, "test", progress=not args.no_progress)
     results = engine.evaluate()
     first = next(iter(results.values()))
     content = {
