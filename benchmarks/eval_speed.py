@@ -25,7 +25,6 @@ import contextlib
 import io
 import logging
 import os
-import statistics
 import sys
 import time
 import warnings

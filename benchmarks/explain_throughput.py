@@ -40,7 +40,6 @@ import logging
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -48,6 +47,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _timing import timed  # noqa: E402
 
 from reid.explain import (  # noqa: E402
     attention_maps_from_features,
@@ -86,19 +87,6 @@ class SimilarityTarget:
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         return (F.normalize(output, dim=0) * self.reference).sum()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(step: Callable[[], object], device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    step()
-    sync(device)
-    return time.perf_counter() - start
 
 
 @torch.no_grad()

@@ -33,13 +33,12 @@ import logging
 import os
 import statistics
 import sys
-import time
-from collections.abc import Callable
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _timing import round_robin, step_engine  # noqa: E402
 
 from reid.engine.pcb import PCBEngine  # noqa: E402
 from reid.engine.sam import SAMEngine  # noqa: E402
@@ -70,23 +69,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-def make_engine(cls: type, model: PCB, device: torch.device, **kwargs) -> PCBEngine:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
-    datamanager = SimpleNamespace(train_loader=[], test_loader={})
-    return cls(datamanager, model, optimizer, scheduler, device, "unused", progress=False, **kwargs)
-
-
-def timed(step: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def num_masked_images(engine: SAMEngine, batch: dict) -> int:
@@ -121,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     num_ids = args.batch_size // args.num_instances
     model = PCB(num_classes=num_ids, backbone=args.backbone, num_stripes=args.stripes,
                 reduced_dim=args.reduced_dim, pretrained=False)
-    pcb = make_engine(PCBEngine, copy.deepcopy(model), device)
-    sam = make_engine(SAMEngine, copy.deepcopy(model), device, form=args.form, bn_mode=args.bn_mode,
+    pcb = step_engine(PCBEngine, copy.deepcopy(model), device)
+    sam = step_engine(SAMEngine, copy.deepcopy(model), device, form=args.form, bn_mode=args.bn_mode,
                       second_order=args.second_order, max_tuples=args.max_tuples)
     images = torch.randn(args.batch_size, 3, args.height, args.width)
     pids = torch.arange(num_ids).repeat_interleave(args.num_instances)
@@ -134,13 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     steps = {"pcb": lambda: pcb.forward_backward(batch), "sam": lambda: sam.forward_backward(batch)}
     if not args.no_floor:
         steps["pcb_masked_n"] = lambda: pcb.forward_backward(big)
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            times[name].append(timed(step, device))
+    times = round_robin(steps, device, args.warmup, args.repeats)
     median = {name: statistics.median(values) for name, values in times.items()}
 
     print(

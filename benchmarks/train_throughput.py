@@ -34,14 +34,14 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _timing import round_robin, step_engine  # noqa: E402
 
 from reid.engine.evaluation import extract_features  # noqa: E402
 from reid.engine.pcb import PCBEngine  # noqa: E402
@@ -73,34 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_engine(cls: type, model: PCB, device: torch.device, amp: str, channels_last: bool) -> PCBEngine:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
-    datamanager = SimpleNamespace(train_loader=[], test_loader={})
-    return cls(datamanager, model, optimizer, scheduler, device, "unused", progress=False,
-               amp=amp, channels_last=channels_last)
-
-
-def timed(step: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def interleaved_medians(steps: dict[str, Callable[[], object]], device: torch.device,
                         warmup: int, repeats: int) -> dict[str, float]:
     """Median seconds of each step, timed round-robin after ``warmup`` rounds."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            times[name].append(timed(step, device))
+    times = round_robin(steps, device, warmup, repeats)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -155,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         steps = {}
         for label, cls in kinds:
             for amp in ("off", args.amp):
-                engine = make_engine(cls, copy.deepcopy(model), device, amp, args.channels_last)
+                engine = step_engine(cls, copy.deepcopy(model), device, amp=amp, channels_last=args.channels_last)
                 steps[f"{label} {'fp32' if amp == 'off' else amp}"] = (lambda e=engine: e.forward_backward(batch))
         medians = interleaved_medians(steps, device, args.warmup, args.repeats)
         print(f"training step, batch {args.batch_size} (K={args.num_instances}):")
