@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from reid.losses import MinedTuples, as_floats, batch_hard_mining, combine
+from reid.losses import MinedTuples, batch_hard_mining
 from reid.models.avsl import AVSLOutput
 
 from .base import ReidEngine
@@ -217,10 +217,7 @@ class AVSLEngine(ReidEngine):
         if not isinstance(output, AVSLOutput):
             raise TypeError(f"expected the model's train-mode AVSLOutput, got {type(output).__name__}")
         terms, stats = self.metric_terms(self.float32(output), pids)
-        loss = combine(terms, self.weights)
-        self.backward_step(loss)
-        logged = as_floats(terms)
-        logged["loss"] = float(loss.detach())
+        logged = self.optimise(terms)
         logged.update(stats)
         return logged
 

@@ -37,6 +37,8 @@ from torch.utils.tensorboard import SummaryWriter
 from torchreid.reid.engine import Engine
 from tqdm import tqdm
 
+from reid.losses import as_floats, combine
+
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .distributed import (
     DistributedContext,
@@ -283,6 +285,15 @@ class ReidEngine(Engine):
         """A forward output with its floating tensors in float32 (see :func:`to_float32`), for
         the losses; returned as is when ``amp`` is off."""
         return output if self.amp == "off" else to_float32(output)
+
+    def optimise(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimiser step on ``L = sum_k weights[k] * terms[k]`` (``self.weights``, set by
+        the subclass); returns the terms and the total ``loss`` as floats, for the log."""
+        loss = combine(terms, self.weights)
+        self.backward_step(loss)
+        logged = as_floats(terms)
+        logged["loss"] = float(loss.detach())
+        return logged
 
     def backward_step(self, loss: torch.Tensor) -> None:
         """Zeroes the gradients, back-propagates ``loss`` (scaled for fp16), averages the

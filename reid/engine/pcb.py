@@ -6,9 +6,15 @@ from typing import Any
 
 import torch
 
-from reid.losses import as_floats, batch_hard_triplet_loss, combine, part_cross_entropy
+from reid.losses import batch_hard_triplet_loss, part_cross_entropy
 
 from .base import ReidEngine
+
+
+def stripe_accuracy(logits: list[torch.Tensor], pids: torch.Tensor) -> float:
+    """Training accuracy of the identity predicted from the sum of the stripes' logits."""
+    predicted = torch.stack(logits).sum(0).argmax(1)
+    return float((predicted == pids).float().mean())
 
 
 class PCBEngine(ReidEngine):
@@ -51,10 +57,6 @@ class PCBEngine(ReidEngine):
             output = self.model(imgs)
         output = self.float32(output)
         terms, _ = self.metric_terms(output, pids)
-        loss = combine(terms, self.weights)
-        self.backward_step(loss)
-        logged = as_floats(terms)
-        logged["loss"] = float(loss.detach())
-        predicted = torch.stack(output.logits).sum(0).argmax(1)
-        logged["acc"] = float((predicted == pids).float().mean())
+        logged = self.optimise(terms)
+        logged["acc"] = stripe_accuracy(output.logits, pids)
         return logged

@@ -86,16 +86,14 @@ from reid.explain import (
 from reid.losses import (
     ROLES,
     MinedTuples,
-    as_floats,
     batch_hard_mining,
-    combine,
     mining_tuples,
     pairwise_euclidean_distance,
     similarity_mining_loss,
     soft_mask,
 )
 
-from .pcb import PCBEngine
+from .pcb import PCBEngine, stripe_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -250,13 +248,9 @@ class SAMEngine(PCBEngine):
             terms, mined = self.metric_terms(output, pids)
         mining = self.similarity_mining(imgs, output, mined)
         terms["sm"] = mining.loss
-        loss = combine(terms, self.weights)
         with record_function("sam/backward"):
-            self.backward_step(loss)
-        logged = as_floats(terms)
-        logged["loss"] = float(loss.detach())
-        predicted = torch.stack(output.logits).sum(0).argmax(1)
-        logged["acc"] = float((predicted == pids).float().mean())
+            logged = self.optimise(terms)
+        logged["acc"] = stripe_accuracy(output.logits, pids)
         return logged
 
     def metric_terms(self, output: Any, pids: torch.Tensor) -> tuple[dict, MinedTuples]:
