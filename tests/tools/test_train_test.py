@@ -27,6 +27,12 @@ def test_train_writes_metrics_and_test_reproduces_them(tiny_data_root, tmp_path)
     (epoch,) = on_disk["history"]
     assert {"id", "triplet", "loss", "lr"} <= set(epoch) and epoch["epoch"] == 1
     assert os.listdir(out / "tensorboard")
+    # the CMC curve beside the metrics: one per target, rank-k entries equal the reported ones
+    (target,) = on_disk["targets"]
+    cmc = on_disk["cmc"][target]
+    assert cmc[0] == on_disk["rank1"] and cmc[4] == on_disk["rank5"]
+    assert all(a <= b for a, b in zip(cmc, cmc[1:])) and cmc[-1] <= 1.0
+    assert (out / "cmc.png").read_bytes().startswith(b"\x89PNG")
     ckpt = out / "checkpoints" / "checkpoint_last.pth"
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
 
@@ -37,6 +43,8 @@ def test_train_writes_metrics_and_test_reproduces_them(tiny_data_root, tmp_path)
     for key in ("rank1", "rank5", "rank10", "mAP", "mINP"):
         assert tested[key] == pytest.approx(on_disk[key], abs=1e-9), key
     assert json.loads((test_out / "test_metrics.json").read_text())["mAP"] == tested["mAP"]
+    assert tested["cmc"][target] == pytest.approx(cmc, abs=1e-9)
+    assert (test_out / "test_cmc.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_data_root, tmp_path, monkeypatch):
