@@ -130,15 +130,31 @@ def mean_mass(maps: torch.Tensor, paths: list[str]) -> tuple[float, float]:
     return (float(np.mean(masses)) if masses else float("nan")), float(np.mean([area for _, area in pairs]))
 
 
+def ceiling_fraction(person: torch.Tensor, size: tuple[int, int]) -> float:
+    """Most map mass a ``size`` map can put inside ``person`` after the bilinear resize.
+
+    The map is the ``(H, W)`` 0/1 mask area-pooled to ``size``; it is resized back bilinearly
+    (``align_corners=False``, as ``tools/explain.py`` measures) and its mass inside the mask is
+    returned as a fraction of its total.
+    """
+    pooled = F.adaptive_avg_pool2d(person[None, None].float(), size)[0]
+    back = resize_maps(pooled, tuple(person.shape))[0].clamp(min=0)
+    return float((back * person).sum() / back.sum().clamp(min=1e-12))
+
+
 def resolution_ceiling(paths: list[str], size: tuple[int, int]) -> float:
-    """Mean mass inside the person of the mask area-pooled to ``size`` and resized back."""
-    fractions = []
-    for path in paths:
-        person = torch.from_numpy((load_mask(path) > 0).astype(np.float32))
-        pooled = F.adaptive_avg_pool2d(person[None, None], size)[0]
-        back = resize_maps(pooled, tuple(person.shape))[0].clamp(min=0)
-        fractions.append(float((back * person).sum() / back.sum().clamp(min=1e-12)))
-    return float(np.mean(fractions))
+    """Mean :func:`ceiling_fraction` of the images' person masks (labels > 0)."""
+    return float(np.mean([ceiling_fraction(torch.from_numpy((load_mask(p) > 0).astype(np.float32)), size)
+                          for p in paths]))
+
+
+def third_share(maps: torch.Tensor, where: int) -> float:
+    """Mean share of each ``(h, 3w)`` map's mass in column third ``where`` (all-zero maps skipped)."""
+    columns = maps.sum(dim=1)
+    third = columns.shape[1] // 3
+    inside, total = columns[:, where * third:(where + 1) * third].sum(dim=1), columns.sum(dim=1)
+    valid = total > 0
+    return float((inside[valid] / total[valid]).mean()) if bool(valid.any()) else float("nan")
 
 
 def maps_against(model, anchors: torch.Tensor, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
@@ -168,11 +184,7 @@ def locality(model, dataset, device: torch.device, anchors: torch.Tensor, galler
         canvas[..., where * width:(where + 1) * width] = images
         with torch.no_grad():
             wide = model.forward_features(canvas.to(device)).float().cpu()
-        columns = maps_against(model, anchors, wide).sum(dim=1)  # (T, 3w')
-        third = columns.shape[1] // 3
-        inside, total = columns[:, where * third:(where + 1) * third].sum(dim=1), columns.sum(dim=1)
-        valid = total > 0
-        shares.append(float((inside[valid] / total[valid]).mean()))
+        shares.append(third_share(maps_against(model, anchors, wide), where))
     return shares
 
 
