@@ -103,6 +103,10 @@ _C.MODEL.TEST_FEATURE = "pooled"
 _C.MODEL.PRETRAINED_PATH = ""
 # Use ImageNet weights at all (False: always random initialisation).
 _C.MODEL.PRETRAINED = True
+# Padding of the trunk's convolutions: "zeros" (torchvision's ResNet), "reflect" or "replicate"
+# (no zero-padding cue to where the image border is; the weights are the same, so ImageNet weights
+# still load). "reflect" needs every padded map to be larger than its padding (e.g. >= 2 px).
+_C.MODEL.PADDING_MODE = "zeros"
 
 # ---------------------------------------------------------------------------------------------
 _C.LOSS = CN()
@@ -207,6 +211,10 @@ _C.TEST.RANKS = [1, 5, 10, 20]
 _C.TEST.METRIC_CUHK03 = False
 # Apply k-reciprocal re-ranking (Zhong et al., CVPR 2017) to the distance matrix.
 _C.TEST.RERANK = False
+# Layer that tools/explain.py explains (its --layer overrides this). Empty: the layer the
+# embedding is pooled from (layer4), through the cheap head-only path where the model has one
+# (shared/METHOD.md section 2). A name (e.g. "layer1"): that layer, on the full model.
+_C.TEST.EXPLAIN_LAYER = ""
 
 # ---------------------------------------------------------------------------------------------
 _C.TRAIN = CN()
@@ -361,6 +369,7 @@ def merge_from_list(cfg: CN, opts: Sequence[str]) -> None:
 _CHOICES = {
     "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
     "MODEL.TEST_FEATURE": ("pooled", "reduced"),
+    "MODEL.PADDING_MODE": ("zeros", "reflect", "replicate"),
     "OPTIM.NAME": ("sgd", "adam"),
     "OPTIM.SCHEDULER": ("single_step", "multi_step", "cosine"),
     "TEST.DIST_METRIC": ("euclidean", "cosine"),

@@ -43,6 +43,7 @@ def test_unknown_key_on_command_line_names_closest():
         (["OPTIM.MAX_EPOCH", "two"], "must be an integer"),
         (["MODEL.PRETRAINED", "maybe"], "true or false"),
         (["MODEL.BACKBONE", "vgg16"], "must be one of"),
+        (["MODEL.PADDING_MODE", "circular"], "MODEL.PADDING_MODE must be one of"),
         (["SAMPLER.BATCH_SIZE_TRAIN", "30"], "multiple of"),
         (["OPTIM.LR"], "KEY VALUE pairs"),
         (["DATA", "x"], "is a section"),

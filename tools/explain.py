@@ -23,7 +23,8 @@ What it does, on the first target dataset of the config (``DATA.TARGETS``, else 
    maps of the images an explanation needs are kept (each query's current top-``K`` and its best
    true and best wrong match), so memory is bounded by ``N (K + 2)`` maps whatever the gallery
    size. All pairs and triplets are then explained through the cheap head only
-   (:func:`reid.explain.explain_pair_features`). Any other model (or an explicit ``--layer``)
+   (:func:`reid.explain.explain_pair_features`). Any other model (or an explicit ``--layer`` or
+   ``TEST.EXPLAIN_LAYER``)
    falls back to :func:`reid.explain.explain_pair` on the images, which re-runs the model on the
    explained images.
 4. **Siamese explanation** of each of the top-``K`` pairs. ``--same truth`` (default): ``same`` is
@@ -106,6 +107,7 @@ from reid.explain import (  # noqa: E402
     explain_triplet,
     explain_triplet_features,
     normalize_maps,
+    resolve_layer,
     resize_maps,
 )
 from reid.models.avsl import rectify_step  # noqa: E402
@@ -133,8 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--layer", default=None,
-        help=f"explain this layer on the full model (default: the head-only path on forward_features "
-        f"when the model has one, else {DEFAULT_LAYER!r})",
+        help=f"explain this layer on the full model (default: TEST.EXPLAIN_LAYER; when that is empty, the "
+        f"head-only path on forward_features when the model has one, else {DEFAULT_LAYER!r})",
     )
     parser.add_argument(
         "--keep-same-camera", action="store_true",
@@ -787,10 +789,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "--triplets and --layer explain with similarity attention, which does not apply to an AVSL model "
             "(MODEL.NAME avsl); its explanations are attribution panels: drop these options"
         )
+    layer = args.layer or (None if attribution else cfg.TEST.EXPLAIN_LAYER or None)
+    if layer is not None:
+        try:
+            resolve_layer(engine.model, layer)
+        except ValueError as exc:
+            raise SystemExit(f"cannot explain layer {layer!r} (--layer / TEST.EXPLAIN_LAYER): {exc}") from exc
     setup = Setup(
         model=engine.model, device=engine.device,
-        head_path=args.layer is None and not attribution and has_head_path(engine.model),
-        layer=args.layer or DEFAULT_LAYER, batch_size=args.batch_size or cfg.SAMPLER.BATCH_SIZE_TEST,
+        head_path=layer is None and not attribution and has_head_path(engine.model),
+        layer=layer or DEFAULT_LAYER, batch_size=args.batch_size or cfg.SAMPLER.BATCH_SIZE_TEST,
         progress=not args.no_progress,
     )
     dataset_name = next(iter(engine.test_loader))

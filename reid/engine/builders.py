@@ -197,6 +197,7 @@ def build_model(cfg: CfgNode, num_classes: int) -> nn.Module:
             proxies=cfg.AVSL.LOSS == "proxy_anchor",
             pretrained=cfg.MODEL.PRETRAINED,
             pretrained_path=cfg.MODEL.PRETRAINED_PATH,
+            padding_mode=cfg.MODEL.PADDING_MODE,
         )
     return create_model(
         cfg.MODEL.NAME,
@@ -209,6 +210,7 @@ def build_model(cfg: CfgNode, num_classes: int) -> nn.Module:
         test_feature=cfg.MODEL.TEST_FEATURE,
         pretrained=cfg.MODEL.PRETRAINED,
         pretrained_path=cfg.MODEL.PRETRAINED_PATH,
+        padding_mode=cfg.MODEL.PADDING_MODE,
     )
 
 

@@ -293,6 +293,7 @@ class AVSL(nn.Module):
         proxies: learn one proxy per identity and level (for a proxy loss).
         pretrained: load ImageNet weights from local disk when available.
         pretrained_path: explicit weights file (see :func:`~reid.models.pcb.find_pretrained_weights`).
+        padding_mode: padding of the trunk's convolutions (:func:`~reid.models.pcb.set_padding_mode`).
     """
 
     def __init__(
@@ -307,6 +308,7 @@ class AVSL(nn.Module):
         proxies: bool = False,
         pretrained: bool = True,
         pretrained_path: str = "",
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         levels = tuple(levels)
@@ -324,7 +326,7 @@ class AVSL(nn.Module):
             raise ValueError(f"proxies need num_classes >= 1, got {num_classes}")
         if backbone not in _TRUNKS:
             raise ValueError(f"unknown backbone '{backbone}'; choose one of {sorted(_TRUNKS)}")
-        trunk = _build_trunk(backbone, last_stride, pretrained, pretrained_path)
+        trunk = _build_trunk(backbone, last_stride, pretrained, pretrained_path, padding_mode)
         self.stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
         depth = _LAYERS.index(levels[-1]) + 1
         self._stage_names = _LAYERS[:depth]

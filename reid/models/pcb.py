@@ -67,7 +67,27 @@ def find_pretrained_weights(backbone: str, path: str = "") -> str | None:
     return found[-1] if found else None
 
 
-def _build_trunk(backbone: str, last_stride: int, pretrained: bool, path: str) -> nn.Module:
+PADDING_MODES = ("zeros", "reflect", "replicate")
+
+
+def set_padding_mode(trunk: nn.Module, mode: str) -> int:
+    """Sets ``padding_mode`` of every padded convolution of ``trunk``; returns how many.
+
+    ``zeros`` is torchvision's ResNet. ``reflect`` and ``replicate`` remove the cue that zero
+    padding gives a network about where the image border is (parameters are unchanged, so ImageNet
+    weights still load); ``reflect`` needs every padded map to be larger than its padding.
+    """
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {mode!r}")
+    count = 0
+    for module in trunk.modules():
+        if isinstance(module, nn.Conv2d) and any(p > 0 for p in module.padding):
+            module.padding_mode = mode
+            count += 1
+    return count
+
+
+def _build_trunk(backbone: str, last_stride: int, pretrained: bool, path: str, padding_mode: str = "zeros") -> nn.Module:
     if backbone not in _TRUNKS:
         raise ValueError(f"unknown backbone '{backbone}'; choose one of {sorted(_TRUNKS)}")
     factory, _ = _TRUNKS[backbone]
@@ -100,6 +120,7 @@ def _build_trunk(backbone: str, last_stride: int, pretrained: bool, path: str) -
     conv.stride = (last_stride, last_stride)
     if block.downsample is not None:
         block.downsample[0].stride = (last_stride, last_stride)
+    set_padding_mode(trunk, padding_mode)
     return trunk
 
 
@@ -118,6 +139,7 @@ class PCB(nn.Module):
         test_feature: ``pooled`` (D = P x C) or ``reduced`` (D = P x R).
         pretrained: load ImageNet weights from local disk when available.
         pretrained_path: explicit weights file (see :func:`find_pretrained_weights`).
+        padding_mode: padding of the trunk's convolutions (:func:`set_padding_mode`).
     """
 
     def __init__(
@@ -131,6 +153,7 @@ class PCB(nn.Module):
         test_feature: str = "pooled",
         pretrained: bool = True,
         pretrained_path: str = "",
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -139,7 +162,7 @@ class PCB(nn.Module):
             raise ValueError(f"num_stripes must be positive, got {num_stripes}")
         if test_feature not in ("pooled", "reduced"):
             raise ValueError(f"test_feature must be 'pooled' or 'reduced', got {test_feature!r}")
-        trunk = _build_trunk(backbone, last_stride, pretrained, pretrained_path)
+        trunk = _build_trunk(backbone, last_stride, pretrained, pretrained_path, padding_mode)
         self.stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
         self.layer1, self.layer2 = trunk.layer1, trunk.layer2
         self.layer3, self.layer4 = trunk.layer3, trunk.layer4

@@ -92,3 +92,39 @@ def test_registry_and_bad_arguments():
         PCB(num_classes=2, backbone="vgg", pretrained=False)
     with pytest.raises(ValueError, match="test_feature"):
         PCB(num_classes=2, backbone="resnet18", pretrained=False, test_feature="x")
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_padding_mode_removes_the_border_cue(mode):
+    """A constant image gives a spatially constant layer4 map without zero padding (every conv
+    and the max-pool see a constant field), but not with it; the parameters do not change."""
+    zeros = small_pcb().eval()
+    other = small_pcb(padding_mode=mode).eval()
+    assert other.state_dict().keys() == zeros.state_dict().keys()
+    other.load_state_dict(zeros.state_dict())
+    padded = [m for m in other.modules() if isinstance(m, torch.nn.Conv2d) and max(m.padding) > 0]
+    assert len(padded) == 17 and all(m.padding_mode == mode for m in padded)  # 7x7 stem + 16 3x3
+    image = torch.full((1, 3, 64, 32), 0.7)
+    with torch.no_grad():
+        flat = other.forward_features(image)
+        bordered = zeros.forward_features(image)
+    torch.testing.assert_close(flat, flat[:, :, :1, :1].expand_as(flat))
+    assert (bordered - bordered[:, :, :1, :1]).abs().max() > 1e-3
+    # a non-constant image: the same weights, a different map
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        assert not torch.allclose(other(x), zeros(x))
+
+
+def test_padding_mode_from_the_config_and_bad_value():
+    from reid.config import load_config
+    from reid.engine.builders import build_model
+
+    for name in ("pcb", "avsl"):
+        cfg = load_config(None, ["MODEL.NAME", name, "MODEL.BACKBONE", "resnet18", "MODEL.PRETRAINED", "False",
+                                 "MODEL.PADDING_MODE", "replicate"])
+        model = build_model(cfg, num_classes=3)
+        assert model.stem[0].padding_mode == "replicate", name
+        assert model.layer1[0].conv1.padding_mode == "replicate", name
+    with pytest.raises(ValueError, match="padding_mode"):
+        small_pcb(padding_mode="circular")

@@ -233,3 +233,28 @@ def test_same_model_treats_every_shown_match_as_a_match(checkpoint, tiny_data_ro
         else:  # other weights, other maps
             changed += p["gallery_mask_fraction"] != pytest.approx(t["gallery_mask_fraction"], abs=1e-6)
     assert changed > 0
+
+
+def test_config_layer_is_explained_and_the_flag_overrides_it(checkpoint, tiny_data_root, tmp_path, head_run):
+    summary, content, calls = run_explain(checkpoint, tiny_data_root, tmp_path / "cfg", "TEST.EXPLAIN_LAYER", "layer1")
+    assert summary["explained_with"] == "model" and summary["layer"] == "layer1"
+    assert calls["forward"] > 0
+    key = lambda p: (p["query_index"], p["rank"])  # noqa: E731
+    head = {key(p): p for p in head_run[1]["pairs"]}
+    # same ranking, other maps (layer1 is 16x8 here, layer4 4x2)
+    assert {key(p): p["gallery_path"] for p in content["pairs"]} == {k: p["gallery_path"] for k, p in head.items()}
+    assert any(p["gallery_mask_fraction"] != pytest.approx(head[key(p)]["gallery_mask_fraction"], abs=1e-4)
+               for p in content["pairs"])
+    # --layer wins over the config: layer4 on the full model equals the head-only maps
+    summary, content, _ = run_explain(
+        checkpoint, tiny_data_root, tmp_path / "flag", "--layer", "layer4", "TEST.EXPLAIN_LAYER", "layer1"
+    )
+    assert summary["layer"] == "layer4"
+    for p in content["pairs"]:
+        assert p["gallery_mask_fraction"] == pytest.approx(head[key(p)]["gallery_mask_fraction"], rel=1e-4, abs=1e-6)
+
+
+def test_unknown_layer_is_refused_before_any_work(checkpoint, tiny_data_root, tmp_path):
+    with pytest.raises(SystemExit, match="cannot explain layer 'layer9'.*TEST.EXPLAIN_LAYER"):
+        run_explain(checkpoint, tiny_data_root, tmp_path, "TEST.EXPLAIN_LAYER", "layer9")
+    assert not (tmp_path / "explanations").exists()
