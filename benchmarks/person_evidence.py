@@ -19,6 +19,9 @@ NAME=CONFIG:CHECKPOINT`` of a model with a head-only path (PCB: ``forward_featur
 3. **Locality.** Each gallery image pasted at the left, middle and right third of a blank canvas
    three times as wide (the normalisation mean); the mean share of the map's mass inside the third
    that holds the image. A map that ignores where the person is gives 1/3.
+4. **The explained layer.** When the config sets ``TEST.EXPLAIN_LAYER`` (the layer that
+   ``tools/explain.py`` shows), the mass inside the person of the same pairs' Siamese maps at that
+   layer, on the full model.
 
 Usage::
 
@@ -44,7 +47,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid.data.synthetic import load_mask, mask_path  # noqa: E402
-from reid.explain import attention_maps_from_features, pair_weights, resize_maps  # noqa: E402
+from reid.explain import attention_maps_from_features, explain_pair, pair_weights, resize_maps  # noqa: E402
 from reid.metrics import evaluate  # noqa: E402
 from tools import config_or_exit, engine_with_weights, parse_with_overrides  # noqa: E402
 from tools.explain import distance_function, has_head_path, mask_fraction  # noqa: E402
@@ -208,12 +211,34 @@ def measure(name: str, config: str, weights: str, args: argparse.Namespace) -> d
     mass_p, _ = mean_mass(maps_against(model, query.maps_person_only[qi], gallery.maps_person_only[gi]), paths)
     ceiling = resolution_ceiling(paths, tuple(gallery.maps.shape[2:]))
     shares = locality(model, loaders["gallery"].dataset, engine.device, query.maps[qi], gi)
-    return {
+    result = {
         "rank1": rank1, "mAP": mean_ap, "rank1_person_only": rank1_p, "mAP_person_only": mean_ap_p,
         "pairs": len(qi), "mass": mass, "mass_person_only": mass_p, "area": area, "ceiling": ceiling,
         "map_size": "x".join(str(v) for v in gallery.maps.shape[2:]),
         "locality_left": shares[0], "locality_middle": shares[1], "locality_right": shares[2],
+        "explain_layer": cfg.TEST.EXPLAIN_LAYER or None, "explain_layer_mass": None, "explain_layer_map_size": None,
     }
+    if cfg.TEST.EXPLAIN_LAYER:
+        maps = layer_maps(model, cfg.TEST.EXPLAIN_LAYER, loaders["query"].dataset, loaders["gallery"].dataset,
+                          qi, gi, engine.device)
+        result["explain_layer_mass"], _ = mean_mass(maps, paths)
+        result["explain_layer_map_size"] = "x".join(str(v) for v in maps.shape[1:])
+    return result
+
+
+def layer_maps(model, layer: str, query_set, gallery_set, query_index: list[int], gallery_index: list[int],
+               device: torch.device, batch: int = 32) -> torch.Tensor:
+    """Siamese maps ``(T, h, w)`` of the gallery images at ``layer`` (the full model, as
+    ``tools/explain.py`` explains ``TEST.EXPLAIN_LAYER``), for the positive pairs."""
+    out = []
+    for start in range(0, len(query_index), batch):
+        qs, gs = query_index[start:start + batch], gallery_index[start:start + batch]
+        first = torch.stack([query_set[i]["img"] for i in qs]).to(device)
+        second = torch.stack([gallery_set[j]["img"] for j in gs]).to(device)
+        with torch.no_grad():
+            _, maps = explain_pair(model, layer, first, second, True)
+        out.append(maps.detach().float().cpu())
+    return torch.cat(out)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -230,6 +255,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     for name, r in results.items():
         print(f"{name:<12}{r['pairs']:>6}{r['map_size']:>6}{r['mass']:>8.3f}{r['mass_person_only']:>8.3f}"
               f"{r['area']:>7.3f}{r['ceiling']:>9.3f}{r['mass'] / r['area']:>6.2f}x")
+    layered = {name: r for name, r in results.items() if r["explain_layer"]}
+    if layered:
+        print("\nthe same pairs at the config's TEST.EXPLAIN_LAYER (what tools/explain.py shows)")
+        print(f"{'model':<12}{'layer':>8}{'map':>7}{'intact':>8}{'area':>7}{'ratio':>7}")
+        for name, r in layered.items():
+            print(f"{name:<12}{r['explain_layer']:>8}{r['explain_layer_map_size']:>7}{r['explain_layer_mass']:>8.3f}"
+                  f"{r['area']:>7.3f}{r['explain_layer_mass'] / r['area']:>6.2f}x")
     print("\nlocality: map mass in the third of a 3x wide canvas that holds the image (1/3 = no locality)")
     print(f"{'model':<12}{'left':>8}{'middle':>8}{'right':>8}")
     for name, r in results.items():

@@ -51,7 +51,7 @@ def test_runs_end_to_end_on_the_tiny_set(tiny_data_root, tmp_path, capsys):
     train_tool.main(["--config", CONFIG, "--no-progress", *tiny_overrides(tiny_data_root, train_out)])
     weights = train_out / "checkpoints" / "checkpoint_last.pth"
     overrides = tiny_overrides(tiny_data_root, tmp_path / "unused")[4:]  # all but DATA.ROOT/OUTPUT_DIR pairs
-    overrides = ["DATA.ROOT", str(tiny_data_root), *overrides]
+    overrides = ["DATA.ROOT", str(tiny_data_root), *overrides, "TEST.EXPLAIN_LAYER", "layer1"]
     results = person_evidence.main([
         "--run", f"tiny={CONFIG}:{weights}", "--num-pairs", "5", "--output-root", str(tmp_path / "pe"), *overrides,
     ])
@@ -63,5 +63,9 @@ def test_runs_end_to_end_on_the_tiny_set(tiny_data_root, tmp_path, capsys):
     # a 4x2 map (64x32 input, stride 16) still concentrates a pooled mask on the person
     assert row["map_size"] == "4x2"
     assert 0.0 < row["area"] < row["ceiling"] < 1.0
+    # the config's explained layer: layer1 of a 64x32 input is 16x8
+    assert row["explain_layer"] == "layer1" and row["explain_layer_map_size"] == "16x8"
+    assert 0.0 <= row["explain_layer_mass"] <= 1.0
     printed = capsys.readouterr().out
     assert "reliance on the person" in printed and "locality" in printed and "tiny" in printed
+    assert "TEST.EXPLAIN_LAYER" in printed
