@@ -142,6 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = config_or_exit(args)
     if args.batch_size < 1 or args.batch_size == TRACE_BATCH:
         raise SystemExit(f"--batch-size must be a positive size other than {TRACE_BATCH} (the traced batch)")
+    if args.exporter == "torchscript" and cfg.MODEL.PADDING_MODE != "zeros":
+        raise SystemExit(
+            f"the torchscript exporter cannot export MODEL.PADDING_MODE {cfg.MODEL.PADDING_MODE} (after the padded "
+            "convolutions it loses the map sizes that the stripe pooling needs); use --exporter dynamo (the default)"
+        )
     onnx = require("onnx", "it writes and checks the model")
     setup_logging(cfg.OUTPUT_DIR, "export")
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):  # their INFO lines drown ours

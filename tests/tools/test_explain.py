@@ -47,7 +47,9 @@ def run_explain(checkpoint, root, out, *flags):
 
     argv = [
         "--config", CONFIG, "--weights", str(checkpoint), "--num-queries", str(NUM_QUERIES), "--topk", str(TOPK),
-        "--no-progress", *flags, *tiny_overrides(root, out),
+        # the shipped synthetic configs explain layer1; these tests start from the default (layer4,
+        # head-only) and set the layer through ``flags``
+        "--no-progress", "TEST.EXPLAIN_LAYER", "", *flags, *tiny_overrides(root, out),
     ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(PCB, "forward_features", counting_features)

@@ -15,7 +15,7 @@ onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime not install
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
 SIZE = ["DATA.HEIGHT", "64", "DATA.WIDTH", "32", "MODEL.BACKBONE", "resnet18", "MODEL.NUM_STRIPES", "2",
-        "MODEL.REDUCED_DIM", "16"]
+        "MODEL.REDUCED_DIM", "16", "MODEL.PADDING_MODE", "zeros"]
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +75,31 @@ def test_bad_inputs_are_named(random_pcb, tmp_path):
     with pytest.raises(SystemExit, match="--batch-size must be"):
         export_tool.main(["--config", CONFIG, "--weights", str(weights), "--batch-size", "2",
                           "OUTPUT_DIR", str(tmp_path), *SIZE])
+
+
+def test_reflect_padding_exports_with_dynamo_and_torchscript_is_refused(random_pcb, tmp_path):
+    """The shipped synthetic configs pad with reflect: the dynamo exporter matches PyTorch (checked by
+    the tool itself); the torchscript exporter cannot, so it is refused before any work."""
+    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+    _, weights = random_pcb  # same parameters; only the padding differs
+    reflect = [*SIZE[:-1], "reflect"]
+    result = export_tool.main(
+        ["--config", CONFIG, "--weights", str(weights), "--output", str(tmp_path / "r.onnx"),
+         "OUTPUT_DIR", str(tmp_path), *reflect]
+    )
+    assert result["max_abs_diff"] <= 1e-4
+    session = onnxruntime.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
+    model = PCB(num_classes=5, backbone="resnet18", num_stripes=2, reduced_dim=16, pretrained=False,
+                padding_mode="reflect").eval()
+    model.load_state_dict(random_pcb[0].state_dict())
+    images = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(2))
+    (embeddings,) = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        assert np.abs(embeddings - model(images).numpy()).max() <= 1e-4
+        assert np.abs(embeddings - random_pcb[0](images).numpy()).max() > 1e-3  # the padding matters
+    with pytest.raises(SystemExit, match="torchscript exporter cannot export MODEL.PADDING_MODE reflect"):
+        export_tool.main(
+            ["--config", CONFIG, "--weights", str(weights), "--output", str(tmp_path / "t.onnx"),
+             "--exporter", "torchscript", "OUTPUT_DIR", str(tmp_path), *reflect]
+        )
+    assert not (tmp_path / "t.onnx").exists()
