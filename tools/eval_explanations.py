@@ -23,7 +23,9 @@ synthetic set. What it does:
    weighted CAMs of the top highest-level nodes], and the floors ``centre`` (Gaussian centre
    prior) and ``random`` (uniform noise). For AVSL the similarity-attention and dot-product maps
    explain the top-level embedding ``e^L`` computed from ``layer4``. All maps come from one trunk
-   pass per image (head-only gradients), at ``layer4``'s resolution.
+   pass per image (head-only gradients), at ``layer4``'s resolution. When the config sets
+   ``TEST.EXPLAIN_LAYER`` (PCB; the layer ``tools/explain.py`` shows), ``sam_siamese@<layer>`` and
+   ``sam_triplet@<layer>`` add the same two explanations at that layer, on the full model.
 3. **Pointing game and energy inside** (:mod:`reid.metrics.explanation`) on the negative pair:
    the anchor's and the negative's maps, bilinearly resized to the stored image size, against the
    region (pointing game with a ``--tolerance`` pixel band); pooled over both images.
@@ -63,7 +65,14 @@ from reid.config import config_to_dict  # noqa: E402
 from reid.data.controlled import ControlledTriplet, build_controlled_triplets  # noqa: E402
 from reid.data.synthetic import is_complete  # noqa: E402
 from reid.engine.base import write_json  # noqa: E402
-from reid.explain import explain_pair_features, explain_triplet_features, resize_maps  # noqa: E402
+from reid.explain import (  # noqa: E402
+    explain_pair,
+    explain_pair_features,
+    explain_triplet,
+    explain_triplet_features,
+    resize_maps,
+    resolve_layer,
+)
 from reid.explain.baselines import (  # noqa: E402
     activation_maps,
     avsl_node_maps,
@@ -176,9 +185,15 @@ class BatchMaps:
         self.anchor[name], self.negative[name], self.positive[name] = anchor, negative, positive
 
 
+def layer_explainers(layer: str | None) -> tuple[str, ...]:
+    """Names of the similarity-attention explainers at ``TEST.EXPLAIN_LAYER`` (none when empty)."""
+    return (f"sam_siamese@{layer}", f"sam_triplet@{layer}") if layer else ()
+
+
 def explain_batch(adapter: ModelAdapter, xa: torch.Tensor, xp: torch.Tensor, xn: torch.Tensor,
-                  top_nodes: int) -> BatchMaps:
-    """Every explainer's raw maps for a batch of triplets (one trunk pass per image)."""
+                  top_nodes: int, layer: str | None = None) -> BatchMaps:
+    """Every explainer's raw maps for a batch of triplets (one trunk pass per image, plus full-model
+    passes for the explainers at ``layer``)."""
     count = xa.shape[0]
     feats = adapter.feature_maps(torch.cat([xa, xp, xn]))
     fa, fp, fn = feats.split(count)
@@ -203,6 +218,14 @@ def explain_batch(adapter: ModelAdapter, xa: torch.Tensor, xp: torch.Tensor, xn:
         maps, _ = classifier_grad_cam_features(lambda a: pcb_identity_logits(adapter.model, a), feats)
         ma, mp, mn = maps.split(count)
         out.put("id_gradcam", ma, mn, mp)
+    if layer:
+        siamese, triplet = layer_explainers(layer)
+        with torch.no_grad():
+            ma, mn = explain_pair(adapter.model, layer, xa, xn, same=False)
+            _, mp = explain_pair(adapter.model, layer, xa, xp, same=True)
+            out.put(siamese, ma, mn, mp)
+            ma, mp, mn = explain_triplet(adapter.model, layer, xa, xp, xn)
+            out.put(triplet, ma, mn, mp)
     ma, mp, mn = activation_maps(feats).split(count)
     out.put("actmap", ma, mn, mp)
     out.put("centre", None, None, None)
@@ -378,7 +401,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model.eval()
     is_avsl = cfg.MODEL.NAME == "avsl"
     adapter = ModelAdapter(model, is_avsl)
-    names = AVSL_EXPLAINERS if is_avsl else PCB_EXPLAINERS
+    layer = None if is_avsl else (cfg.TEST.EXPLAIN_LAYER or None)
+    if layer:
+        try:
+            resolve_layer(model, layer)
+        except ValueError as exc:
+            raise SystemExit(f"cannot explain layer {layer!r} (TEST.EXPLAIN_LAYER): {exc}") from exc
+    names = AVSL_EXPLAINERS if is_avsl else (*PCB_EXPLAINERS, *layer_explainers(layer))
     dataset_name, folder = synthetic_dir(engine)
 
     def bar(items: Any, desc: str, total: int | None = None) -> Any:
@@ -398,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = list(_chunks(triplets, args.batch_size))
     for start, chunk in bar(batches, "explanation quality"):
         xa, xp, xn = load_inputs(transform, chunk, engine.device)
-        maps = explain_batch(adapter, xa, xp, xn, args.top_nodes)
+        maps = explain_batch(adapter, xa, xp, xn, args.top_nodes, layer)
         score_localisation(maps, names, chunk, args.tolerance, generator, scores)
         curved = max(0, min(len(chunk), num_curves - start))
         if curved:

@@ -28,7 +28,9 @@ def test_eval_explanations_writes_every_explainer(tiny_data_root, checkpoint, tm
     ])
     on_disk = json.loads((out / eval_explanations.RESULT_FILE).read_text())
     assert on_disk["table"] == result["table"]
-    assert set(on_disk["table"]) == set(eval_explanations.PCB_EXPLAINERS)
+    # the shipped synthetic config sets TEST.EXPLAIN_LAYER layer1: two more explainers at that layer
+    layer_names = ("sam_siamese@layer1", "sam_triplet@layer1")
+    assert set(on_disk["table"]) == {*eval_explanations.PCB_EXPLAINERS, *layer_names}
     for name, row in on_disk["table"].items():
         assert row["num_localised"] == 12, name  # anchor and negative of 6 triplets (2 batches)
         assert row["num_curves"] == 3, name
@@ -41,7 +43,7 @@ def test_eval_explanations_writes_every_explainer(tiny_data_root, checkpoint, tm
     assert 0.0 < on_disk["floors"]["region_area"] < on_disk["floors"]["dilated_region_area"] < 1.0
     assert on_disk["settings"]["num_triplets"] == len(on_disk["triplets"]) == 6
     printed = capsys.readouterr().out
-    for name in eval_explanations.PCB_EXPLAINERS:
+    for name in (*eval_explanations.PCB_EXPLAINERS, *layer_names):
         assert name in printed
     assert "pointing game" in printed and "floors:" in printed
 
@@ -82,3 +84,22 @@ def test_avsl_path_gives_every_avsl_explainer_and_curves():
     measured = torch.tensor(scores.values["_pairs"]["full_similarity"], dtype=torch.float64)
     assert torch.allclose(measured, expected.double(), atol=1e-5)
     assert len(scores.values["avsl_nodes"]["deletion_auc"]) == 2
+
+
+def test_explain_layer_at_layer4_equals_the_head_only_maps(tiny_data_root, checkpoint, tmp_path):
+    """``sam_*@layer4`` (full model) must score exactly like ``sam_*`` (head-only): the same maps."""
+    out = tmp_path / "explq4"
+    result = eval_explanations.main([
+        "--config", CONFIG, "--weights", str(checkpoint), "--num-triplets", "6", "--num-curves", "3",
+        "--steps", "3", "--batch-size", "4", "--seed", "3", "--no-progress", *tiny_overrides(tiny_data_root, out),
+        "TEST.EXPLAIN_LAYER", "layer4",
+    ])
+    table = result["table"]
+    for form in ("sam_siamese", "sam_triplet"):
+        for key in ("pointing_game", "energy_inside", "deletion_auc", "insertion_auc"):
+            assert table[f"{form}@layer4"][key] == pytest.approx(table[form][key], abs=1e-5), (form, key)
+    with pytest.raises(SystemExit, match="cannot explain layer 'nope'"):
+        eval_explanations.main([
+            "--config", CONFIG, "--weights", str(checkpoint), "--no-progress",
+            *tiny_overrides(tiny_data_root, tmp_path / "bad"), "TEST.EXPLAIN_LAYER", "nope",
+        ])
