@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -47,3 +49,28 @@ def step_engine(cls: type, model: torch.nn.Module, device: torch.device, **kwarg
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
     datamanager = SimpleNamespace(train_loader=[], test_loader={})
     return cls(datamanager, model, optimizer, scheduler, device, "unused", progress=False, **kwargs)
+
+
+def seeded_pcb_setup(args: argparse.Namespace) -> tuple[torch.device, torch.nn.Module, int]:
+    """The common start of the step benchmarks: quiet logging, ``--threads``, the P x K check,
+    the device (refused when CUDA is asked for and absent), then ``--seed`` and a random-weight PCB
+    (``--backbone``, ``--stripes``, ``--reduced-dim``) with one class per identity of a batch.
+
+    Returns:
+        ``(device, model, num_ids)``.
+    """
+    from reid.models.pcb import PCB
+
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.batch_size % args.num_instances:
+        raise SystemExit("--batch-size must be a multiple of --num-instances")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but CUDA is not available")
+    torch.manual_seed(args.seed)
+    num_ids = args.batch_size // args.num_instances
+    model = PCB(num_classes=num_ids, backbone=args.backbone, num_stripes=args.stripes,
+                reduced_dim=args.reduced_dim, pretrained=False)
+    return device, model, num_ids

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import os
 import statistics
 import sys
@@ -38,11 +37,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _timing import round_robin, step_engine  # noqa: E402
+from _timing import round_robin, seeded_pcb_setup, step_engine  # noqa: E402
 
 from reid.engine.pcb import PCBEngine  # noqa: E402
 from reid.engine.sam import SAMEngine  # noqa: E402
-from reid.models.pcb import PCB  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,16 +91,7 @@ def profile_step(engine: SAMEngine, batch: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.batch_size % args.num_instances:
-        raise SystemExit("--batch-size must be a multiple of --num-instances")
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    num_ids = args.batch_size // args.num_instances
-    model = PCB(num_classes=num_ids, backbone=args.backbone, num_stripes=args.stripes,
-                reduced_dim=args.reduced_dim, pretrained=False)
+    device, model, num_ids = seeded_pcb_setup(args)
     pcb = step_engine(PCBEngine, copy.deepcopy(model), device)
     sam = step_engine(SAMEngine, copy.deepcopy(model), device, form=args.form, bn_mode=args.bn_mode,
                       second_order=args.second_order, max_tuples=args.max_tuples)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import os
 import statistics
 import sys
@@ -41,12 +40,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _timing import round_robin, step_engine  # noqa: E402
+from _timing import round_robin, seeded_pcb_setup, step_engine  # noqa: E402
 
 from reid.engine.evaluation import extract_features  # noqa: E402
 from reid.engine.pcb import PCBEngine  # noqa: E402
 from reid.engine.sam import SAMEngine  # noqa: E402
-from reid.models.pcb import PCB  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,20 +97,9 @@ def torchreid_pass(extractor, batches: list[dict]) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.batch_size % args.num_instances:
-        raise SystemExit("--batch-size must be a multiple of --num-instances")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but CUDA is not available")
-    if args.amp == "fp16" and device.type != "cuda":
+    if args.amp == "fp16" and torch.device(args.device).type != "cuda":
         raise SystemExit("--amp fp16 needs --device cuda; use bf16 on the CPU")
-    torch.manual_seed(args.seed)
-    num_ids = args.batch_size // args.num_instances
-    model = PCB(num_classes=num_ids, backbone=args.backbone, num_stripes=args.stripes,
-                reduced_dim=args.reduced_dim, pretrained=False)
+    device, model, num_ids = seeded_pcb_setup(args)
     generator = torch.Generator().manual_seed(args.seed)
     shape = (3, args.height, args.width)
     name = "GPU " + torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
