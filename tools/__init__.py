@@ -59,3 +59,14 @@ def engine_with_weights(cfg, weights: str, log_name: str, progress: bool = True)
     engine.model.load_state_dict(state)
     logging.getLogger(log_name).info("loaded weights from %s", weights)
     return engine
+
+
+def layer_or_exit(model, layer: str, source: str) -> None:
+    """Exits with the reason unless ``layer`` names a submodule of ``model``; ``source`` says where
+    the name came from (checked before any work, so a typo costs nothing)."""
+    from reid.explain import resolve_layer
+
+    try:
+        resolve_layer(model, layer)
+    except ValueError as exc:
+        raise SystemExit(f"cannot explain layer {layer!r} ({source}): {exc}") from exc

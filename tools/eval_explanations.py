@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools import config_or_exit, engine_with_weights, parse_with_overrides  # noqa: E402
+from tools import config_or_exit, engine_with_weights, layer_or_exit, parse_with_overrides  # noqa: E402
 from reid.config import config_to_dict  # noqa: E402
 from reid.data.controlled import ControlledTriplet, build_controlled_triplets  # noqa: E402
 from reid.data.synthetic import is_complete  # noqa: E402
@@ -71,7 +71,6 @@ from reid.explain import (  # noqa: E402
     explain_triplet,
     explain_triplet_features,
     resize_maps,
-    resolve_layer,
 )
 from reid.explain.baselines import (  # noqa: E402
     activation_maps,
@@ -403,10 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     adapter = ModelAdapter(model, is_avsl)
     layer = None if is_avsl else (cfg.TEST.EXPLAIN_LAYER or None)
     if layer:
-        try:
-            resolve_layer(model, layer)
-        except ValueError as exc:
-            raise SystemExit(f"cannot explain layer {layer!r} (TEST.EXPLAIN_LAYER): {exc}") from exc
+        layer_or_exit(model, layer, "TEST.EXPLAIN_LAYER")
     names = AVSL_EXPLAINERS if is_avsl else (*PCB_EXPLAINERS, *layer_explainers(layer))
     dataset_name, folder = synthetic_dir(engine)
 

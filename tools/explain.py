@@ -97,7 +97,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools import config_or_exit, engine_with_weights, parse_with_overrides  # noqa: E402
+from tools import config_or_exit, engine_with_weights, layer_or_exit, parse_with_overrides  # noqa: E402
 from reid.data.synthetic import load_mask, mask_path  # noqa: E402
 from reid.engine.base import write_json  # noqa: E402
 from reid.engine.evaluation import distance_matrix  # noqa: E402
@@ -107,7 +107,6 @@ from reid.explain import (  # noqa: E402
     explain_triplet,
     explain_triplet_features,
     normalize_maps,
-    resolve_layer,
     resize_maps,
 )
 from reid.models.avsl import rectify_step  # noqa: E402
@@ -791,10 +790,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     layer = args.layer or (None if attribution else cfg.TEST.EXPLAIN_LAYER or None)
     if layer is not None:
-        try:
-            resolve_layer(engine.model, layer)
-        except ValueError as exc:
-            raise SystemExit(f"cannot explain layer {layer!r} (--layer / TEST.EXPLAIN_LAYER): {exc}") from exc
+        layer_or_exit(engine.model, layer, "--layer / TEST.EXPLAIN_LAYER")
     setup = Setup(
         model=engine.model, device=engine.device,
         head_path=layer is None and not attribution and has_head_path(engine.model),
