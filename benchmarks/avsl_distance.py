@@ -1,7 +1,7 @@
 """Peak memory and time of ``AVSL.pairwise_distance`` on a DukeMTMC-reID sized problem.
 
 What is measured: the model's chunked ``pairwise_distance`` (``d_hat`` for every query-gallery
-pair, AVSL paper section 3.4 "Evaluation"; ``shared/METHOD.md`` section 5) at its default chunk
+pair, AVSL paper section 3.4 "Evaluation"; ``docs/method.md`` section 5) at its default chunk
 size (``chunk_size=None``: about ``2**25`` elements per ``(chunk, M, R)`` node tensor) on random
 features in the flat layout that ``AVSL.split_features`` expects (unit-norm level embeddings and
 positive CAM statistics), with random positive edges and random reliability parameters.

@@ -120,7 +120,7 @@ _C.LOSS.TRIPLET_WEIGHT = 1.0
 _C.LOSS.TRIPLET_MARGIN = 0.3
 
 # ---------------------------------------------------------------------------------------------
-# Similarity mining (SAM paper, sections 3.2-3.3; shared/METHOD.md section 3).
+# Similarity mining (SAM paper, sections 3.2-3.3; docs/method.md section 3).
 _C.SAM = CN()
 # Add the similarity-mining objective: L = L_ml + GAMMA * L_sm.
 _C.SAM.ENABLED = False
@@ -147,7 +147,7 @@ _C.SAM.MAX_TUPLES = 0
 _C.SAM.MAP_GRADIENT = True
 
 # ---------------------------------------------------------------------------------------------
-# AVSL similarity head (AVSL paper; shared/METHOD.md section 5). Used when MODEL.NAME is avsl;
+# AVSL similarity head (AVSL paper; docs/method.md section 5). Used when MODEL.NAME is avsl;
 # MODEL.BACKBONE, MODEL.LAST_STRIDE, MODEL.PRETRAINED(_PATH) choose its trunk.
 _C.AVSL = CN()
 # Trunk stages giving the levels of the similarity graph, bottom-up.
@@ -213,7 +213,7 @@ _C.TEST.METRIC_CUHK03 = False
 _C.TEST.RERANK = False
 # Layer that tools/explain.py explains (its --layer overrides this). Empty: the layer the
 # embedding is pooled from (layer4), through the cheap head-only path where the model has one
-# (shared/METHOD.md section 2). A name (e.g. "layer1"): that layer, on the full model.
+# (docs/method.md section 2). A name (e.g. "layer1"): that layer, on the full model.
 _C.TEST.EXPLAIN_LAYER = ""
 
 # ---------------------------------------------------------------------------------------------

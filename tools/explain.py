@@ -16,7 +16,7 @@ What it does, on the first target dataset of the config (``DATA.TARGETS``, else 
    AVSL's ``d_hat``, else ``TEST.DIST_METRIC``/``TEST.NORMALIZE_FEATURE``), with gallery images of
    the query's identity *and* camera removed as in the evaluation protocol (``--keep-same-camera``
    keeps them); ties broken by gallery order. ``TEST.RERANK`` is ignored: explanations explain the
-   model's own distance (``shared/METHOD.md`` section 4).
+   model's own distance (``docs/method.md`` section 4).
 3. **One trunk pass per image.** When the model has ``forward_features`` (images -> ``layer4``
    map) and ``embed_features`` (map -> embedding), e.g. PCB, each chosen query and each gallery
    image goes through the trunk exactly once; the gallery is streamed, and only the ``layer4``
@@ -30,7 +30,7 @@ What it does, on the first target dataset of the config (``DATA.TARGETS``, else 
 4. **Siamese explanation** of each of the top-``K`` pairs. ``--same truth`` (default): ``same`` is
    the ground truth (query and gallery identities equal); ``--same model``: every shown match is
    treated as a match, because the model ranks it among its top ``K`` (the maps then show what the
-   model found alike). Reference: SAM paper, section 3.1; ``shared/METHOD.md`` sections 2 and 4.
+   model found alike). Reference: SAM paper, section 3.1; ``docs/method.md`` sections 2 and 4.
 5. **Triplet explanation** with ``--triplets``: "why is the top match A closer than B", where B is
    the best-ranked gallery image whose correctness differs from A's: the first wrong match when A
    is correct, the first true match when A is wrong (why the model failed). B may rank below
@@ -70,7 +70,7 @@ Panels go to ``attributions/q<query>_r<rank>.png`` and join ``index.html`` as ea
 ``attribution``: per level the ``total``, every node's ``contributions``, the ``top`` nodes (node,
 contribution, weight, delta) and ``rest``; and ``rectified_node`` (level, node, delta,
 reliability, rectified, carried, feeders). The summary gives the mean share of ``d_hat`` per
-level. Reference: ``shared/METHOD.md`` section 5.
+level. Reference: ``docs/method.md`` section 5.
 
 Mask-mass fraction of a map: the raw (non-negative) map is resized bilinearly to the mask's
 size and ``sum(M * [mask > 0]) / sum(M)`` is taken (``None`` for an all-zero map or without a
@@ -661,7 +661,7 @@ def _unit_cams(cams: torch.Tensor) -> np.ndarray:
 def attribute_pairs(model: nn.Module, first: torch.Tensor, second: torch.Tensor) -> PairAttributions:
     """Runs ``model.attribute`` on the pairs and adds the rectified nodes of every level.
 
-    Reference: AVSL paper, section 3.3 (eq. 8) and section 3.4 (eq. 11); ``shared/METHOD.md``
+    Reference: AVSL paper, section 3.3 (eq. 8) and section 3.4 (eq. 11); ``docs/method.md``
     section 5.
 
     Args:

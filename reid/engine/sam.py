@@ -16,7 +16,7 @@ One training step (:meth:`SAMEngine.forward_backward`):
 5. ``L_sm`` on the masked embeddings (:func:`reid.losses.similarity_mining_loss`);
    ``L = L_ml + gamma * L_sm`` (:func:`reid.losses.combine`); one backward, one optimiser step.
 
-Decisions (``shared/METHOD.md`` sections 2-3 where it decides, ours otherwise):
+Decisions (``docs/method.md`` sections 2-3 where it decides, ours otherwise):
 
 - Weights come from the eval-style test embedding ``embed_features`` applied to the train-mode
   ``layer4`` map of step 1 (detached, then L2-normalised as a whole), not from the reduced
@@ -59,7 +59,7 @@ tuple per anchor, so none do). The masked pass therefore holds ``R * U`` images 
 default) bounds that cost by averaging ``L_sm`` over a random subset of the tuples.
 
 Reference: SAM paper (Zheng et al., "Learning Similarity Attention"), sections 3.1-3.3, Eq. 1-3;
-``shared/METHOD.md`` sections 2-3.
+``docs/method.md`` sections 2-3.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class SAMEngine(PCBEngine):
     total ``L``) and ``acc``; the base engine writes them to TensorBoard and to the history of
     ``metrics.json``.
 
-    Reference: SAM paper, sections 3.2-3.3, Eq. 2-3; ``shared/METHOD.md`` section 3.
+    Reference: SAM paper, sections 3.2-3.3, Eq. 2-3; ``docs/method.md`` section 3.
 
     Args:
         form: ``siamese``, ``triplet`` or ``quadruplet`` (tuples and ``L_sm`` of that form).
@@ -178,7 +178,7 @@ class SAMEngine(PCBEngine):
             ``n > 0``: over ``n`` tuples drawn at random (torch's global RNG) each step, an
             unbiased estimate of the full mean that bounds the masked pass to ``R n`` images
             (a cost knob: ``n = B / R`` brings a step to about 2x a PCB step).
-        map_gradient: True (default, ``shared/METHOD.md`` section 3): ``L_sm`` reaches the
+        map_gradient: True (default, ``docs/method.md`` section 3): ``L_sm`` reaches the
             first pass through ``A`` in the maps. False: the maps (hence the masks) are
             constants and ``L_sm`` trains the network through the masked pass only, so the model
             cannot lower ``L_sm`` by moving its attention off the evidence (an ablation, see the

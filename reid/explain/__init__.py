@@ -14,7 +14,7 @@ Typical use (PCB, explaining the top matches of a query without re-running the t
 For training (similarity mining) call the same functions with gradients enabled; the maps then
 carry gradient to the model through ``A`` (and through ``alpha`` with ``create_graph=True``).
 
-Reference: SAM paper, section 3.1; ``shared/METHOD.md`` sections 2 and 4.
+Reference: SAM paper, section 3.1; ``docs/method.md`` sections 2 and 4.
 """
 
 from .attention import attention_maps, attention_maps_from_features, grad_cam

@@ -19,7 +19,7 @@ requires that sample ``i``'s embedding depend on image ``i`` only. This holds in
 warning when the model is in train mode.
 
 Gradients of the maps: with ``create_graph=False`` (default) ``alpha`` is a constant and the
-maps still depend on the parameters through ``A`` (first-order, ``shared/METHOD.md``
+maps still depend on the parameters through ``A`` (first-order, ``docs/method.md``
 section 3); with ``create_graph=True`` ``alpha`` is differentiable too (second-order). Under
 ``torch.no_grad()`` the returned tensors are detached (plain explanations).
 
@@ -29,7 +29,7 @@ computed in float32 with autocast switched off (a float32 island), so the maps a
 are float32 whatever the autocast dtype; without autocast nothing changes (float64 stays
 float64).
 
-Reference: SAM paper, section 3.1, Eq. 1; ``shared/METHOD.md`` section 2.
+Reference: SAM paper, section 3.1, Eq. 1; ``docs/method.md`` section 2.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def attention_maps(
     Put the model in eval mode first (see the module docstring); the mode is never changed
     here. ``images`` and the model are not modified.
 
-    Reference: SAM paper, section 3.1, Eq. 1; ``shared/METHOD.md`` section 2.
+    Reference: SAM paper, section 3.1, Eq. 1; ``docs/method.md`` section 2.
 
     Args:
         model: maps ``(B, 3, H, W)`` images to ``(B, D)`` embeddings (normalised here).
@@ -204,7 +204,7 @@ def attention_maps_from_features(
     trunk through ``A``); otherwise a detached copy is differentiated and ``feature_maps`` is
     left untouched. The head should be in eval mode for per-sample exact maps.
 
-    Reference: SAM paper, section 3.1, Eq. 1; ``shared/METHOD.md`` section 2.
+    Reference: SAM paper, section 3.1, Eq. 1; ``docs/method.md`` section 2.
 
     Args:
         head: ``(B, C, h, w)`` feature maps -> ``(B, D)`` embeddings (normalised here).

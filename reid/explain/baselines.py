@@ -110,7 +110,7 @@ def pcb_identity_logits(model: torch.nn.Module, feature_maps: torch.Tensor) -> t
     running BatchNorm statistics, no dropout). Summing the stripe logits makes the predicted
     identity the one with the highest mean logit, as PCB's ID loss treats every stripe alike.
 
-    Reference: Sun et al., ECCV 2018, section 3.1; ``shared/METHOD.md`` section 1.
+    Reference: Sun et al., ECCV 2018, section 3.1; ``docs/method.md`` section 1.
 
     Args:
         model: a PCB model (``pool_stripes``, ``reduce_stripes``, ``classifiers``).
@@ -215,7 +215,7 @@ def avsl_node_maps(
     over the ``k`` largest contributions, with each node CAM ``u_i`` shifted to a zero minimum
     and divided by its spatial sum (so a node's map mass is its contribution).
 
-    Reference: AVSL paper, section 3.4 (eq. 11) and section 4.4; ``shared/METHOD.md`` section 5.
+    Reference: AVSL paper, section 3.4 (eq. 11) and section 4.4; ``docs/method.md`` section 5.
 
     Args:
         attribution: :meth:`reid.models.avsl.AVSL.attribute` output (``nodes``, ``weights``,

@@ -1,7 +1,7 @@
 """Explicit post-processing steps for raw attention maps: normalisation and resizing.
 
 Raw maps from :func:`~reid.explain.attention.attention_maps` keep their scale
-(``shared/METHOD.md`` section 2); these steps are separate so that a caller picks their order.
+(``docs/method.md`` section 2); these steps are separate so that a caller picks their order.
 Both are differentiable and return new tensors.
 """
 

@@ -2,7 +2,7 @@
 
 Each function maps the L2-normalised embeddings of a batch of tuples to one weight vector per
 tuple. The weights are computed from *detached* embeddings: they are constants for every
-gradient taken afterwards (``shared/METHOD.md`` section 2).
+gradient taken afterwards (``docs/method.md`` section 2).
 
 Reference: SAM paper (Zheng et al., "Learning Similarity Attention"), section 3.1.
 """

@@ -1,6 +1,6 @@
 """Similarity mining: soft-masking with attention maps and the losses on masked embeddings.
 
-Pipeline (SAM paper, section 3.2; METHOD.md section 3): the tuples mined for the metric loss
+Pipeline (SAM paper, section 3.2; docs/method.md section 3): the tuples mined for the metric loss
 (:func:`reid.losses.triplet.batch_hard_mining`) give, per role, the indices of the images in
 the batch (:func:`mining_tuples`). Their similarity-attention maps are upsampled to the image
 size, min-max normalised per sample and turned into a soft mask (:func:`soft_mask`). The masked
@@ -72,7 +72,7 @@ def soft_mask_weights(
 
     Reference: SAM paper, section 3.2: ``x_hat = x * (1 - Sigma(M))``,
     ``Sigma(Z) = sigmoid(alpha (Z - beta))`` (``alpha = omega``, ``beta = sigma`` here; the
-    paper does not print its values, the defaults are METHOD.md section 3's).
+    paper does not print its values, the defaults are docs/method.md section 3's).
 
     Args:
         maps: ``(B, h, w)`` raw attention maps (any scale).
@@ -206,7 +206,7 @@ def triplet_mining_loss(
         fa: ``(T, D)`` masked-anchor embeddings.
         fp: ``(T, D)`` masked-positive embeddings.
         fn: ``(T, D)`` masked-negative embeddings.
-        normalize: L2-normalise each embedding first (METHOD.md: ``f`` is always
+        normalize: L2-normalise each embedding first (docs/method.md: ``f`` is always
             L2-normalised before the formulas). Harmless if they already are.
 
     Returns:

@@ -85,7 +85,7 @@ def batch_hard_mining(
 
     Reference: Hermans et al., "In Defense of the Triplet Loss for Person Re-Identification",
     2017, section 2 (batch hard); for quadruplets (two hardest negatives) the project's
-    METHOD.md section 3, as the SAM paper (section 3.2) does not say how they are mined.
+    docs/method.md section 3, as the SAM paper (section 3.2) does not say how they are mined.
 
     Args:
         dist: ``(B, B)`` pairwise distances.

@@ -30,7 +30,7 @@ they are compared with (resize them first, e.g. with :func:`reid.explain.resize_
   raster index (a stable sort), so a constant map removes rows top to bottom.
   Reference: Petsiuk et al., "RISE", BMVC 2018, section 4.1 (deletion and insertion metrics).
 
-numpy/torch only; nothing here knows models. ``shared/METHOD.md`` has no section on these yet;
+numpy/torch only; nothing here knows models. ``docs/method.md`` has no section on these yet;
 the choices above are documented here and in the README ("Explanation quality").
 """
 

@@ -7,7 +7,7 @@ and the distance ``d_hat`` is the sum of the rectified top-level nodes. Because 
 is linear in the nodes, ``d_hat = sum_l sum_i lambda^l_i delta^l_i`` exactly (the attribution).
 
 Reference: Zhang et al., "Attributable Visual Similarity Learning", CVPR 2022, section 3;
-``shared/METHOD.md`` section 5.
+``docs/method.md`` section 5.
 
 Choices the paper leaves open (documented where they are made):
 

@@ -1,7 +1,7 @@
 """PCB: part-based convolutional baseline on a torchvision ResNet.
 
 Reference: Sun et al., "Beyond Part Models: Person Retrieval with Refined Part Pooling",
-ECCV 2018, section 3.1; ``shared/METHOD.md`` section 1.
+ECCV 2018, section 3.1; ``docs/method.md`` section 1.
 """
 
 from __future__ import annotations

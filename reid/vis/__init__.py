@@ -4,7 +4,7 @@ numpy, PIL and OpenCV only; no model knowledge. Inputs are plain data: RGB uint8
 ``(H, W, 3)``, maps in ``[0, 1]`` (normalise them first, e.g. with
 :func:`reid.explain.normalize_maps`, then ``.cpu().numpy()``), numbers and strings.
 
-Reference: ``shared/METHOD.md`` section 4 (panels, report) and section 5 (AVSL attribution panels).
+Reference: ``docs/method.md`` section 4 (panels, report) and section 5 (AVSL attribution panels).
 """
 
 from .attribution import (

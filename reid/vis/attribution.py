@@ -2,7 +2,7 @@
 
 An AVSL distance decomposes exactly into node contributions,
 ``d_hat = sum_l sum_i lambda^l_i delta^l_i`` (AVSL paper, section 3.4, eq. 11;
-``shared/METHOD.md`` section 5). This module turns one pair's arrays (nodes ``delta^l``, weights
+``docs/method.md`` section 5). This module turns one pair's arrays (nodes ``delta^l``, weights
 ``lambda^l``, reliabilities ``p^l``, rectified nodes ``delta_hat^l``, normalised edges ``W~^l``)
 into a :class:`PairAttribution` summary (plain numbers, also written to JSON) and draws it.
 

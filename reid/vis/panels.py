@@ -10,7 +10,7 @@ The header holds up to two lines of text; tile ``j`` starts at
 A tile's border (green for a correct match, red for a wrong one) is drawn in the margin
 around it. Every image is resized (bilinear, aspect ratio not kept) to the tile size.
 
-References: SAM paper, Fig. 1 (similarity attention of a triplet); ``shared/METHOD.md``
+References: SAM paper, Fig. 1 (similarity attention of a triplet); ``docs/method.md``
 section 4 (one panel per query-gallery pair, triplet panels).
 """
 

@@ -5,7 +5,7 @@
 ``out_dir/<image_dir>/``). All links are relative, the CSS is inline and there is no script, so
 the folder can be moved, archived or opened from disk. All text is HTML-escaped.
 
-Reference: ``shared/METHOD.md`` section 4 (one HTML index page over all panels).
+Reference: ``docs/method.md`` section 4 (one HTML index page over all panels).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ grad-cam's post-processing: it min-max normalises the raw map, resizes it (OpenC
 the input, and min-max normalises again. Min-max normalisation is affine-invariant, so its output
 is ``normalize_maps(resize_maps(raw, input size))`` of our raw map.
 
-Reference: SAM paper, section 3.1, Eq. 1; ``shared/METHOD.md`` section 2.
+Reference: SAM paper, section 3.1, Eq. 1; ``docs/method.md`` section 2.
 """
 
 from __future__ import annotations
