@@ -45,9 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from reid.models.avsl import AVSL  # noqa: E402
+from reid.models.avsl import AVSL
 
 _LEVELS = {1: ("layer4",), 2: ("layer3", "layer4"), 3: ("layer2", "layer3", "layer4"),
            4: ("layer1", "layer2", "layer3", "layer4")}

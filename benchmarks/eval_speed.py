@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import io
 import logging
-import os
 import sys
 import time
 import warnings
@@ -34,9 +33,8 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from reid.metrics import compute_distance_matrix, evaluate_rank, re_ranking  # noqa: E402
+from reid.metrics import compute_distance_matrix, evaluate_rank, re_ranking
 
 logger = logging.getLogger("eval_speed")
 

@@ -37,26 +37,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
-import sys
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _timing import timed  # noqa: E402
+from _timing import timed
 
-from reid.explain import (  # noqa: E402
+from reid.explain import (
     attention_maps_from_features,
     explain_pair_features,
     normalize_maps,
     resize_maps,
 )
-from reid.models.pcb import PCB  # noqa: E402
+from reid.models.pcb import PCB
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

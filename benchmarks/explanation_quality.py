@@ -21,21 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools import eval_explanations  # noqa: E402
-from tools import parse_with_overrides  # noqa: E402
 
 
-def parse_run(text: str) -> tuple[str, str, str]:
-    """``NAME=CONFIG:CHECKPOINT`` -> ``(name, config, checkpoint)`` (the first ``:`` splits)."""
-    name, sep, rest = text.partition("=")
-    config, sep2, weights = rest.partition(":")
-    if not (sep and sep2 and name and config and weights):
-        raise argparse.ArgumentTypeError(f"expected NAME=CONFIG:CHECKPOINT, got {text!r}")
-    return name, config, weights
+from reid.cli import eval_explanations
+from reid.cli.common import parse_run, parse_with_overrides
+from reid.explain.quality import format_tables
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     print(f"Explanation quality on {args.num_triplets} controlled synthetic triplets (seed {args.seed}; "
           f"pointing game band {args.tolerance} px; deletion/insertion on {args.num_curves} positive pairs, "
           f"{args.steps} steps, {args.baseline} baseline)")
-    print(eval_explanations.format_tables({name: result["table"] for name, result in results.items()}))
+    print(format_tables({name: result["table"] for name, result in results.items()}))
     for name, result in results.items():
         floors = result["floors"]
         print(f"{name}: region area {floors['region_area']:.3f}, dilated {floors['dilated_region_area']:.3f} "

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,15 +43,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid.data.synthetic import load_mask, mask_path  # noqa: E402
-from reid.explain import attention_maps_from_features, explain_pair, pair_weights, resize_maps  # noqa: E402
-from reid.metrics import evaluate  # noqa: E402
-from tools import config_or_exit, engine_with_weights, parse_with_overrides  # noqa: E402
-from tools.explain import distance_function, has_head_path, mask_fraction  # noqa: E402
+from reid.data.synthetic import load_mask, mask_path
+from reid.explain import attention_maps_from_features, explain_pair, pair_weights, resize_maps
+from reid.metrics import evaluate
+from reid.cli.common import config_or_exit, engine_with_weights, parse_run, parse_with_overrides
+from reid.explain.dump import person_energy
 
-from benchmarks.explanation_quality import parse_run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -128,7 +125,7 @@ def positive_pairs(query: Split, gallery: Split, count: int) -> tuple[list[int],
 
 def mean_mass(maps: torch.Tensor, paths: list[str]) -> tuple[float, float]:
     """Mean mass fraction inside the person (all-zero maps skipped) and mean area fraction."""
-    pairs = [mask_fraction(maps[k], paths[k]) for k in range(len(paths))]
+    pairs = [person_energy(maps[k], paths[k]) for k in range(len(paths))]
     masses = [mass for mass, _ in pairs if mass is not None]
     return (float(np.mean(masses)) if masses else float("nan")), float(np.mean([area for _, area in pairs]))
 
@@ -196,12 +193,15 @@ def measure(name: str, config: str, weights: str, args: argparse.Namespace) -> d
                                                                  os.path.join(args.output_root, name)]))
     engine = engine_with_weights(cfg, weights, "person_evidence", progress=args.progress)
     model = engine.model.eval()
-    if not has_head_path(model):
-        raise SystemExit(f"{name}: the model has no head-only path (forward_features / embed_features)")
+    if model.explainability.attribution:
+        raise SystemExit(
+            f"{name}: {type(model).__name__} is explained by exact attribution, not by similarity attention "
+            "through its head; this benchmark measures embedding models"
+        )
     loaders = engine.test_loader[next(iter(engine.test_loader))]
     query = encode_split(model, loaders["query"], engine.device, args.progress, f"{name} query")
     gallery = encode_split(model, loaders["gallery"], engine.device, args.progress, f"{name} gallery")
-    distances_of = distance_function(engine)
+    distances_of = engine.distance_matrix
     rank1, mean_ap = ranking(model, distances_of, query.maps, gallery.maps, query, gallery)
     rank1_p, mean_ap_p = ranking(model, distances_of, query.maps_person_only, gallery.maps_person_only, query, gallery)
 

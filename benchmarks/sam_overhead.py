@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _timing import round_robin, seeded_pcb_setup, step_engine  # noqa: E402
+from _timing import round_robin, seeded_pcb_setup, step_engine
 
-from reid.engine.pcb import PCBEngine  # noqa: E402
-from reid.engine.sam import SAMEngine  # noqa: E402
+from reid.engine.pcb import PCBEngine
+from reid.engine.sam import SAMEngine
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

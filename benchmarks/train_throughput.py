@@ -31,20 +31,18 @@ import argparse
 import copy
 import os
 import statistics
-import sys
 import tempfile
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _timing import round_robin, seeded_pcb_setup, step_engine  # noqa: E402
+from _timing import round_robin, seeded_pcb_setup, step_engine
 
-from reid.engine.evaluation import extract_features  # noqa: E402
-from reid.engine.pcb import PCBEngine  # noqa: E402
-from reid.engine.sam import SAMEngine  # noqa: E402
+from reid.engine.evaluation import extract_features
+from reid.engine.pcb import PCBEngine
+from reid.engine.sam import SAMEngine
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

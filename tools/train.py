@@ -1,70 +1,10 @@
 #!/usr/bin/env python
-"""Train a re-id model: ``python tools/train.py --config FILE [--resume] [KEY VALUE ...]``.
+"""``python tools/train.py [options] [KEY VALUE ...]`` runs ``reid train`` (see :mod:`reid.cli.train`).
 
-Distributed (one process per GPU): start it with ``torchrun``, e.g. on one node with 4 GPUs
-``torchrun --nproc_per_node 4 tools/train.py --config FILE``. The tool reads ``WORLD_SIZE``,
-``RANK`` and ``LOCAL_RANK``, joins the process group (``DIST.BACKEND``: NCCL on GPUs, gloo on the
-CPU) and splits ``SAMPLER.BATCH_SIZE_TRAIN`` over the processes; rank 0 logs, evaluates and
-writes the checkpoints (see ``reid/engine/distributed.py``).
+Kept so that existing commands keep working; ``reid train --help`` describes the options.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools import parse_with_overrides  # noqa: E402
-from reid.config import ConfigError, load_config, validate_world_size  # noqa: E402
-from reid.engine.builders import build_engine, resolve_device, setup_logging  # noqa: E402
-from reid.engine.distributed import destroy_distributed, init_distributed, world_from_env  # noqa: E402
-
-logger = logging.getLogger("train")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML config file (overrides reid/config.py)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OPTIM.MAX_EPOCH 5")
-    return parse_with_overrides(parser, argv)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.opts)
-        world = world_from_env()
-        validate_world_size(cfg, world.world_size)
-    except (ConfigError, ValueError) as exc:
-        raise SystemExit(f"config error: {exc}") from exc
-    setup_logging(cfg.OUTPUT_DIR, "train", main_process=world.is_main)
-    logger.info("config:\n%s", cfg.dump())
-    if world.is_distributed:
-        device = resolve_device(cfg.DEVICE, world.local_rank)
-        init_distributed(world, device, backend=cfg.DIST.BACKEND, timeout_min=cfg.DIST.TIMEOUT_MIN)
-    try:
-        engine = build_engine(cfg, progress=not args.no_progress, dist=world)
-        metrics = engine.run(
-            max_epoch=cfg.OPTIM.MAX_EPOCH,
-            eval_freq=cfg.TEST.EVAL_FREQ,
-            checkpoint_freq=cfg.TRAIN.CHECKPOINT_FREQ,
-            print_freq=cfg.TRAIN.PRINT_FREQ,
-            resume=args.resume,
-        )
-    finally:
-        if world.is_distributed:
-            destroy_distributed()
-    if not world.is_main:
-        return metrics
-    summary = ", ".join(f"{k} {metrics[k]:.1%}" for k in ("rank1", "rank5", "mAP", "mINP") if k in metrics)
-    logger.info("final: %s (checkpoint %s)", summary, engine.checkpoint_path)
-    return metrics
-
+from reid.cli.train import main
 
 if __name__ == "__main__":
     main()

@@ -234,3 +234,25 @@ def prepare_splits(
         checked[split] = items
     checked["train"] = relabel(checked["train"])
     return checked
+
+
+def check_dataset(name: str, registered_name: str, root: str) -> tuple[str, list[str]]:
+    """Builds the torchreid dataset ``registered_name`` under ``root`` in each mode (every image of
+    every split is read, as training does); returns its statistics table titled ``name`` and the
+    counts that differ from the published ones.
+
+    Raises:
+        ValueError, OSError, KeyError, RuntimeError: the dataset cannot be built (our
+            ``DatasetError`` is a ``ValueError``, ``ImageReadError`` an ``OSError``).
+    """
+    from torchreid.reid.data.datasets import init_image_dataset
+
+    import reid.data  # noqa: F401  (registers our datasets with torchreid)
+
+    splits, published = {}, {}
+    for mode in SPLITS:
+        dataset = init_image_dataset(registered_name, root=root, mode=mode, verbose=False)
+        splits[mode] = getattr(dataset, mode)
+        published = getattr(dataset, "published", {})
+    stats = [split_statistics(splits[split], split) for split in SPLITS]
+    return format_statistics(stats, title=name), count_mismatches(stats, published)

@@ -405,6 +405,15 @@ class ReidEngine(Engine):
             self.model.train(was_training)
         return results
 
+    def distance_matrix(self, query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+        """``(N, M)`` distances on the CPU between eval features: the model's own
+        :meth:`~reid.models.base.ReidModel.pairwise_distance` (``TEST.DIST_METRIC``,
+        ``TEST.NORMALIZE_FEATURE``), computed on the engine's device."""
+        opts = self.eval_options
+        return self.model.pairwise_distance(
+            query.to(self.device), gallery.to(self.device), opts.dist_metric, opts.normalize_feature
+        ).cpu()
+
     def score(self, query: Any, gallery: Any) -> dict[str, float]:
         """Ranking metrics of query against gallery features (subclasses may change the distance)."""
         opts = self.eval_options

@@ -8,6 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -182,36 +185,139 @@ def distributed_train_loader(
     )
 
 
-def build_model(cfg: CfgNode, num_classes: int) -> nn.Module:
-    """The configured model (see ``reid.models``)."""
-    if cfg.MODEL.NAME == "avsl":
-        return create_model(
-            "avsl",
-            num_classes=num_classes,
-            backbone=cfg.MODEL.BACKBONE,
-            levels=tuple(cfg.AVSL.LEVELS),
-            embed_dim=cfg.AVSL.EMBED_DIM,
-            topk=cfg.AVSL.TOPK,
-            momentum=cfg.AVSL.MOMENTUM,
-            last_stride=cfg.MODEL.LAST_STRIDE,
-            proxies=cfg.AVSL.LOSS == "proxy_anchor",
-            pretrained=cfg.MODEL.PRETRAINED,
-            pretrained_path=cfg.MODEL.PRETRAINED_PATH,
-            padding_mode=cfg.MODEL.PADDING_MODE,
-        )
-    return create_model(
-        cfg.MODEL.NAME,
-        num_classes=num_classes,
-        backbone=cfg.MODEL.BACKBONE,
-        num_stripes=cfg.MODEL.NUM_STRIPES,
-        reduced_dim=cfg.MODEL.REDUCED_DIM,
-        dropout=cfg.MODEL.DROPOUT,
-        last_stride=cfg.MODEL.LAST_STRIDE,
-        test_feature=cfg.MODEL.TEST_FEATURE,
-        pretrained=cfg.MODEL.PRETRAINED,
-        pretrained_path=cfg.MODEL.PRETRAINED_PATH,
+# -- the model registry of the builders: how the config builds each MODEL.NAME ---------------------
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """How the config builds one ``MODEL.NAME``: the only place that knows which model is which.
+
+    Attributes:
+        model_options: config -> keyword arguments of the registered model factory
+            (:func:`reid.models.create_model`) besides ``num_classes``.
+        engine: ``(cfg, datamanager, model, optimizer, scheduler, device, base)`` -> the training
+            and evaluation engine; ``base`` holds the keyword arguments every engine takes.
+        num_classes_in_state: a model state dict -> the number of training identities it was
+            built for (raises ValueError naming what is missing when the state is not this model's).
+        similarity_mining: the model trains with ``SAM.ENABLED`` (similarity mining needs an
+            embedding whose head map it can explain).
+        export_refusal: why the model cannot be exported as an embedding network (empty: it can).
+    """
+
+    model_options: Callable[[CfgNode], dict]
+    engine: Callable[..., Any]
+    num_classes_in_state: Callable[[dict], int]
+    similarity_mining: bool = False
+    export_refusal: str = ""
+
+
+def _pcb_options(cfg: CfgNode) -> dict:
+    return dict(
+        backbone=cfg.MODEL.BACKBONE, num_stripes=cfg.MODEL.NUM_STRIPES, reduced_dim=cfg.MODEL.REDUCED_DIM,
+        dropout=cfg.MODEL.DROPOUT, last_stride=cfg.MODEL.LAST_STRIDE, test_feature=cfg.MODEL.TEST_FEATURE,
+        pretrained=cfg.MODEL.PRETRAINED, pretrained_path=cfg.MODEL.PRETRAINED_PATH,
         padding_mode=cfg.MODEL.PADDING_MODE,
     )
+
+
+def _pcb_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, base: dict):
+    from .pcb import PCBEngine
+
+    common = dict(
+        **base,
+        id_weight=cfg.LOSS.ID_WEIGHT, triplet_weight=cfg.LOSS.TRIPLET_WEIGHT,
+        margin=cfg.LOSS.TRIPLET_MARGIN, label_smoothing=cfg.LOSS.LABEL_SMOOTH,
+    )
+    if not cfg.SAM.ENABLED:
+        return PCBEngine(datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common)
+    from .sam import SAMEngine
+
+    return SAMEngine(
+        datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common,
+        form=cfg.SAM.FORM, gamma=cfg.SAM.GAMMA, omega=cfg.SAM.OMEGA, sigma=cfg.SAM.SIGMA,
+        layer=cfg.SAM.LAYER, bn_mode=cfg.SAM.BN_MODE, second_order=cfg.SAM.SECOND_ORDER,
+        max_tuples=cfg.SAM.MAX_TUPLES, map_gradient=cfg.SAM.MAP_GRADIENT,
+    )
+
+
+def _pcb_classes(state: dict) -> int:
+    key = "classifiers.0.weight"
+    if key not in state:
+        raise ValueError(f"the weights hold no {key!r}: not a PCB checkpoint (keys such as {sorted(state)[:3]})")
+    return int(state[key].shape[0])
+
+
+def _avsl_options(cfg: CfgNode) -> dict:
+    return dict(
+        backbone=cfg.MODEL.BACKBONE, levels=tuple(cfg.AVSL.LEVELS), embed_dim=cfg.AVSL.EMBED_DIM,
+        topk=cfg.AVSL.TOPK, momentum=cfg.AVSL.MOMENTUM, last_stride=cfg.MODEL.LAST_STRIDE,
+        proxies=cfg.AVSL.LOSS == "proxy_anchor", pretrained=cfg.MODEL.PRETRAINED,
+        pretrained_path=cfg.MODEL.PRETRAINED_PATH, padding_mode=cfg.MODEL.PADDING_MODE,
+    )
+
+
+def _avsl_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, base: dict):
+    from .avsl import AVSLEngine
+
+    avsl = cfg.AVSL
+    return AVSLEngine(
+        datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **base,
+        loss=avsl.LOSS, margin=avsl.MARGIN, level_weights=list(avsl.LEVEL_WEIGHTS),
+        overall_weight=avsl.OVERALL_WEIGHT, proxy_alpha=avsl.PROXY_ALPHA,
+        proxy_pos_margin=avsl.PROXY_POS_MARGIN, proxy_neg_margin=avsl.PROXY_NEG_MARGIN,
+        chunk_size=avsl.EVAL_CHUNK_SIZE or None,
+    )
+
+
+def _avsl_classes(state: dict) -> int:
+    proxies = state.get("proxies.0")
+    return int(proxies.shape[0]) if proxies is not None else 1
+
+
+MODEL_RECIPES: dict[str, ModelRecipe] = {
+    "pcb": ModelRecipe(_pcb_options, _pcb_engine, _pcb_classes, similarity_mining=True),
+    "avsl": ModelRecipe(
+        _avsl_options, _avsl_engine, _avsl_classes,
+        export_refusal=(
+            "its test distance d_hat is computed by the model's similarity graph from pairs of images "
+            "(reliabilities and top-down rectification), not by a distance between per-image embeddings, "
+            "so an embedding network alone cannot rank a gallery"
+        ),
+    ),
+}
+
+
+def model_recipe(cfg: CfgNode) -> ModelRecipe:
+    """The recipe of ``MODEL.NAME``; ConfigError when the config asks what the model cannot do."""
+    from reid.config import ConfigError
+
+    name = cfg.MODEL.NAME
+    if name not in MODEL_RECIPES:
+        raise ConfigError(f"MODEL.NAME must be one of {sorted(MODEL_RECIPES)}, got {name!r}")
+    recipe = MODEL_RECIPES[name]
+    if cfg.SAM.ENABLED and not recipe.similarity_mining:
+        trains = sorted(n for n, r in MODEL_RECIPES.items() if r.similarity_mining)
+        raise ConfigError(f"SAM.ENABLED needs MODEL.NAME {' or '.join(trains)}, got {name!r}")
+    return recipe
+
+
+def build_model(cfg: CfgNode, num_classes: int) -> nn.Module:
+    """The configured model (see ``reid.models``)."""
+    return create_model(cfg.MODEL.NAME, num_classes=num_classes, **model_recipe(cfg).model_options(cfg))
+
+
+def build_model_for_state(cfg: CfgNode, state: dict) -> nn.Module:
+    """The configured model sized for the weights ``state`` (identities), with them loaded strictly,
+    in eval mode, on the CPU; no ImageNet weights are looked up (the state provides every weight).
+
+    Raises:
+        ValueError: the state is not one of this model's (names what is missing).
+    """
+    recipe = model_recipe(cfg)
+    options = {**recipe.model_options(cfg), "pretrained": False}
+    model = create_model(cfg.MODEL.NAME, num_classes=recipe.num_classes_in_state(state), **options)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
@@ -257,7 +363,6 @@ def build_engine(cfg: CfgNode, progress: bool = True, dist: DistributedContext |
     from reid.config import config_to_dict
 
     from .base import EvalOptions
-    from .pcb import PCBEngine
 
     dist = dist or DistributedContext()
     if cfg.NUM_THREADS > 0:
@@ -285,29 +390,4 @@ def build_engine(cfg: CfgNode, progress: bool = True, dist: DistributedContext |
         eval_options=eval_options, config=config_to_dict(cfg), progress=progress,
         amp=cfg.TRAIN.AMP, channels_last=cfg.TRAIN.CHANNELS_LAST, dist=dist,
     )
-    if cfg.MODEL.NAME == "avsl":
-        from .avsl import AVSLEngine
-
-        avsl = cfg.AVSL
-        return AVSLEngine(
-            datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **base,
-            loss=avsl.LOSS, margin=avsl.MARGIN, level_weights=list(avsl.LEVEL_WEIGHTS),
-            overall_weight=avsl.OVERALL_WEIGHT, proxy_alpha=avsl.PROXY_ALPHA,
-            proxy_pos_margin=avsl.PROXY_POS_MARGIN, proxy_neg_margin=avsl.PROXY_NEG_MARGIN,
-            chunk_size=avsl.EVAL_CHUNK_SIZE or None,
-        )
-    common = dict(
-        **base,
-        id_weight=cfg.LOSS.ID_WEIGHT, triplet_weight=cfg.LOSS.TRIPLET_WEIGHT,
-        margin=cfg.LOSS.TRIPLET_MARGIN, label_smoothing=cfg.LOSS.LABEL_SMOOTH,
-    )
-    if cfg.SAM.ENABLED:
-        from .sam import SAMEngine
-
-        return SAMEngine(
-            datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common,
-            form=cfg.SAM.FORM, gamma=cfg.SAM.GAMMA, omega=cfg.SAM.OMEGA, sigma=cfg.SAM.SIGMA,
-            layer=cfg.SAM.LAYER, bn_mode=cfg.SAM.BN_MODE, second_order=cfg.SAM.SECOND_ORDER,
-            max_tuples=cfg.SAM.MAX_TUPLES, map_gradient=cfg.SAM.MAP_GRADIENT,
-        )
-    return PCBEngine(datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common)
+    return model_recipe(cfg).engine(cfg, datamanager, model, optimizer, scheduler, device, base)

@@ -9,8 +9,8 @@ measure explanation quality (:mod:`reid.metrics.explanation`). Each explainer re
   attention transfer; Zhou et al., OSNet, ICCV 2019): the sum over channels of the squared
   feature map, L2-normalised over the spatial positions. Pair-agnostic.
 * :func:`classifier_grad_cam_features`: Grad-CAM (Selvaraju et al., ICCV 2017, Eq. 1-2) of an ID
-  classifier for its predicted identity, what a torchreid-style user would run;
-  :func:`pcb_identity_logits` gives PCB's logits (sum of the stripe classifiers' logits).
+  classifier for its predicted identity, what a torchreid-style user would run (a model's
+  :meth:`~reid.models.base.ReidModel.identity_logits`, e.g. PCB's summed stripe logits).
 * :func:`dot_product_maps_features`: Grad-CAM of the plain similarity ``s = f1 . f2`` of the
   normalised embeddings, each image explained with the other's embedding held fixed.
 * :func:`avsl_node_maps`: AVSL's attribution (AVSL paper, section 3.4, eq. 11): the node CAMs
@@ -38,7 +38,6 @@ __all__ = [
     "centre_prior",
     "classifier_grad_cam_features",
     "dot_product_maps_features",
-    "pcb_identity_logits",
     "random_maps",
 ]
 
@@ -103,29 +102,6 @@ def dot_product_maps_features(
     return m1, m2
 
 
-def pcb_identity_logits(model: torch.nn.Module, feature_maps: torch.Tensor) -> torch.Tensor:
-    """PCB's identity logits from its ``layer4`` map: the sum of the P stripe classifiers' logits.
-
-    Runs the model's stripe pooling, reduction and classifiers in its current mode (eval mode:
-    running BatchNorm statistics, no dropout). Summing the stripe logits makes the predicted
-    identity the one with the highest mean logit, as PCB's ID loss treats every stripe alike.
-
-    Reference: Sun et al., ECCV 2018, section 3.1; ``docs/method.md`` section 1.
-
-    Args:
-        model: a PCB model (``pool_stripes``, ``reduce_stripes``, ``classifiers``).
-        feature_maps: ``(B, C, h, w)`` ``layer4`` maps.
-
-    Returns:
-        ``(B, num_classes)`` logits.
-    """
-    for name in ("pool_stripes", "reduce_stripes", "classifiers"):
-        if not hasattr(model, name):
-            raise TypeError(f"{type(model).__name__} has no {name!r}: identity Grad-CAM needs a PCB model")
-    stripes = model.reduce_stripes(model.pool_stripes(feature_maps))
-    return torch.stack([cls(stripes[:, i]) for i, cls in enumerate(model.classifiers)]).sum(dim=0)
-
-
 def classifier_grad_cam_features(
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
     feature_maps: torch.Tensor,
@@ -140,8 +116,8 @@ def classifier_grad_cam_features(
     Reference: Selvaraju et al., "Grad-CAM", ICCV 2017, Eq. 1-2.
 
     Args:
-        logits_fn: ``(B, C, h, w)`` -> ``(B, K)`` logits (e.g. a partial of
-            :func:`pcb_identity_logits`); sample ``i``'s logits must depend on map ``i`` only.
+        logits_fn: ``(B, C, h, w)`` -> ``(B, K)`` logits (e.g. a model's
+            ``identity_logits``); sample ``i``'s logits must depend on map ``i`` only.
         feature_maps: ``(B, C, h, w)``.
         classes: ``(B,)`` classes to explain (None: the argmax of the logits).
 

@@ -29,17 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pcb import _TRUNKS, _build_trunk
+from .base import Explainability, ReidModel
 from .registry import register_model
+from .trunks import STAGES, build_trunk, check_backbone, stage_channels
 
 logger = logging.getLogger(__name__)
 
-_LAYERS = ("layer1", "layer2", "layer3", "layer4")
-_STAGE_CHANNELS = {
-    "resnet18": (64, 128, 256, 512),
-    "resnet34": (64, 128, 256, 512),
-    "resnet50": (256, 512, 1024, 2048),
-}
 _EPS = 1e-12
 # Default bound on the elements of one (queries, gallery, R) node tensor in pairwise_distance.
 _CHUNK_ELEMENTS = 2**25
@@ -166,14 +161,14 @@ def rectify_step(
     return reliabilities * nodes + (1.0 - reliabilities) * carried
 
 
-def rectify(
+def rectify_levels(
     nodes: Sequence[torch.Tensor],
     reliabilities: Sequence[torch.Tensor],
     weights: Sequence[torch.Tensor],
-) -> torch.Tensor:
-    """Top-down rectification through all levels; ``delta_hat^1 = delta^1``.
+) -> list[torch.Tensor]:
+    """Top-down rectification through all levels: ``delta_hat^l`` for ``l = 1..L``, ``delta_hat^1 = delta^1``.
 
-    Reference: AVSL paper, section 3.3, eq. 8-9; ``d_hat = rectify(...).sum(-1)``.
+    Reference: AVSL paper, section 3.3, eq. 8-9; ``d_hat = rectify_levels(...)[-1].sum(-1)``.
 
     Args:
         nodes: L tensors ``(..., R)``, levels ``1..L`` bottom-up.
@@ -181,17 +176,26 @@ def rectify(
         weights: L-1 tensors ``(R, R)``, ``W~^l`` for levels ``2..L``.
 
     Returns:
-        ``(..., R)`` rectified top-level nodes ``delta_hat^L``.
+        L tensors ``(..., R)``, the rectified nodes of every level.
     """
     if not nodes or len(reliabilities) != len(nodes) - 1 or len(weights) != len(nodes) - 1:
         raise ValueError(
             f"expected L >= 1 nodes and L - 1 reliabilities and weights, got {len(nodes)}, "
             f"{len(reliabilities)} and {len(weights)}"
         )
-    rectified = nodes[0]
+    rectified = [nodes[0]]
     for delta, p, w in zip(nodes[1:], reliabilities, weights):
-        rectified = rectify_step(rectified, delta, p, w)
+        rectified.append(rectify_step(rectified[-1], delta, p, w))
     return rectified
+
+
+def rectify(
+    nodes: Sequence[torch.Tensor],
+    reliabilities: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """The rectified top-level nodes ``delta_hat^L`` ``(..., R)`` (see :func:`rectify_levels`)."""
+    return rectify_levels(nodes, reliabilities, weights)[-1]
 
 
 def attribution_weights(
@@ -229,6 +233,16 @@ def attribution_weights(
         incoming = (incoming * (1.0 - p)) @ weights[level - 1]
     lambdas[0] = incoming
     return lambdas
+
+
+def check_levels(levels: Sequence[str]) -> tuple[str, ...]:
+    """The levels as a tuple; ValueError unless they are distinct trunk stages, bottom-up."""
+    levels = tuple(levels)
+    if not levels or any(name not in STAGES for name in levels):
+        raise ValueError(f"levels must be a non-empty subset of {STAGES}, got {levels}")
+    if list(levels) != sorted(set(levels), key=STAGES.index):
+        raise ValueError(f"levels must be distinct and bottom-up, got {levels}")
+    return levels
 
 
 # -- model --------------------------------------------------------------------------------------
@@ -269,7 +283,7 @@ class AVSLFeatures:
         return torch.cat([*self.embeddings, *self.cam_stds], dim=1)
 
 
-class AVSL(nn.Module):
+class AVSL(ReidModel):
     """Attributable visual similarity learning on a ResNet trunk.
 
     Train mode returns :class:`AVSLOutput` and folds the batch's edge estimate into the edge
@@ -282,6 +296,9 @@ class AVSL(nn.Module):
     ``reliability_scale[l]``, ``reliability_bias[l]`` ``(R,)`` for levels ``2..L`` (level 1 is
     never rectified); optional class proxies ``proxies[l]`` ``(num_classes, R)``.
 
+    Explainability: exact attribution of ``d_hat`` (:meth:`attribute`); the head map is the top
+    level's (:meth:`forward_features`) and the explained embedding ``e^L`` (:meth:`embed_features`).
+
     Args:
         num_classes: number of training identities (used only by the proxies).
         backbone: ``resnet18``, ``resnet34`` or ``resnet50``.
@@ -292,9 +309,11 @@ class AVSL(nn.Module):
         last_stride: stride of ``layer4`` (1 by default).
         proxies: learn one proxy per identity and level (for a proxy loss).
         pretrained: load ImageNet weights from local disk when available.
-        pretrained_path: explicit weights file (see :func:`~reid.models.pcb.find_pretrained_weights`).
-        padding_mode: padding of the trunk's convolutions (:func:`~reid.models.pcb.set_padding_mode`).
+        pretrained_path: explicit weights file (see :func:`~reid.models.trunks.find_pretrained_weights`).
+        padding_mode: padding of the trunk's convolutions (:func:`~reid.models.trunks.set_padding_mode`).
     """
+
+    explainability = Explainability(head_layer=STAGES[-1], attribution=True)
 
     def __init__(
         self,
@@ -311,11 +330,7 @@ class AVSL(nn.Module):
         padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
-        levels = tuple(levels)
-        if not levels or any(name not in _LAYERS for name in levels):
-            raise ValueError(f"levels must be a non-empty subset of {_LAYERS}, got {levels}")
-        if list(levels) != sorted(set(levels), key=_LAYERS.index):
-            raise ValueError(f"levels must be distinct and bottom-up, got {levels}")
+        levels = check_levels(levels)
         if embed_dim < 1:
             raise ValueError(f"embed_dim must be positive, got {embed_dim}")
         if not 1 <= topk <= embed_dim:
@@ -324,19 +339,18 @@ class AVSL(nn.Module):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if proxies and num_classes < 1:
             raise ValueError(f"proxies need num_classes >= 1, got {num_classes}")
-        if backbone not in _TRUNKS:
-            raise ValueError(f"unknown backbone '{backbone}'; choose one of {sorted(_TRUNKS)}")
-        trunk = _build_trunk(backbone, last_stride, pretrained, pretrained_path, padding_mode)
+        check_backbone(backbone)
+        trunk = build_trunk(backbone, last_stride, pretrained, pretrained_path, padding_mode)
         self.stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
-        depth = _LAYERS.index(levels[-1]) + 1
-        self._stage_names = _LAYERS[:depth]
+        depth = STAGES.index(levels[-1]) + 1
+        self._stage_names = STAGES[:depth]
         for name in self._stage_names:
             setattr(self, name, getattr(trunk, name))
         self.levels = levels
         self.embed_dim = embed_dim
         self.topk = topk
         self.momentum = momentum
-        channels = [_STAGE_CHANNELS[backbone][_LAYERS.index(name)] for name in levels]
+        channels = [stage_channels(backbone, name) for name in levels]
         self.projections = nn.ModuleList(nn.Conv2d(c, embed_dim, 1, bias=False) for c in channels)
         for conv in self.projections:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out")
@@ -385,7 +399,7 @@ class AVSL(nn.Module):
 
     # -- per-image computation ----------------------------------------------------------------------
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def level_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, 3, H, W)`` images -> L maps ``(B, C_l, h_l, w_l)``, one per level."""
         x = self.stem(x)
         maps = []
@@ -394,6 +408,16 @@ class AVSL(nn.Module):
             if name in self.levels:
                 maps.append(x)
         return maps
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` images -> the top level's map ``(B, C_L, h_L, w_L)`` (the explained head map)."""
+        return self.level_maps(x)[-1]
+
+    def embed_features(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Top-level map -> ``(B, R)`` top-level embedding ``e^L`` (what similarity attention and
+        dot-product Grad-CAM explain for AVSL; its test distance is ``d_hat``, not a distance
+        between these embeddings)."""
+        return pooled_embedding(feature_map, self.projections[-1])
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Level embeddings and node CAMs; changes no state whatever the mode.
@@ -406,7 +430,7 @@ class AVSL(nn.Module):
             ``(B, R, h_l, w_l)`` (computed from detached maps, so they carry gradients only to
             the projections).
         """
-        maps = self.forward_features(x)
+        maps = self.level_maps(x)
         embeddings = [pooled_embedding(z, proj) for z, proj in zip(maps, self.projections)]
         cams = [node_cams(z, proj) for z, proj in zip(maps, self.projections)]
         return embeddings, cams
@@ -493,9 +517,17 @@ class AVSL(nn.Module):
 
     @torch.no_grad()
     def pairwise_distance(
-        self, query: torch.Tensor, gallery: torch.Tensor, chunk_size: int | None = None
+        self,
+        query: torch.Tensor,
+        gallery: torch.Tensor,
+        metric: str = "euclidean",
+        normalize: bool = False,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """``(N, M)`` matrix of ``d_hat`` between flat eval features, in chunks of queries.
+
+        ``metric`` and ``normalize`` (``TEST.DIST_METRIC``, ``TEST.NORMALIZE_FEATURE``) do not
+        apply: the distance is the similarity graph's ``d_hat``.
 
         Memory holds a few ``(chunk_size, M, R)`` tensors at a time; with ``chunk_size=None``
         chunks are sized so that one such tensor has at most ``2**25`` elements (at least one
@@ -506,6 +538,8 @@ class AVSL(nn.Module):
         Args:
             query: ``(N, 2 L R)`` eval-mode outputs.
             gallery: ``(M, 2 L R)`` eval-mode outputs.
+            metric: ignored (see above).
+            normalize: ignored (see above).
             chunk_size: queries per chunk (None: automatic).
 
         Returns:
@@ -534,6 +568,12 @@ class AVSL(nn.Module):
             )
         return out
 
+    @torch.no_grad()
+    def pair_similarity(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` ``-d_hat`` of paired rows of flat eval features."""
+        a, b = self.split_features(first), self.split_features(second)
+        return -self.rectified_distance(a.embeddings, a.cam_stds, b.embeddings, b.cam_stds)
+
     def attribute(
         self, images1: torch.Tensor, images2: torch.Tensor
     ) -> dict[str, list[torch.Tensor] | torch.Tensor]:
@@ -549,10 +589,12 @@ class AVSL(nn.Module):
             images2: ``(B, 3, H, W)``.
 
         Returns:
-            ``distance`` ``(B,)`` = ``d_hat``; ``nodes`` L x ``(B, R)`` ``delta^l``; ``weights``
+            ``levels`` the L level names; ``distance`` ``(B,)`` = ``d_hat``; ``nodes`` L x ``(B, R)`` ``delta^l``; ``weights``
             L x ``(B, R)`` ``lambda^l`` with ``distance == sum_l (weights[l] * nodes[l]).sum(1)``;
-            ``reliabilities`` L-1 x ``(B, R)`` ``p^l`` of levels ``2..L``; ``cams1``, ``cams2``
-            L x ``(B, R, h_l, w_l)`` node CAMs of each image.
+            ``reliabilities`` L-1 x ``(B, R)`` ``p^l`` of levels ``2..L``; ``rectified`` L x
+            ``(B, R)`` ``delta_hat^l`` (eq. 8, ``delta_hat^1 = delta^1``; ``distance`` is the sum of
+            the last); ``edge_weights`` L-1 x ``(R, R)`` ``W~^l`` of levels ``2..L``; ``cams1``,
+            ``cams2`` L x ``(B, R, h_l, w_l)`` node CAMs of each image.
         """
         if images1.shape[0] != images2.shape[0]:
             raise ValueError(
@@ -565,11 +607,15 @@ class AVSL(nn.Module):
         nodes = [(e1 - e2).pow(2) for e1, e2 in zip(emb1, emb2)]
         reliabilities = self.reliabilities(std1, std2)
         weights = self.edge_weights()
+        rectified = rectify_levels(nodes, reliabilities, weights)
         return {
-            "distance": rectify(nodes, reliabilities, weights).sum(-1),
+            "levels": list(self.levels),
+            "distance": rectified[-1].sum(-1),
             "nodes": nodes,
             "weights": attribution_weights(nodes, reliabilities, weights),
             "reliabilities": reliabilities,
+            "rectified": rectified,
+            "edge_weights": weights,
             "cams1": cams1,
             "cams2": cams2,
         }

@@ -6,25 +6,17 @@ ECCV 2018, section 3.1; ``docs/method.md`` section 1.
 
 from __future__ import annotations
 
-import glob
-import logging
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
+from .base import Explainability, ReidModel
 from .registry import register_model
+from .trunks import build_trunk, stage_channels
 
-logger = logging.getLogger(__name__)
-
-_TRUNKS = {
-    "resnet18": (torchvision.models.resnet18, 512),
-    "resnet34": (torchvision.models.resnet34, 512),
-    "resnet50": (torchvision.models.resnet50, 2048),
-}
+TEST_FEATURES = ("pooled", "reduced")
 
 
 @dataclass
@@ -42,89 +34,7 @@ class PCBOutput:
     feature_map: torch.Tensor
 
 
-def find_pretrained_weights(backbone: str, path: str = "") -> str | None:
-    """Locates ImageNet weights for ``backbone`` on local disk; never downloads.
-
-    Args:
-        backbone: trunk name, e.g. ``resnet50``.
-        path: explicit file; when given it must exist.
-
-    Returns:
-        The file to load, or None when neither ``path`` nor the torchvision cache has one.
-
-    Raises:
-        FileNotFoundError: ``path`` was given and does not exist.
-    """
-    if path:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"pretrained weights file not found: {path} (MODEL.PRETRAINED_PATH); "
-                "nothing is downloaded, so place the torchvision state dict there"
-            )
-        return path
-    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-    found = sorted(glob.glob(os.path.join(cache, f"{backbone}-*.pth")))
-    return found[-1] if found else None
-
-
-PADDING_MODES = ("zeros", "reflect", "replicate")
-
-
-def set_padding_mode(trunk: nn.Module, mode: str) -> int:
-    """Sets ``padding_mode`` of every padded convolution of ``trunk``; returns how many.
-
-    ``zeros`` is torchvision's ResNet. ``reflect`` and ``replicate`` remove the cue that zero
-    padding gives a network about where the image border is (parameters are unchanged, so ImageNet
-    weights still load); ``reflect`` needs every padded map to be larger than its padding.
-    """
-    if mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {mode!r}")
-    count = 0
-    for module in trunk.modules():
-        if isinstance(module, nn.Conv2d) and any(p > 0 for p in module.padding):
-            module.padding_mode = mode
-            count += 1
-    return count
-
-
-def _build_trunk(backbone: str, last_stride: int, pretrained: bool, path: str, padding_mode: str = "zeros") -> nn.Module:
-    if backbone not in _TRUNKS:
-        raise ValueError(f"unknown backbone '{backbone}'; choose one of {sorted(_TRUNKS)}")
-    factory, _ = _TRUNKS[backbone]
-    trunk = factory(weights=None)
-    if pretrained:
-        weights = find_pretrained_weights(backbone, path)
-        if weights is None:
-            logger.warning(
-                "no ImageNet weights for %s (MODEL.PRETRAINED_PATH empty and none in %s): "
-                "the trunk starts from RANDOM weights",
-                backbone,
-                os.path.join(torch.hub.get_dir(), "checkpoints"),
-            )
-        else:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            missing, unexpected = trunk.load_state_dict(state, strict=False)
-            unexpected = [k for k in unexpected if not k.startswith("fc.")]
-            if unexpected or [k for k in missing if not k.startswith("fc.")]:
-                raise ValueError(
-                    f"{weights} does not hold {backbone} weights "
-                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-                )
-            logger.info("loaded ImageNet weights for %s from %s", backbone, weights)
-    else:
-        logger.info("%s trunk starts from random weights (pretrained disabled)", backbone)
-    if last_stride not in (1, 2):
-        raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
-    block = trunk.layer4[0]
-    conv = block.conv2 if hasattr(block, "conv3") else block.conv1
-    conv.stride = (last_stride, last_stride)
-    if block.downsample is not None:
-        block.downsample[0].stride = (last_stride, last_stride)
-    set_padding_mode(trunk, padding_mode)
-    return trunk
-
-
-class PCB(nn.Module):
+class PCB(ReidModel):
     """Part-based convolutional baseline.
 
     Train mode returns :class:`PCBOutput`; eval mode returns the ``(B, D)`` test embedding.
@@ -138,9 +48,15 @@ class PCB(nn.Module):
         last_stride: stride of ``layer4`` (1 as in PCB).
         test_feature: ``pooled`` (D = P x C) or ``reduced`` (D = P x R).
         pretrained: load ImageNet weights from local disk when available.
-        pretrained_path: explicit weights file (see :func:`find_pretrained_weights`).
-        padding_mode: padding of the trunk's convolutions (:func:`set_padding_mode`).
+        pretrained_path: explicit weights file (see :func:`reid.models.trunks.find_pretrained_weights`).
+        padding_mode: padding of the trunk's convolutions (:func:`reid.models.trunks.set_padding_mode`).
+
+    Explainability: the head map is ``layer4`` (:meth:`forward_features`), the explained embedding
+    the test embedding (:meth:`embed_features`), and the stripe classifiers give identity logits
+    (:meth:`identity_logits`).
     """
+
+    explainability = Explainability(classifier=True)
 
     def __init__(
         self,
@@ -160,15 +76,15 @@ class PCB(nn.Module):
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         if num_stripes < 1:
             raise ValueError(f"num_stripes must be positive, got {num_stripes}")
-        if test_feature not in ("pooled", "reduced"):
-            raise ValueError(f"test_feature must be 'pooled' or 'reduced', got {test_feature!r}")
-        trunk = _build_trunk(backbone, last_stride, pretrained, pretrained_path, padding_mode)
+        if test_feature not in TEST_FEATURES:
+            raise ValueError(f"test_feature must be one of {TEST_FEATURES}, got {test_feature!r}")
+        trunk = build_trunk(backbone, last_stride, pretrained, pretrained_path, padding_mode)
         self.stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
         self.layer1, self.layer2 = trunk.layer1, trunk.layer2
         self.layer3, self.layer4 = trunk.layer3, trunk.layer4
         self.num_stripes = num_stripes
         self.test_feature = test_feature
-        self.feature_dim = _TRUNKS[backbone][1]
+        self.feature_dim = stage_channels(backbone)
         self.dropout = nn.Dropout(p=dropout)
         self.reductions = nn.ModuleList(
             nn.Sequential(
@@ -230,6 +146,23 @@ class PCB(nn.Module):
         else:
             stripes = self.reduce_stripes(pooled)
         return F.normalize(stripes, dim=2).flatten(1)
+
+    def identity_logits(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Identity logits from a ``layer4`` map: the sum of the P stripe classifiers' logits.
+
+        Runs the stripe pooling, reduction and classifiers in the current mode (eval mode: running
+        BatchNorm statistics, no dropout). Summing the stripe logits makes the predicted identity
+        the one with the highest mean logit, as PCB's ID loss treats every stripe alike
+        (``docs/method.md`` section 1).
+
+        Args:
+            feature_map: ``(B, C, h, w)`` ``layer4`` maps.
+
+        Returns:
+            ``(B, num_classes)`` logits.
+        """
+        stripes = self.reduce_stripes(self.pool_stripes(feature_map))
+        return torch.stack([cls(stripes[:, i]) for i, cls in enumerate(self.classifiers)]).sum(dim=0)
 
     def forward(self, x: torch.Tensor) -> PCBOutput | torch.Tensor:
         """Train mode: :class:`PCBOutput`; eval mode: ``(B, D)`` embedding."""

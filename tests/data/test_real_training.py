@@ -13,7 +13,7 @@ import pytest
 
 from tests.data.test_cuhk03_np import make_folder_release, make_mat_release
 from tests.data.test_dukemtmc import make_duke
-from tools import train as train_tool
+from reid.cli import train as train_tool
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pcb_duke.yaml")
 

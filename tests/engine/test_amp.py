@@ -19,7 +19,7 @@ from reid.explain import attention_maps, grad_cam, pair_weights
 from reid.losses import combine
 from reid.models.pcb import PCB, PCBOutput
 from tests.conftest import tiny_overrides
-from tools import train as train_tool
+from reid.cli import train as train_tool
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
 NUM_IDS, PER_ID = 4, 2

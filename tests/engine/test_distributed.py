@@ -13,8 +13,8 @@ from reid.config import ConfigError, load_config, validate_world_size
 from reid.engine.builders import resolve_device
 from reid.engine.distributed import DistributedContext, all_reduce_gradients, world_from_env
 from tests.conftest import tiny_overrides
-from tools import test as test_tool
-from tools import train as train_tool
+from reid.cli import test as test_tool
+from reid.cli import train as train_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "synthetic_pcb.yaml")
@@ -29,7 +29,7 @@ DRIVER = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from reid.engine import distributed as d
     from reid.engine.base import ReidEngine
-    from tools import train
+    from reid.cli import train
 
     out = os.environ["DDP_TEST_OUT"]
     ctx = d.world_from_env()

@@ -14,7 +14,7 @@ from reid.explain import attention_maps_from_features, triplet_weights
 from reid.losses import mining_tuples, soft_mask
 from reid.models.pcb import PCB
 from tests.conftest import tiny_overrides
-from tools import train as train_tool
+from reid.cli import train as train_tool
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb_sam.yaml")
 NUM_IDS, PER_ID = 4, 2  # a P x K = 4 x 2 batch of 8

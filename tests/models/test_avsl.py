@@ -234,7 +234,7 @@ def test_eval_features_layout():
 def test_cams_are_the_projection_of_the_map():
     model = small_avsl()
     x = torch.randn(2, 3, 64, 32)
-    maps = model.forward_features(x)
+    maps = model.level_maps(x)
     _, cams = model.encode(x)
     weight = model.projections[1].weight.flatten(1)  # (R, C)
     assert torch.allclose(cams[1], torch.einsum("rc,bchw->brhw", weight, maps[1]), atol=1e-4)

@@ -2,7 +2,7 @@ import os
 
 from PIL import Image
 
-from tools.check_data import main
+from reid.cli.check_data import main
 
 TREE = {
     "bounding_box_train": ["0005_c1_f0000001.jpg", "0005_c3_f0000002.jpg", "0009_c8_f0000003.jpg"],

@@ -7,8 +7,13 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import tiny_overrides
-from tools import eval_explanations
-from tools import train as train_tool
+from reid.cli import eval_explanations
+from reid.explain import quality
+
+# What each model is measured with, in table order (explainer_names must give exactly these).
+PCB_EXPLAINERS = ("sam_siamese", "sam_triplet", "id_gradcam", "dot_gradcam", "actmap", "centre", "random")
+AVSL_EXPLAINERS = ("avsl_nodes", "sam_siamese", "sam_triplet", "dot_gradcam", "actmap", "centre", "random")
+from reid.cli import train as train_tool
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
 
@@ -26,11 +31,11 @@ def test_eval_explanations_writes_every_explainer(tiny_data_root, checkpoint, tm
         "--config", CONFIG, "--weights", str(checkpoint), "--num-triplets", "6", "--num-curves", "3",
         "--steps", "3", "--batch-size", "4", "--seed", "3", "--no-progress", *tiny_overrides(tiny_data_root, out),
     ])
-    on_disk = json.loads((out / eval_explanations.RESULT_FILE).read_text())
+    on_disk = json.loads((out / quality.RESULT_FILE).read_text())
     assert on_disk["table"] == result["table"]
     # the shipped synthetic config sets TEST.EXPLAIN_LAYER layer1: two more explainers at that layer
     layer_names = ("sam_siamese@layer1", "sam_triplet@layer1")
-    assert set(on_disk["table"]) == {*eval_explanations.PCB_EXPLAINERS, *layer_names}
+    assert set(on_disk["table"]) == {*PCB_EXPLAINERS, *layer_names}
     for name, row in on_disk["table"].items():
         assert row["num_localised"] == 12, name  # anchor and negative of 6 triplets (2 batches)
         assert row["num_curves"] == 3, name
@@ -43,7 +48,7 @@ def test_eval_explanations_writes_every_explainer(tiny_data_root, checkpoint, tm
     assert 0.0 < on_disk["floors"]["region_area"] < on_disk["floors"]["dilated_region_area"] < 1.0
     assert on_disk["settings"]["num_triplets"] == len(on_disk["triplets"]) == 6
     printed = capsys.readouterr().out
-    for name in (*eval_explanations.PCB_EXPLAINERS, *layer_names):
+    for name in (*PCB_EXPLAINERS, *layer_names):
         assert name in printed
     assert "pointing game" in printed and "floors:" in printed
 
@@ -64,20 +69,18 @@ def test_avsl_path_gives_every_avsl_explainer_and_curves():
 
     torch.manual_seed(0)
     model = create_model("avsl", num_classes=4, backbone="resnet18", embed_dim=8, topk=4, pretrained=False).eval()
-    adapter = eval_explanations.ModelAdapter(model, is_avsl=True)
     xa, xp, xn = (torch.randn(2, 3, 64, 32) for _ in range(3))
-    maps = eval_explanations.explain_batch(adapter, xa, xp, xn, top_nodes=3)
-    assert set(maps.negative) == set(eval_explanations.AVSL_EXPLAINERS)
-    for name in eval_explanations.AVSL_EXPLAINERS:
+    maps = quality.explain_batch(model, xa, xp, xn, top_nodes=3)
+    assert set(maps.negative) == set(AVSL_EXPLAINERS)
+    for name in AVSL_EXPLAINERS:
         for role in (maps.anchor, maps.negative, maps.positive):
             if name in ("centre", "random"):
                 assert role[name] is None
             else:
                 assert role[name].shape == (2, 4, 2) and (role[name] >= 0).all(), name
-    scores = eval_explanations.Scores()
+    scores = quality.Scores()
     generator = torch.Generator().manual_seed(0)
-    eval_explanations.score_curves(adapter, maps, eval_explanations.AVSL_EXPLAINERS, xa, xp, 2, "mean",
-                                   generator, scores)
+    quality.score_curves(model, maps, AVSL_EXPLAINERS, xa, xp, 2, "mean", generator, scores)
     # the similarity is -d_hat: the intact pair's value is the model's distance, negated
     with torch.no_grad():
         expected = -model.attribute(xa, xp)["distance"]
@@ -103,3 +106,12 @@ def test_explain_layer_at_layer4_equals_the_head_only_maps(tiny_data_root, check
             "--config", CONFIG, "--weights", str(checkpoint), "--no-progress",
             *tiny_overrides(tiny_data_root, tmp_path / "bad"), "TEST.EXPLAIN_LAYER", "nope",
         ])
+
+
+def test_explainer_names_follow_what_the_model_can_explain():
+    from reid.models import AVSL, PCB
+
+    assert quality.explainer_names(PCB.explainability) == PCB_EXPLAINERS
+    assert quality.explainer_names(AVSL.explainability) == AVSL_EXPLAINERS
+    assert quality.explainer_names(PCB.explainability, "layer1")[-2:] == ("sam_siamese@layer1", "sam_triplet@layer1")
+

@@ -18,8 +18,10 @@ from reid.engine.evaluation import distance_matrix, extract_features
 from reid.models.pcb import PCB
 from tests.conftest import tiny_overrides
 from tests.vis.test_report_browser import find_browser, images_in_browser
-from tools import explain as explain_tool
-from tools import train as train_tool
+from reid.cli import explain as explain_tool
+from reid.explain.dump import person_energy, spread_indices
+from reid.metrics.streaming import MatchTracker
+from reid.cli import train as train_tool
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
 NUM_QUERIES, TOPK = 4, 3
@@ -87,9 +89,9 @@ def oracle_order(oracle, query_index):
 
 
 def test_spread_indices():
-    assert explain_tool.spread_indices(16, 4) == [0, 5, 10, 15]
-    assert explain_tool.spread_indices(3, 10) == [0, 1, 2]
-    assert explain_tool.spread_indices(5, 1) == [0]
+    assert spread_indices(16, 4) == [0, 5, 10, 15]
+    assert spread_indices(3, 10) == [0, 1, 2]
+    assert spread_indices(5, 1) == [0]
 
 
 def test_tracker_matches_a_full_stable_sort():
@@ -98,7 +100,7 @@ def test_tracker_matches_a_full_stable_sort():
     dist = rng.integers(0, 6, size=(num_q, num_g)).astype(float)  # many ties
     q_pids, q_cams = np.array([1, 2, 3]), np.array([0, 1, 0])
     g_pids, g_cams = rng.integers(1, 5, size=num_g), rng.integers(0, 2, size=num_g)
-    tracker = explain_tool.MatchTracker(q_pids, q_cams, topk, remove_same_camera=True)
+    tracker = MatchTracker(q_pids, q_cams, topk, remove_same_camera=True)
     for start in range(0, num_g, 7):
         sl = slice(start, start + 7)
         idx = list(range(num_g))[sl]
@@ -130,10 +132,10 @@ def test_mask_fraction_by_hand(tmp_path):
 
     cv2.imwrite(str(tmp_path / "set" / "masks" / "query" / "0001_c1s1_000000_00.png"), mask)
     raw = torch.tensor([[1.0, 2.0], [3.0, 0.0], [4.0, 0.0], [0.0, 0.0]])
-    frac, area = explain_tool.mask_fraction(raw, str(image))
+    frac, area = person_energy(raw, str(image))
     assert frac == pytest.approx((2 + 3) / 10) and area == pytest.approx(3 / 8)
-    assert explain_tool.mask_fraction(torch.zeros(4, 2), str(image)) == (None, pytest.approx(3 / 8))
-    assert explain_tool.mask_fraction(raw, str(tmp_path / "elsewhere.jpg")) == (None, None)
+    assert person_energy(torch.zeros(4, 2), str(image)) == (None, pytest.approx(3 / 8))
+    assert person_energy(raw, str(tmp_path / "elsewhere.jpg")) == (None, None)
 
 
 def test_dump_files_ranks_and_correct_flags(head_run, oracle):
@@ -145,7 +147,7 @@ def test_dump_files_ranks_and_correct_flags(head_run, oracle):
     assert len(pairs) == summary["num_pairs"] == NUM_QUERIES * TOPK
     query, gallery, dist = oracle
     chosen = sorted({p["query_index"] for p in pairs})
-    assert chosen == explain_tool.spread_indices(len(query.paths), NUM_QUERIES)
+    assert chosen == spread_indices(len(query.paths), NUM_QUERIES)
     for qi in chosen:
         rows = sorted((p for p in pairs if p["query_index"] == qi), key=lambda p: p["rank"])
         assert [p["rank"] for p in rows] == list(range(1, TOPK + 1))

@@ -20,9 +20,9 @@ from reid.engine.builders import build_engine
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 from reid.engine.evaluation import extract_features
 from tests.conftest import tiny_overrides
-from tools import explain as explain_tool
-from tools import test as test_tool
-from tools import train as train_tool
+from reid.cli import explain as explain_tool
+from reid.cli import test as test_tool
+from reid.cli import train as train_tool
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_avsl.yaml")
 NUM_QUERIES, TOPK, TOP_NODES = 3, 2, 3

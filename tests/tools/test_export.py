@@ -8,7 +8,7 @@ import torch
 
 from reid.engine.checkpoint import save_checkpoint
 from reid.models.pcb import PCB
-from tools import export as export_tool
+from reid.cli import export as export_tool
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install '.[export]')")
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install '.[export]')")

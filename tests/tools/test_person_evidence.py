@@ -9,7 +9,7 @@ from benchmarks import person_evidence
 from reid.explain import explain_pair_features
 from reid.models.pcb import pcb
 from tests.conftest import tiny_overrides
-from tools import train as train_tool
+from reid.cli import train as train_tool
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
 

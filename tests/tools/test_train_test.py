@@ -9,8 +9,8 @@ import torch
 from reid.data.base import ImageReadError
 from reid.engine.pcb import PCBEngine
 from tests.conftest import tiny_overrides
-from tools import test as test_tool
-from tools import train as train_tool
+from reid.cli import test as test_tool
+from reid.cli import train as train_tool
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
 

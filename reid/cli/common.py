@@ -1,13 +1,16 @@
-"""Command-line tools (importable so tests can call ``main(argv)``)."""
+"""What every subcommand shares: options anywhere on the line, the config, the engine with weights."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+from reid.config import ConfigError, load_config
 
 
 def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parses the tool's options anywhere on the line; every other token is a config override.
+    """Parses the command's options anywhere on the line; every other token is a config override.
 
     The parser declares its options and a positional ``opts`` (``nargs="*"``). Tokens that are
     one of its option strings (``--flag``, ``--key value``, ``--key=value``) are options, the
@@ -35,12 +38,30 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
     return args
 
 
+def new_parser(command: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``reid <command>``, its help text the module docstring."""
+    return argparse.ArgumentParser(
+        prog=f"reid {command}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def load_checked_config(config: str, opts: list[str]):
+    """The frozen config of ``config`` and ``opts``, checked against what its model can do.
+
+    Raises:
+        ConfigError: a bad key or value, or an option the model does not support.
+    """
+    from reid.engine.builders import model_recipe
+
+    cfg = load_config(config, opts)
+    model_recipe(cfg)
+    return cfg
+
+
 def config_or_exit(args: argparse.Namespace):
     """The frozen config of ``args.config`` and ``args.opts``; a config error exits with its message."""
-    from reid.config import ConfigError, load_config
-
     try:
-        return load_config(args.config, args.opts)
+        return load_checked_config(args.config, args.opts)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from exc
 
@@ -48,8 +69,6 @@ def config_or_exit(args: argparse.Namespace):
 def engine_with_weights(cfg, weights: str, log_name: str, progress: bool = True):
     """Logging to ``OUTPUT_DIR/<log_name>.log``, the configured engine, and ``weights`` loaded into
     its model (our checkpoint or a plain state dict, read with ``weights_only=True``)."""
-    import logging
-
     from reid.engine.builders import build_engine, setup_logging
     from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 
@@ -70,3 +89,12 @@ def layer_or_exit(model, layer: str, source: str) -> None:
         resolve_layer(model, layer)
     except ValueError as exc:
         raise SystemExit(f"cannot explain layer {layer!r} ({source}): {exc}") from exc
+
+
+def parse_run(text: str) -> tuple[str, str, str]:
+    """``NAME=CONFIG:CHECKPOINT`` -> ``(name, config, checkpoint)`` (the first ``:`` splits); an argparse type."""
+    name, sep, rest = text.partition("=")
+    config, sep2, weights = rest.partition(":")
+    if not (sep and sep2 and name and config and weights):
+        raise argparse.ArgumentTypeError(f"expected NAME=CONFIG:CHECKPOINT, got {text!r}")
+    return name, config, weights

@@ -1,0 +1,133 @@
+"""Explain a model's top matches and dump panels, an HTML report and ``explanations.json``.
+
+Usage::
+
+    reid explain --config FILE --weights CKPT [--num-queries N] [--topk K] [--triplets]
+        [--same truth|model] [--layer NAME] [--keep-same-camera] [--batch-size B] [--no-progress]
+        [--top-nodes T] [--feeders F] [KEY VALUE ...]
+
+On the first target dataset of the config (``DATA.TARGETS``, else ``DATA.SOURCES``): ``N``
+queries evenly spread over the query set, each with its top-``K`` gallery matches by the model's
+own distance (same identity and camera removed as in the evaluation; ``--keep-same-camera`` keeps
+them; ``TEST.RERANK`` is ignored), explained with similarity attention (a Siamese map pair per
+match, ``--same`` picking the weights; ``--triplets`` adds "why is the top match closer than the
+best match of the other kind") or, for a model with exact attribution (AVSL), with attribution
+panels (``--top-nodes`` per level, ``--feeders`` of the rectified node; ``--triplets`` and
+``--layer`` are refused). The layer is ``--layer``, else ``TEST.EXPLAIN_LAYER``; when both are
+empty the model's head map is explained through the head only (one trunk pass per image).
+
+Everything goes under ``OUTPUT_DIR/explanations/``: ``panels/``, ``triplets/``,
+``attributions/``, ``index.html`` and ``explanations.json`` (per pair the paths, identities,
+distance, rank, correctness, the map energy inside the person mask where the dataset has masks;
+a summary). What each step does precisely: :mod:`reid.explain.dump`; ``docs/method.md``
+sections 2, 4 and 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+from reid.cli.common import config_or_exit, engine_with_weights, layer_or_exit, new_parser, parse_with_overrides
+from reid.explain.dump import EXPLANATIONS_DIR, SAME_MODES, ExplainOptions, write_explanations
+
+logger = logging.getLogger("explain")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = new_parser("explain", __doc__)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    parser.add_argument("--num-queries", type=int, default=10, help="queries explained, evenly spread (N)")
+    parser.add_argument("--topk", type=int, default=5, help="matches explained per query (K)")
+    parser.add_argument("--triplets", action="store_true", help="also explain 'why is A closer than B'")
+    parser.add_argument(
+        "--same", choices=SAME_MODES, default="truth",
+        help="Siamese weights: ground-truth identity equality, or every shown match treated as a match",
+    )
+    parser.add_argument(
+        "--layer", default=None,
+        help="explain this layer on the full model (default: TEST.EXPLAIN_LAYER; when that is empty, the "
+        "model's head map through the head-only path)",
+    )
+    parser.add_argument(
+        "--keep-same-camera", action="store_true",
+        help="keep gallery images of the query's identity and camera (removed by the evaluation protocol)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="pairs per explanation batch (0: SAMPLER.BATCH_SIZE_TEST)"
+    )
+    parser.add_argument(
+        "--top-nodes", type=int, default=3, help="attribution: nodes shown per level (and rectification candidates)"
+    )
+    parser.add_argument("--feeders", type=int, default=3, help="attribution: lower-level nodes shown for the rectified node")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OUTPUT_DIR out")
+    args = parse_with_overrides(parser, argv)
+    if args.num_queries < 1 or args.topk < 1:
+        parser.error("--num-queries and --topk must be positive")
+    if args.top_nodes < 1 or args.feeders < 1:
+        parser.error("--top-nodes and --feeders must be positive")
+    if args.batch_size < 0:
+        parser.error("--batch-size must be positive (or 0: SAMPLER.BATCH_SIZE_TEST)")
+    return args
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    cfg = config_or_exit(args)
+    engine = engine_with_weights(cfg, args.weights, "explain", progress=not args.no_progress)
+    if cfg.TEST.RERANK:
+        logger.warning("TEST.RERANK is ignored: the explanations rank by the model's own distance")
+    model = engine.model
+    model.eval()
+    attribution = model.explainability.attribution
+    if attribution and (args.triplets or args.layer):
+        raise SystemExit(
+            f"--triplets and --layer explain with similarity attention, which does not apply to "
+            f"{type(model).__name__} (MODEL.NAME {cfg.MODEL.NAME}); its explanations are attribution panels: "
+            "drop these options"
+        )
+    layer = args.layer or (None if attribution else cfg.TEST.EXPLAIN_LAYER or None)
+    if layer is not None:
+        layer_or_exit(model, layer, "--layer / TEST.EXPLAIN_LAYER")
+    options = ExplainOptions(
+        num_queries=args.num_queries, topk=args.topk, triplets=args.triplets, same=args.same, layer=layer,
+        keep_same_camera=args.keep_same_camera, batch_size=args.batch_size or cfg.SAMPLER.BATCH_SIZE_TEST,
+        top_nodes=args.top_nodes, feeders=args.feeders, progress=not args.no_progress,
+    )
+    dataset_name = next(iter(engine.test_loader))
+    if attribution:
+        how = "exact attribution"
+    elif layer is None:
+        how = "the head-only path (one trunk pass per image)"
+    else:
+        how = f"the full model at {layer!r}"
+    logger.info("explaining %s with %s", dataset_name, how)
+    summary = write_explanations(
+        model, engine.device, engine.test_loader[dataset_name], engine.distance_matrix,
+        os.path.join(cfg.OUTPUT_DIR, EXPLANATIONS_DIR), options, title=dataset_name, autocast=engine.autocast,
+    )
+    if attribution:
+        logger.info(
+            "mean share of d_hat per level: %s",
+            ", ".join(f"{name} {_fmt(share)}" for name, share in summary["mean_level_share"].items()),
+        )
+    else:
+        logger.info(
+            "mean fraction of map mass inside the person mask: correct matches %s, wrong matches %s "
+            "(a uniform map would give the person's area fraction, %s)",
+            _fmt(summary["mean_mask_fraction_correct"]), _fmt(summary["mean_mask_fraction_wrong"]),
+            _fmt(summary["mean_mask_area"]),
+        )
+    logger.info(
+        "explained %d pairs and %d triplets of %d queries: %s",
+        summary["num_pairs"], summary["num_triplets"], summary["num_queries"], summary["report"],
+    )
+    return summary

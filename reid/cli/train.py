@@ -1,0 +1,62 @@
+"""Train a re-id model: ``reid train --config FILE [--resume] [KEY VALUE ...]``.
+
+Distributed (one process per GPU): start it with ``torchrun``, e.g. on one node with 4 GPUs
+``torchrun --nproc_per_node 4 tools/train.py --config FILE`` (or ``torchrun ... -m reid train``). The tool reads ``WORLD_SIZE``,
+``RANK`` and ``LOCAL_RANK``, joins the process group (``DIST.BACKEND``: NCCL on GPUs, gloo on the
+CPU) and splits ``SAMPLER.BATCH_SIZE_TRAIN`` over the processes; rank 0 logs, evaluates and
+writes the checkpoints (see ``reid/engine/distributed.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from reid.cli.common import load_checked_config, new_parser, parse_with_overrides
+from reid.config import ConfigError, validate_world_size
+from reid.engine.builders import build_engine, resolve_device, setup_logging
+from reid.engine.distributed import destroy_distributed, init_distributed, world_from_env
+
+logger = logging.getLogger("train")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = new_parser("train", __doc__)
+    parser.add_argument("--config", required=True, help="YAML config file (overrides reid/config.py)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OPTIM.MAX_EPOCH 5")
+    return parse_with_overrides(parser, argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    try:
+        cfg = load_checked_config(args.config, args.opts)
+        world = world_from_env()
+        validate_world_size(cfg, world.world_size)
+    except (ConfigError, ValueError) as exc:
+        raise SystemExit(f"config error: {exc}") from exc
+    setup_logging(cfg.OUTPUT_DIR, "train", main_process=world.is_main)
+    logger.info("config:\n%s", cfg.dump())
+    if world.is_distributed:
+        device = resolve_device(cfg.DEVICE, world.local_rank)
+        init_distributed(world, device, backend=cfg.DIST.BACKEND, timeout_min=cfg.DIST.TIMEOUT_MIN)
+    try:
+        engine = build_engine(cfg, progress=not args.no_progress, dist=world)
+        metrics = engine.run(
+            max_epoch=cfg.OPTIM.MAX_EPOCH,
+            eval_freq=cfg.TEST.EVAL_FREQ,
+            checkpoint_freq=cfg.TRAIN.CHECKPOINT_FREQ,
+            print_freq=cfg.TRAIN.PRINT_FREQ,
+            resume=args.resume,
+        )
+    finally:
+        if world.is_distributed:
+            destroy_distributed()
+    if not world.is_main:
+        return metrics
+    summary = ", ".join(f"{k} {metrics[k]:.1%}" for k in ("rank1", "rank5", "mAP", "mINP") if k in metrics)
+    logger.info("final: %s (checkpoint %s)", summary, engine.checkpoint_path)
+    return metrics
+

@@ -1,0 +1,688 @@
+"""Explanation dumps of a model's top matches: panels, an HTML report and ``explanations.json``.
+
+:func:`write_explanations` does what ``reid explain`` runs, on one query and gallery set:
+
+1. **Queries.** ``N`` queries evenly spread over the query set (:func:`spread_indices`: indices
+   ``round(linspace(0, Q - 1, N))``; the query set is sorted by identity, so spreading covers many
+   identities and cameras, unlike the first ``N``). All queries when ``N >= Q``.
+2. **Ranking** by the model's own distance (the caller's ``distances_of``, the engine's
+   :meth:`distance_matrix`, i.e. the model's :meth:`~reid.models.base.ReidModel.pairwise_distance`:
+   ``TEST.DIST_METRIC``/``TEST.NORMALIZE_FEATURE`` for an embedding, ``d_hat`` for AVSL), with
+   gallery images of the query's identity *and* camera removed as in the evaluation protocol
+   (``keep_same_camera`` keeps them); ties broken by gallery order
+   (:class:`reid.metrics.streaming.MatchTracker`). Re-ranking is never applied: explanations
+   explain the model's own distance (``docs/method.md`` section 4).
+3. **One trunk pass per image.** On the head-only path (no explicit layer; the model's
+   ``forward_features`` gives its head map, ``embed_features`` the embedding), each chosen query
+   and each gallery image goes through the trunk exactly once; the gallery is streamed, and only
+   the maps of the images an explanation needs are kept (each query's current top-``K`` and its
+   best true and best wrong match), so memory is bounded by ``N (K + 2)`` maps whatever the
+   gallery size. All pairs and triplets are then explained through the cheap head only
+   (:func:`reid.explain.explain_pair_features`). With an explicit layer the explanations run
+   :func:`reid.explain.explain_pair` on the images, which re-runs the model on the explained images.
+4. **Siamese explanation** of each of the top-``K`` pairs. ``same="truth"`` (default): ``same`` is
+   the ground truth (query and gallery identities equal); ``same="model"``: every shown match is
+   treated as a match, because the model ranks it among its top ``K`` (the maps then show what the
+   model found alike). Reference: SAM paper, section 3.1; ``docs/method.md`` sections 2 and 4.
+5. **Triplet explanation** (``triplets=True``): "why is the top match A closer than B", where B is
+   the best-ranked gallery image whose correctness differs from A's: the first wrong match when A
+   is correct, the first true match when A is wrong (why the model failed). B may rank below
+   ``K``; its map was kept while streaming. No triplet when no such B exists.
+
+Everything goes under ``out_dir``:
+
+* ``panels/q<query>_r<rank>.png``: one panel per pair (query, both overlays, gallery, distance,
+  rank, correct or wrong);
+* ``triplets/q<query>.png``: triplet panels;
+* ``index.html``: the report (query and gallery images are copied under ``images/``);
+* ``explanations.json``: per pair the query and gallery paths and identities, distance, rank,
+  correct (identity equality), the ``same`` used for the weights, the panel path relative to
+  the report, and, where a ground-truth person mask exists beside the image (the synthetic set),
+  the energy of each map inside the person mask (``query_mask_fraction``,
+  ``gallery_mask_fraction``: :func:`person_energy`) and the person's area; the triplets; a summary.
+
+**Models with exact attribution** (``model.explainability.attribution``, e.g. AVSL) are not
+explained with similarity attention (their eval features are not an embedding; the distance is
+``d_hat``). Steps 1-2 are the same; step 3 runs the full model; steps 4-5 are replaced by one
+**attribution panel** per pair (triplets and an explicit layer are refused by the caller, ``same``
+is ignored), from the model's :meth:`~reid.models.base.ReidModel.attribute` and
+:mod:`reid.vis.attribution`:
+
+* the overall distance ``d_hat`` and its split over the levels, ``sum_i lambda^l_i delta^l_i``
+  (exact: AVSL paper, section 3.4, eq. 11);
+* per level, the ``top_nodes`` nodes with the largest contribution ``lambda^l_i delta^l_i``, each
+  with its node CAM overlaid on the query and on the gallery image;
+* one rectified node: among the ``top_nodes`` top-level nodes with the largest rectified value
+  ``delta_hat^L_i`` (the terms of ``d_hat``), the least reliable one (lowest ``p``), with its raw
+  ``delta``, ``p``, ``delta_hat = p delta + (1 - p) sum_j W~_ij delta_hat^(L-1)_j`` (eq. 8) and the
+  ``feeders`` lower-level nodes ``j`` with the largest ``W~_ij delta_hat^(L-1)_j`` (their edge
+  weights and CAMs).
+
+Panels go to ``attributions/q<query>_r<rank>.png`` and join ``index.html`` as each match's panel;
+``explanations.json`` holds per pair the ranking's ``distance``, the attribution pass's
+``attributed_distance`` (equal to float precision; a warning is logged otherwise) and
+``attribution``: per level the ``total``, every node's ``contributions``, the ``top`` nodes (node,
+contribution, weight, delta) and ``rest``; and ``rectified_node`` (level, node, delta,
+reliability, rectified, carried, feeders). The summary gives the mean share of ``d_hat`` per
+level. Reference: ``docs/method.md`` section 5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from reid.data.synthetic import load_mask, mask_path
+from reid.metrics.explanation import energy_inside
+from reid.metrics.streaming import MatchTracker
+from reid.utils.io import write_json
+from reid.vis import Match, Panel, QueryResult, load_image, pair_panel, save_image, triplet_panel
+from reid.vis import attribution_panel, summarize_attribution, write_html_report
+
+from .postprocess import normalize_maps, resize_maps
+from .tuples import explain_pair, explain_pair_features, explain_triplet, explain_triplet_features
+
+logger = logging.getLogger(__name__)
+
+EXPLANATIONS_DIR = "explanations"
+SAME_MODES = ("truth", "model")
+# Relative tolerance between the ranking's distance and the attribution's d_hat of a pair.
+_DISTANCE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """What :func:`write_explanations` explains.
+
+    Attributes:
+        num_queries: ``N``, queries explained, evenly spread.
+        topk: ``K``, matches explained per query.
+        triplets: also explain "why is A closer than B" (similarity attention only).
+        same: Siamese weights from the ground truth (``truth``) or every shown match treated as a
+            match (``model``).
+        layer: explain this layer on the full model; None: the head-only path (or attribution).
+        keep_same_camera: keep gallery images of the query's identity and camera.
+        batch_size: pairs (or triplets) per explanation batch.
+        top_nodes: attribution: nodes shown per level (and rectification candidates).
+        feeders: attribution: lower-level nodes shown for the rectified node.
+        progress: show progress bars.
+    """
+
+    num_queries: int = 10
+    topk: int = 5
+    triplets: bool = False
+    same: str = "truth"
+    layer: str | None = None
+    keep_same_camera: bool = False
+    batch_size: int = 32
+    top_nodes: int = 3
+    feeders: int = 3
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if min(self.num_queries, self.topk, self.batch_size, self.top_nodes, self.feeders) < 1:
+            raise ValueError(
+                "num_queries, topk, batch_size, top_nodes and feeders must be positive, got "
+                f"{self.num_queries}, {self.topk}, {self.batch_size}, {self.top_nodes}, {self.feeders}"
+            )
+        if self.same not in SAME_MODES:
+            raise ValueError(f"same must be one of {SAME_MODES}, got {self.same!r}")
+
+
+# -- choosing queries and ranking -----------------------------------------------------------------
+
+
+def spread_indices(total: int, count: int) -> list[int]:
+    """``count`` indices evenly spread over ``range(total)`` (all of them when ``count >= total``)."""
+    if count >= total:
+        return list(range(total))
+    return sorted({int(round(v)) for v in np.linspace(0, total - 1, count)})
+
+
+def _features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    feature_maps = model.forward_features(images)
+    if not isinstance(feature_maps, torch.Tensor) or feature_maps.dim() != 4:
+        raise TypeError(
+            f"{type(model).__name__}.forward_features must return one (B, C, h, w) map for the head-only "
+            f"path; pass --layer to explain a named layer on the full model instead"
+        )
+    return feature_maps
+
+
+@dataclass
+class EncodedBatch:
+    """Embeddings of a batch and, on the head-only path, its ``layer4`` maps.
+
+    Attributes:
+        embeddings: ``(b, D)`` float32 on the CPU.
+        feature_maps: ``(b, C, h, w)`` on the model's device, or None.
+    """
+
+    embeddings: torch.Tensor
+    feature_maps: torch.Tensor | None
+
+
+@torch.no_grad()
+def encode(model: nn.Module, images: torch.Tensor, head_path: bool) -> EncodedBatch:
+    """Runs the trunk once on ``images``: embeddings, plus the maps on the head-only path."""
+    if not head_path:
+        return EncodedBatch(model(images).float().cpu(), None)
+    feature_maps = _features(model, images)
+    return EncodedBatch(model.embed_features(feature_maps).float().cpu(), feature_maps)
+
+
+# -- encoding and ranking -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every stage of the dump needs.
+
+    Attributes:
+        model: the model, in eval mode.
+        device: where it runs.
+        head_path: explain through ``embed_features`` from maps of ``forward_features``.
+        layer: the explained layer on the full-model path.
+        batch_size: pairs (or triplets) per explanation batch.
+        progress: show progress bars.
+    """
+
+    model: nn.Module
+    device: torch.device
+    head_path: bool
+    layer: str
+    batch_size: int
+    progress: bool
+
+    def bar(self, iterable: Iterable[Any] | None = None, desc: str = "", total: int | None = None) -> tqdm:
+        """A tqdm bar that disappears when done (hidden with ``--no-progress``)."""
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=not self.progress)
+
+
+@dataclass(frozen=True)
+class QueryInfo:
+    """A chosen query: its index in the query set, image path, identity and camera."""
+
+    index: int
+    path: str
+    pid: int
+    camid: int
+
+
+@dataclass
+class EncodedQueries:
+    """The chosen queries after their one trunk pass.
+
+    Attributes:
+        queries: the queries, in query-set order.
+        embeddings: ``(N, D)`` float32 embeddings on the CPU.
+        inputs: per query, what explanations start from: its ``(C, h, w)`` ``layer4`` map on the
+            head-only path, its ``(3, H, W)`` network input otherwise.
+    """
+
+    queries: list[QueryInfo]
+    embeddings: torch.Tensor
+    inputs: list[torch.Tensor]
+
+
+def encode_queries(setup: Setup, loader: DataLoader, count: int) -> EncodedQueries:
+    """Runs the trunk once on ``count`` evenly spread queries of ``loader``'s dataset (only)."""
+    chosen = spread_indices(len(loader.dataset), count)
+    subset = DataLoader(
+        Subset(loader.dataset, chosen), batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers
+    )
+    queries: list[QueryInfo] = []
+    embeddings, inputs = [], []
+    for batch in setup.bar(subset, "queries"):
+        images = batch["img"].to(setup.device)
+        encoded = encode(setup.model, images, setup.head_path)
+        embeddings.append(encoded.embeddings)
+        inputs.extend(encoded.feature_maps if setup.head_path else images)
+        for path, pid, camid in zip(batch["impath"], batch["pid"], batch["camid"]):
+            queries.append(QueryInfo(chosen[len(queries)], path, int(pid), int(camid)))
+    return EncodedQueries(queries, torch.cat(embeddings), inputs)
+
+
+def rank_gallery(
+    setup: Setup,
+    loader: DataLoader,
+    encoded: EncodedQueries,
+    distances_of: Callable[[torch.Tensor, torch.Tensor], np.ndarray],
+    topk: int,
+    remove_same_camera: bool,
+) -> MatchTracker:
+    """Streams the gallery once through the trunk, ranking it and keeping the needed maps."""
+    tracker = MatchTracker(
+        np.array([q.pid for q in encoded.queries]), np.array([q.camid for q in encoded.queries]), topk,
+        remove_same_camera,
+    )
+    for batch in setup.bar(loader, "gallery"):
+        batch_encoded = encode(setup.model, batch["img"].to(setup.device), setup.head_path)
+        maps = batch_encoded.feature_maps
+        tracker.update(
+            distances_of(encoded.embeddings, batch_encoded.embeddings), np.asarray(batch["pid"]),
+            np.asarray(batch["camid"]), list(batch["impath"]),
+            [m.clone() for m in maps] if maps is not None else None,  # a clone frees the batch
+        )
+    return tracker
+
+
+# -- explaining -----------------------------------------------------------------------------------
+
+
+class Explainer:
+    """Siamese and triplet maps of query-gallery tuples, head-only or on the full model.
+
+    Args:
+        setup: model and options.
+        encoded: the chosen queries.
+        tracker: the ranked gallery (holding the kept ``layer4`` maps on the head-only path).
+        gallery_set: the gallery dataset (network inputs for the full-model path).
+    """
+
+    def __init__(self, setup: Setup, encoded: EncodedQueries, tracker: MatchTracker, gallery_set: Any) -> None:
+        self.setup = setup
+        self.encoded = encoded
+        self.tracker = tracker
+        self.gallery_set = gallery_set
+
+    def _query_inputs(self, queries: Sequence[int]) -> torch.Tensor:
+        return torch.stack([self.encoded.inputs[qi] for qi in queries])
+
+    def _gallery_inputs(self, gallery: Sequence[int]) -> torch.Tensor:
+        if self.setup.head_path:
+            return torch.stack([self.tracker.payload[j] for j in gallery])
+        return torch.stack([self.gallery_set[j]["img"] for j in gallery]).to(self.setup.device)
+
+    def pairs(self, queries: Sequence[int], gallery: Sequence[int], same: Sequence[bool]) -> tuple[torch.Tensor, ...]:
+        """Raw Siamese maps ``(T, h, w)`` of the queries and of the gallery images."""
+        first, second = self._query_inputs(queries), self._gallery_inputs(gallery)
+        same_t = torch.tensor(list(same), dtype=torch.bool, device=self.setup.device)
+        model = self.setup.model
+        with torch.no_grad():
+            if self.setup.head_path:
+                return explain_pair_features(model.embed_features, first, second, same_t)
+            return explain_pair(model, self.setup.layer, first, second, same_t)
+
+    def attributions(self, queries: Sequence[int], gallery: Sequence[int]) -> "PairAttributions":
+        """AVSL attribution of the pairs ``(query, gallery image)`` (full-model path)."""
+        return attribute_pairs(self.setup.model, self._query_inputs(queries), self._gallery_inputs(gallery))
+
+    def triplets(
+        self, queries: Sequence[int], closer: Sequence[int], farther: Sequence[int]
+    ) -> tuple[torch.Tensor, ...]:
+        """Raw triplet maps ``(T, h, w)`` of the queries, the closer and the farther images."""
+        anchors, a, b = self._query_inputs(queries), self._gallery_inputs(closer), self._gallery_inputs(farther)
+        model = self.setup.model
+        with torch.no_grad():
+            if self.setup.head_path:
+                return explain_triplet_features(model.embed_features, anchors, a, b)
+            return explain_triplet(model, self.setup.layer, anchors, a, b)
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def person_energy(raw_map: torch.Tensor, image_path: str) -> tuple[float | None, float | None]:
+    """Energy inside the person mask of a map (:func:`reid.metrics.explanation.energy_inside`),
+    and the person's area fraction (what a uniform map would score).
+
+    The raw map is resized bilinearly to the mask's size and clamped non-negative first.
+
+    Args:
+        raw_map: ``(h, w)`` raw non-negative map.
+        image_path: the image; its ground-truth part mask is looked up beside it (label 0 is
+            background).
+
+    Returns:
+        ``(energy, area_fraction)``, each None when no mask exists; the energy is None for an
+        all-zero map.
+    """
+    if not os.path.isfile(mask_path(image_path)):
+        return None, None
+    person = load_mask(image_path) > 0
+    resized = resize_maps(raw_map[None].float().cpu(), person.shape).clamp(min=0)
+    energy = float(energy_inside(resized, torch.from_numpy(person)[None])[0])
+    return (None if np.isnan(energy) else energy), float(person.mean())
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+class ImageCache:
+    """RGB images read once per path."""
+
+    def __init__(self) -> None:
+        self._images: dict[str, np.ndarray] = {}
+
+    def __call__(self, path: str) -> np.ndarray:
+        if path not in self._images:
+            self._images[path] = load_image(path)
+        return self._images[path]
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), max(size, 1)):
+        yield items[start : start + size]
+
+
+@dataclass
+class Dump:
+    """What the explanations produce: JSON records and the report's entries."""
+
+    out_dir: str
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    triplets: list[dict[str, Any]] = field(default_factory=list)
+    matches: dict[int, list[Match]] = field(default_factory=dict)
+    extra_panels: dict[int, list[Panel]] = field(default_factory=dict)
+    levels: list[str] = field(default_factory=list)
+    images: ImageCache = field(default_factory=ImageCache)
+
+
+def dump_pairs(explainer: Explainer, dump: Dump, same_mode: str) -> None:
+    """Explains every query's top-K matches and writes one panel per pair."""
+    tracker, queries = explainer.tracker, explainer.encoded.queries
+    pids, camids, dist = np.concatenate(tracker.pids), np.concatenate(tracker.camids), tracker.distances()
+    pairs = [(qi, rank, j) for qi in range(len(queries)) for rank, j in enumerate(tracker.ranked(qi), start=1)]
+    bar = explainer.setup.bar(desc="pairs", total=len(pairs))
+    for chunk in _chunks(pairs, explainer.setup.batch_size):
+        correct = [bool(pids[j] == queries[qi].pid) for qi, _, j in chunk]
+        same = correct if same_mode == "truth" else [True] * len(chunk)
+        m_query, m_gallery = explainer.pairs([qi for qi, _, _ in chunk], [j for _, _, j in chunk], same)
+        n_query, n_gallery = normalize_maps(m_query).cpu().numpy(), normalize_maps(m_gallery).cpu().numpy()
+        for t, (qi, rank, j) in enumerate(chunk):
+            query, g_path, distance = queries[qi], tracker.paths[j], float(dist[qi, j])
+            panel = f"panels/q{query.index:05d}_r{rank:03d}.png"
+            image = pair_panel(
+                dump.images(query.path), dump.images(g_path), n_query[t], n_gallery[t], distance, rank, correct[t],
+                query.pid, int(pids[j]),
+            )
+            save_image(os.path.join(dump.out_dir, panel), image)
+            q_frac, q_area = person_energy(m_query[t], query.path)
+            g_frac, g_area = person_energy(m_gallery[t], g_path)
+            dump.pairs.append({
+                "query_index": query.index, "query_path": query.path, "gallery_index": j, "gallery_path": g_path,
+                "query_pid": query.pid, "gallery_pid": int(pids[j]),
+                "query_camid": query.camid, "gallery_camid": int(camids[j]),
+                "distance": distance, "rank": rank, "correct": correct[t], "same": same[t], "panel": panel,
+                "query_mask_fraction": q_frac, "gallery_mask_fraction": g_frac,
+                "query_mask_area": q_area, "gallery_mask_area": g_area,
+            })
+            dump.matches.setdefault(qi, []).append(
+                Match(g_path, int(pids[j]), distance, rank, correct[t], os.path.join(dump.out_dir, panel))
+            )
+        bar.update(len(chunk))
+    bar.close()
+
+
+def dump_triplets(explainer: Explainer, dump: Dump) -> None:
+    """For each query: why is the top match A closer than B, the best match of the other kind."""
+    tracker, queries = explainer.tracker, explainer.encoded.queries
+    pids, dist = np.concatenate(tracker.pids), tracker.distances()
+    triples = [
+        (qi, tracker.ranked(qi)[0], b)
+        for qi in range(len(queries))
+        if tracker.ranked(qi) and (b := tracker.contrast(qi)) is not None
+    ]
+    for chunk in explainer.setup.bar(list(_chunks(triples, explainer.setup.batch_size)), "triplets"):
+        maps = explainer.triplets(*([row[k] for row in chunk] for k in range(3)))
+        m_anchor, m_a, m_b = (normalize_maps(m).cpu().numpy() for m in maps)
+        for t, (qi, a, b) in enumerate(chunk):
+            query = queries[qi]
+            correct_a, correct_b = bool(pids[a] == query.pid), bool(pids[b] == query.pid)
+            d_a, d_b, rank_b = float(dist[qi, a]), float(dist[qi, b]), tracker.rank_of(qi, b)
+            panel = f"triplets/q{query.index:05d}.png"
+            image = triplet_panel(
+                dump.images(query.path), dump.images(tracker.paths[a]), dump.images(tracker.paths[b]),
+                m_anchor[t], m_a[t], m_b[t], d_a, d_b, correct_a, correct_b,
+            )
+            save_image(os.path.join(dump.out_dir, panel), image)
+            dump.triplets.append({
+                "query_index": query.index, "query_path": query.path, "query_pid": query.pid,
+                "a_path": tracker.paths[a], "a_pid": int(pids[a]), "a_rank": 1, "a_distance": d_a,
+                "a_correct": correct_a, "b_path": tracker.paths[b], "b_pid": int(pids[b]), "b_rank": rank_b,
+                "b_distance": d_b, "b_correct": correct_b, "panel": panel,
+            })
+            caption = f"why is rank 1 ({'correct' if correct_a else 'wrong'}) closer than rank {rank_b}?"
+            dump.extra_panels.setdefault(qi, []).append(Panel(os.path.join(dump.out_dir, panel), caption))
+
+
+# -- AVSL attribution -----------------------------------------------------------------------------
+
+
+@dataclass
+class PairAttributions:
+    """AVSL attribution of B pairs as CPU numpy arrays (see :meth:`reid.models.avsl.AVSL.attribute`).
+
+    Attributes:
+        levels: the names of the L levels, bottom-up.
+        distance: ``(B,)`` ``d_hat`` from the attribution pass.
+        nodes: L arrays ``(B, R)`` ``delta^l``.
+        weights: L arrays ``(B, R)`` ``lambda^l``; ``sum_l (weights * nodes).sum(1) == distance``.
+        reliabilities: L-1 arrays ``(B, R)`` ``p^l`` of levels ``2..L``.
+        rectified: L arrays ``(B, R)`` ``delta_hat^l`` (eq. 8; ``delta_hat^1 = delta^1``).
+        edge_weights: L-1 arrays ``(R, R)`` ``W~^l`` of levels ``2..L``.
+        cams1: L arrays ``(B, R, h_l, w_l)``: the first images' node CAMs, each min-max normalised.
+        cams2: L arrays of the second images' normalised node CAMs.
+    """
+
+    levels: list[str]
+    distance: np.ndarray
+    nodes: list[np.ndarray]
+    weights: list[np.ndarray]
+    reliabilities: list[np.ndarray]
+    rectified: list[np.ndarray]
+    edge_weights: list[np.ndarray]
+    cams1: list[np.ndarray]
+    cams2: list[np.ndarray]
+
+
+def _unit_cams(cams: torch.Tensor) -> np.ndarray:
+    """``(B, R, h, w)`` -> the same, each map min-max normalised to ``[0, 1]``, numpy float32."""
+    return normalize_maps(cams.flatten(0, 1).float()).reshape(cams.shape).cpu().numpy()
+
+
+@torch.no_grad()
+def attribute_pairs(model: nn.Module, first: torch.Tensor, second: torch.Tensor) -> PairAttributions:
+    """The model's exact attribution of the pairs (:meth:`reid.models.base.ReidModel.attribute`)
+    as CPU numpy arrays.
+
+    Reference: AVSL paper, section 3.3 (eq. 8) and section 3.4 (eq. 11); ``docs/method.md``
+    section 5.
+
+    Args:
+        model: a model with ``explainability.attribution``, in eval mode.
+        first: ``(B, 3, H, W)`` query images.
+        second: ``(B, 3, H, W)`` gallery images.
+    """
+    out = model.attribute(first, second)
+
+    def arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        return [t.detach().double().cpu().numpy() for t in tensors]
+
+    return PairAttributions(
+        levels=list(out["levels"]), distance=out["distance"].detach().double().cpu().numpy(), nodes=arrays(out["nodes"]),
+        weights=arrays(out["weights"]), reliabilities=arrays(out["reliabilities"]),
+        rectified=arrays(out["rectified"]), edge_weights=arrays(out["edge_weights"]),
+        cams1=[_unit_cams(c) for c in out["cams1"]], cams2=[_unit_cams(c) for c in out["cams2"]],
+    )
+
+
+def dump_attributions(explainer: Explainer, dump: Dump, top_nodes: int, feeders: int) -> None:
+    """Attributes every query's top-K matches (AVSL) and writes one attribution panel per pair.
+
+    The recorded ``distance`` is the engine's (the ranking's); ``attributed_distance`` is the
+    attribution pass's ``d_hat``, which the contributions sum to; a warning is logged when the two
+    differ by more than a relative ``1e-4``.
+    """
+    tracker, queries = explainer.tracker, explainer.encoded.queries
+    pids, camids, dist = np.concatenate(tracker.pids), np.concatenate(tracker.camids), tracker.distances()
+    pairs = [(qi, rank, j) for qi in range(len(queries)) for rank, j in enumerate(tracker.ranked(qi), start=1)]
+    bar = explainer.setup.bar(desc="attributions", total=len(pairs))
+    for chunk in _chunks(pairs, explainer.setup.batch_size):
+        att = explainer.attributions([qi for qi, _, _ in chunk], [j for _, _, j in chunk])
+        dump.levels = att.levels
+        for t, (qi, rank, j) in enumerate(chunk):
+            query, g_path, distance = queries[qi], tracker.paths[j], float(dist[qi, j])
+            correct = bool(pids[j] == query.pid)
+            summary = summarize_attribution(
+                float(att.distance[t]), att.levels, [n[t] for n in att.nodes], [w[t] for w in att.weights],
+                [p[t] for p in att.reliabilities], [r[t] for r in att.rectified], att.edge_weights,
+                top=top_nodes, feeders=feeders,
+            )
+            if abs(summary.distance - distance) > _DISTANCE_TOLERANCE * max(1.0, abs(distance)):
+                logger.warning(
+                    "query %d, gallery %d: attributed d_hat %.6f differs from the ranking's distance %.6f",
+                    query.index, j, summary.distance, distance,
+                )
+            panel = f"attributions/q{query.index:05d}_r{rank:03d}.png"
+            image = attribution_panel(
+                dump.images(query.path), dump.images(g_path), summary, [c[t] for c in att.cams1],
+                [c[t] for c in att.cams2], rank=rank, correct=correct,
+            )
+            save_image(os.path.join(dump.out_dir, panel), image)
+            dump.pairs.append({
+                "query_index": query.index, "query_path": query.path, "gallery_index": j, "gallery_path": g_path,
+                "query_pid": query.pid, "gallery_pid": int(pids[j]),
+                "query_camid": query.camid, "gallery_camid": int(camids[j]),
+                "distance": distance, "attributed_distance": summary.distance, "rank": rank, "correct": correct,
+                "panel": panel, "attribution": summary.to_dict(),
+            })
+            caption = f"AVSL attribution: d_hat {summary.distance:.4f} by level and node, and one rectified node"
+            dump.matches.setdefault(qi, []).append(
+                Match(g_path, int(pids[j]), distance, rank, correct, None,
+                      (Panel(os.path.join(dump.out_dir, panel), caption),))
+            )
+        bar.update(len(chunk))
+    bar.close()
+
+
+def level_shares(dump: Dump) -> dict[str, float | None]:
+    """Mean share of ``d_hat`` per level over the attributed pairs (level total / distance)."""
+    shares: dict[str, list[float]] = {}
+    for record in dump.pairs:
+        total = record["attribution"]["distance"]
+        for level in record["attribution"]["levels"]:
+            shares.setdefault(level["level"], []).append(level["total"] / total if total > 0 else None)
+    return {name: _mean(values) for name, values in shares.items()}
+
+
+def summarize_dump(dump: Dump) -> dict[str, Any]:
+    """Counts and mean mask-mass fractions (both images of each pair pooled)."""
+
+    def fractions(correct: bool) -> list[float | None]:
+        keys = ("query_mask_fraction", "gallery_mask_fraction")
+        return [r.get(key) for r in dump.pairs if r["correct"] == correct for key in keys]
+
+    return {
+        "num_pairs": len(dump.pairs),
+        "num_triplets": len(dump.triplets),
+        "rank1_correct": sum(r["correct"] for r in dump.pairs if r["rank"] == 1),
+        "mean_mask_fraction_correct": _mean(fractions(True)),
+        "mean_mask_fraction_wrong": _mean(fractions(False)),
+        "mean_mask_area": _mean(r.get(k) for r in dump.pairs for k in ("query_mask_area", "gallery_mask_area")),
+    }
+
+
+# -- the whole dump -------------------------------------------------------------------------------
+
+
+def write_explanations(
+    model: nn.Module,
+    device: torch.device,
+    loaders: dict[str, DataLoader],
+    distances_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | np.ndarray],
+    out_dir: str,
+    options: ExplainOptions,
+    title: str = "",
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, Any]:
+    """Explains the top matches of ``options.num_queries`` queries and writes the dump (module docstring).
+
+    Args:
+        model: the model, in eval mode (never changed here).
+        device: where it runs.
+        loaders: ``{"query": ..., "gallery": ...}`` test loaders (torchreid's dict batches).
+        distances_of: ``(N, D), (M, D)`` eval features -> ``(N, M)`` distances (the model's own).
+        out_dir: the dump's folder.
+        options: what to explain.
+        title: the report's title (the dataset's name is a good one).
+        autocast: context of the trunk passes (mixed precision); attribution always runs in
+            float32 (its eq. 11 identity is checked exactly) and the maps are computed in float32.
+
+    Returns:
+        The summary (also written to ``explanations.json`` with the pairs and triplets).
+
+    Raises:
+        ValueError: triplets or a layer asked of a model explained by attribution.
+    """
+    attribution = model.explainability.attribution
+    if attribution and (options.triplets or options.layer):
+        raise ValueError(
+            f"triplets and an explicit layer explain with similarity attention, which does not apply to "
+            f"{type(model).__name__} (its distance is explained by exact attribution panels)"
+        )
+    setup = Setup(
+        model=model, device=device, head_path=options.layer is None and not attribution,
+        layer=options.layer or model.explainability.head_layer, batch_size=options.batch_size,
+        progress=options.progress,
+    )
+    context = contextlib.nullcontext() if attribution else autocast()
+    with context:
+        encoded = encode_queries(setup, loaders["query"], options.num_queries)
+        tracker = rank_gallery(
+            setup, loaders["gallery"], encoded, _as_numpy(distances_of), options.topk, not options.keep_same_camera
+        )
+        explainer = Explainer(setup, encoded, tracker, loaders["gallery"].dataset)
+        dump = Dump(out_dir)
+        if attribution:
+            dump_attributions(explainer, dump, options.top_nodes, options.feeders)
+        else:
+            dump_pairs(explainer, dump, options.same)
+        if options.triplets:
+            dump_triplets(explainer, dump)
+
+    results = [
+        QueryResult(
+            q.path, q.pid, dump.matches.get(qi, []), dump.extra_panels.get(qi, []),
+            name=f"{os.path.basename(q.path)} (query {q.index})",
+        )
+        for qi, q in enumerate(encoded.queries)
+    ]
+    kind = "AVSL attribution" if attribution else "Similarity attention"
+    report = write_html_report(dump.out_dir, results, title=f"{kind}: {title}" if title else kind)
+    if attribution:
+        method = {"explained_with": "attribution", "levels": dump.levels, "same": None,
+                  "mean_level_share": level_shares(dump)}
+    else:
+        method = {"explained_with": "head" if setup.head_path else "model", "layer": setup.layer,
+                  "same": options.same}
+    summary = {
+        "dataset": title, **method,
+        "num_queries": len(encoded.queries), "num_gallery": tracker.num_gallery, **summarize_dump(dump),
+        "report": os.path.abspath(report), "json": os.path.abspath(os.path.join(dump.out_dir, "explanations.json")),
+    }
+    write_json(summary["json"], {"summary": summary, "pairs": dump.pairs, "triplets": dump.triplets})
+    return summary
+
+
+def _as_numpy(
+    distances_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | np.ndarray]
+) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
+    def distances(query: torch.Tensor, gallery: torch.Tensor) -> np.ndarray:
+        result = distances_of(query, gallery)
+        return result.cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
+
+    return distances

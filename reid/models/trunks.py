@@ -1,0 +1,138 @@
+"""ResNet trunks shared by every model: torchvision ResNet-18/34/50, local ImageNet weights,
+stride of ``layer4``, padding mode of the convolutions.
+
+Nothing is ever downloaded: ImageNet weights come from an explicit file or the torchvision cache
+(:func:`find_pretrained_weights`), otherwise the trunk starts from random weights and the log says
+so. Reference: ``docs/method.md`` section 1 (trunk), section 5 (AVSL levels).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import torch
+import torchvision
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+# The stage the embeddings of PCB (and AVSL's top level by default) are pooled from: the layer
+# similarity attention explains by default (docs/method.md section 2).
+LAST_STAGE = STAGES[-1]
+_FACTORIES = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
+}
+_STAGE_CHANNELS = {
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+}
+
+
+def check_backbone(backbone: str) -> None:
+    """Raises ValueError naming the choices unless ``backbone`` is one of :data:`BACKBONES`."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone '{backbone}'; choose one of {sorted(BACKBONES)}")
+
+
+def stage_channels(backbone: str, stage: str = LAST_STAGE) -> int:
+    """Output channels of ``stage`` (``layer1`` .. ``layer4``) of ``backbone``."""
+    check_backbone(backbone)
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    return _STAGE_CHANNELS[backbone][STAGES.index(stage)]
+
+
+def find_pretrained_weights(backbone: str, path: str = "") -> str | None:
+    """Locates ImageNet weights for ``backbone`` on local disk; never downloads.
+
+    Args:
+        backbone: trunk name, e.g. ``resnet50``.
+        path: explicit file; when given it must exist.
+
+    Returns:
+        The file to load, or None when neither ``path`` nor the torchvision cache has one.
+
+    Raises:
+        FileNotFoundError: ``path`` was given and does not exist.
+    """
+    if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"pretrained weights file not found: {path} (MODEL.PRETRAINED_PATH); "
+                "nothing is downloaded, so place the torchvision state dict there"
+            )
+        return path
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+    found = sorted(glob.glob(os.path.join(cache, f"{backbone}-*.pth")))
+    return found[-1] if found else None
+
+
+PADDING_MODES = ("zeros", "reflect", "replicate")
+
+
+def set_padding_mode(trunk: nn.Module, mode: str) -> int:
+    """Sets ``padding_mode`` of every padded convolution of ``trunk``; returns how many.
+
+    ``zeros`` is torchvision's ResNet. ``reflect`` and ``replicate`` remove the cue that zero
+    padding gives a network about where the image border is (parameters are unchanged, so ImageNet
+    weights still load); ``reflect`` needs every padded map to be larger than its padding.
+    """
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {mode!r}")
+    count = 0
+    for module in trunk.modules():
+        if isinstance(module, nn.Conv2d) and any(p > 0 for p in module.padding):
+            module.padding_mode = mode
+            count += 1
+    return count
+
+
+def build_trunk(backbone: str, last_stride: int, pretrained: bool, path: str, padding_mode: str = "zeros") -> nn.Module:
+    """A torchvision ResNet ``backbone`` with the ``layer4`` stride and padding mode set.
+
+    Args:
+        backbone: one of :data:`BACKBONES`.
+        last_stride: stride of ``layer4`` (1 as in PCB, 2 as in torchvision).
+        pretrained: load ImageNet weights from local disk when available (never downloads).
+        path: explicit weights file (see :func:`find_pretrained_weights`).
+        padding_mode: one of :data:`PADDING_MODES` (see :func:`set_padding_mode`).
+    """
+    check_backbone(backbone)
+    trunk = _FACTORIES[backbone](weights=None)
+    if pretrained:
+        weights = find_pretrained_weights(backbone, path)
+        if weights is None:
+            logger.warning(
+                "no ImageNet weights for %s (MODEL.PRETRAINED_PATH empty and none in %s): "
+                "the trunk starts from RANDOM weights",
+                backbone,
+                os.path.join(torch.hub.get_dir(), "checkpoints"),
+            )
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            missing, unexpected = trunk.load_state_dict(state, strict=False)
+            unexpected = [k for k in unexpected if not k.startswith("fc.")]
+            if unexpected or [k for k in missing if not k.startswith("fc.")]:
+                raise ValueError(
+                    f"{weights} does not hold {backbone} weights "
+                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+                )
+            logger.info("loaded ImageNet weights for %s from %s", backbone, weights)
+    else:
+        logger.info("%s trunk starts from random weights (pretrained disabled)", backbone)
+    if last_stride not in (1, 2):
+        raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+    block = trunk.layer4[0]
+    conv = block.conv2 if hasattr(block, "conv3") else block.conv1
+    conv.stride = (last_stride, last_stride)
+    if block.downsample is not None:
+        block.downsample[0].stride = (last_stride, last_stride)
+    set_padding_mode(trunk, padding_mode)
+    return trunk
