@@ -53,7 +53,7 @@ __all__ = [
     "step_counts",
 ]
 
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+ImageScoreFn = Callable[[torch.Tensor], torch.Tensor]
 """``(B, 3, H, W)`` perturbed images -> ``(B,)`` scores (e.g. the pair similarity)."""
 
 
@@ -206,7 +206,7 @@ def baseline_images(images: torch.Tensor, kind: str = "mean", sigma: float = 5.0
 
 
 def _curve(
-    score_fn: ScoreFn,
+    score_fn: ImageScoreFn,
     images: torch.Tensor,
     maps: torch.Tensor,
     baseline: torch.Tensor,
@@ -247,7 +247,7 @@ def _curve(
 
 
 def deletion_curve(
-    score_fn: ScoreFn,
+    score_fn: ImageScoreFn,
     images: torch.Tensor,
     maps: torch.Tensor,
     baseline: torch.Tensor,
@@ -279,7 +279,7 @@ def deletion_curve(
 
 
 def insertion_curve(
-    score_fn: ScoreFn,
+    score_fn: ImageScoreFn,
     images: torch.Tensor,
     maps: torch.Tensor,
     baseline: torch.Tensor,
