@@ -322,7 +322,7 @@ def build_model_for_state(cfg: CfgNode, state: dict) -> nn.Module:
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """SGD or Adam with ``OPTIM.TRUNK_LR_MULT`` x LR on the trunk's parameters."""
-    trunk_ids = {id(p) for m in getattr(model, "trunk_modules", []) for p in m.parameters()}
+    trunk_ids = {id(p) for m in model.trunk_modules for p in m.parameters()}
     trunk = [p for p in model.parameters() if id(p) in trunk_ids]
     new = [p for p in model.parameters() if id(p) not in trunk_ids]
     lr = cfg.OPTIM.LR
