@@ -64,7 +64,7 @@ from tools import config_or_exit, engine_with_weights, layer_or_exit, parse_with
 from reid.config import config_to_dict  # noqa: E402
 from reid.data.controlled import ControlledTriplet, build_controlled_triplets  # noqa: E402
 from reid.data.synthetic import is_complete  # noqa: E402
-from reid.engine.base import write_json  # noqa: E402
+from reid.io import write_json  # noqa: E402
 from reid.explain import (  # noqa: E402
     explain_pair,
     explain_pair_features,

@@ -99,7 +99,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools import config_or_exit, engine_with_weights, layer_or_exit, parse_with_overrides  # noqa: E402
 from reid.data.synthetic import load_mask, mask_path  # noqa: E402
-from reid.engine.base import write_json  # noqa: E402
+from reid.io import write_json  # noqa: E402
 from reid.engine.evaluation import distance_matrix  # noqa: E402
 from reid.explain import (  # noqa: E402
     explain_pair,

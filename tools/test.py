@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools import config_or_exit, engine_with_weights, parse_with_overrides  # noqa: E402
 from reid.config import config_to_dict  # noqa: E402
-from reid.engine.base import write_json  # noqa: E402
+from reid.io import write_json  # noqa: E402
 
 logger = logging.getLogger("test")
 

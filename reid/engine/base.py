@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -37,6 +36,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchreid.reid.engine import Engine
 from tqdm import tqdm
 
+from reid.io import write_json
 from reid.losses import as_floats, combine
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -443,10 +443,3 @@ class ReidEngine(Engine):
 
         return plot_cmc(self.cmc_curves, path, title=f"CMC: {os.path.basename(os.path.normpath(self.output_dir))}")
 
-
-def write_json(path: str, content: dict[str, Any]) -> None:
-    """Writes ``content`` as indented JSON atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=2)
-    os.replace(tmp, path)
