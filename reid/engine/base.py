@@ -49,7 +49,7 @@ from .distributed import (
     gather_objects,
     mean_over_processes,
 )
-from .evaluation import autocast_context, check_amp, distance_matrix, extract_features, ranking_metrics
+from .evaluation import autocast_context, check_amp, distance_matrix, extract_dataset_features, ranking_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -382,11 +382,11 @@ class ReidEngine(Engine):
         results = {}
         try:
             for name, loaders in self.test_loader.items():
-                query = extract_features(
+                query = extract_dataset_features(
                     self.model, loaders["query"], self.device, f"{name} query", self.progress,
                     amp=self.amp, channels_last=self.channels_last,
                 )
-                gallery = extract_features(
+                gallery = extract_dataset_features(
                     self.model, loaders["gallery"], self.device, f"{name} gallery", self.progress,
                     amp=self.amp, channels_last=self.channels_last,
                 )

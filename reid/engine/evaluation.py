@@ -51,8 +51,9 @@ def autocast_context(device: torch.device, amp: str = "off") -> contextlib.Abstr
 
 
 @dataclass
-class Features:
-    """Embeddings of one split with their labels.
+class ExtractedFeatures:
+    """Embeddings of one split with their labels, as :func:`extract_dataset_features` returns
+    them (not to be confused with ``reid.metrics``' plain tensor-or-array feature type).
 
     Attributes:
         features: ``(N, D)`` float32 on the CPU.
@@ -68,7 +69,7 @@ class Features:
 
 
 @torch.no_grad()
-def extract_features(
+def extract_dataset_features(
     model: nn.Module,
     loader: Iterable[dict],
     device: torch.device,
@@ -76,8 +77,11 @@ def extract_features(
     progress: bool = True,
     amp: str = "off",
     channels_last: bool = False,
-) -> Features:
+) -> ExtractedFeatures:
     """Runs ``model`` (expected in eval mode) over ``loader`` and collects the embeddings.
+
+    A whole split at once; torchreid's ``Engine.extract_features`` (kept on our engines) is the
+    forward pass of one batch.
 
     Args:
         model: maps ``(B, 3, H, W)`` images to ``(B, D)`` embeddings.
@@ -89,7 +93,7 @@ def extract_features(
         channels_last: feed the images in channels_last memory format.
 
     Returns:
-        :class:`Features`, float32 on the CPU whatever ``amp``.
+        :class:`ExtractedFeatures`, float32 on the CPU whatever ``amp``.
     """
     check_amp(amp, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -102,7 +106,7 @@ def extract_features(
         pids.append(np.asarray(batch["pid"]))
         camids.append(np.asarray(batch["camid"]))
         paths.extend(batch["impath"])
-    return Features(torch.cat(feats), np.concatenate(pids), np.concatenate(camids), paths)
+    return ExtractedFeatures(torch.cat(feats), np.concatenate(pids), np.concatenate(camids), paths)
 
 
 def distance_matrix(
@@ -122,8 +126,8 @@ class RankMetrics(dict):
 
 def ranking_metrics(
     distmat: np.ndarray,
-    query: Features,
-    gallery: Features,
+    query: ExtractedFeatures,
+    gallery: ExtractedFeatures,
     ranks: Iterable[int] = (1, 5, 10, 20),
     use_metric_cuhk03: bool = False,
 ) -> dict[str, float]:
