@@ -1,15 +1,14 @@
 """Feature extraction and ranking evaluation of an embedding model on query/gallery loaders.
 
-Also the mixed-precision switch shared by training and feature extraction
-(:func:`autocast_context`, :func:`check_amp`).
+Also an engine's evaluation options (:class:`EvalOptions`); the mixed-precision switch shared by
+training and feature extraction is in ``reid/engine/amp.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -19,35 +18,28 @@ from tqdm import tqdm
 
 from reid.metrics import compute_distance_matrix, evaluate
 
+from .amp import autocast_context, check_amp
+
 logger = logging.getLogger(__name__)
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-"""Autocast dtype of each mixed-precision mode (``off`` runs in float32)."""
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How test embeddings are compared and scored.
 
-def check_amp(amp: str, device: torch.device) -> None:
-    """Fails clearly when ``amp`` cannot run on ``device``.
-
-    Raises:
-        ValueError: unknown mode.
-        RuntimeError: ``fp16`` off CUDA, or ``bf16`` on a GPU without bfloat16 support.
+    Attributes:
+        dist_metric: ``euclidean`` (squared, as torchreid) or ``cosine``.
+        normalize_feature: L2-normalise embeddings before the distance.
+        ranks: CMC ranks to report.
+        use_metric_cuhk03: CUHK03 single-gallery-shot protocol.
+        rerank: k-reciprocal re-ranking of the distance matrix.
     """
-    if amp != "off" and amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {['off', *AMP_DTYPES]}, got {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        raise RuntimeError(
-            f"mixed precision fp16 needs a CUDA device (float16 autocast with a loss scaler), "
-            f"this run uses {device}; use bf16 on the CPU"
-        )
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise RuntimeError(f"{torch.cuda.get_device_name(device)} does not support bfloat16; use fp16")
 
-
-def autocast_context(device: torch.device, amp: str = "off") -> contextlib.AbstractContextManager:
-    """``torch.autocast`` on ``device``'s type in the dtype of ``amp``; a no-op for ``off``."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+    dist_metric: str = "euclidean"
+    normalize_feature: bool = False
+    ranks: tuple[int, ...] = (1, 5, 10, 20)
+    use_metric_cuhk03: bool = False
+    rerank: bool = False
 
 
 @dataclass
@@ -107,6 +99,52 @@ def extract_dataset_features(
         camids.append(np.asarray(batch["camid"]))
         paths.extend(batch["impath"])
     return ExtractedFeatures(torch.cat(feats), np.concatenate(pids), np.concatenate(camids), paths)
+
+
+@torch.no_grad()
+def evaluate_targets(
+    model: nn.Module,
+    test_loader: Mapping[str, Mapping[str, Iterable[dict]]],
+    score: Callable[[ExtractedFeatures, ExtractedFeatures], Mapping[str, Any]],
+    device: torch.device,
+    progress: bool = True,
+    amp: str = "off",
+    channels_last: bool = False,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
+    """Evaluates ``model`` on every target of a torchreid ``test_loader``.
+
+    Args:
+        model: the embedding model (put in eval mode here, its mode restored after).
+        test_loader: ``{target: {"query": loader, "gallery": loader}}``.
+        score: ranking metrics of query against gallery features (e.g. ``ReidEngine.score``);
+            its result may carry the CMC curve as ``.cmc`` (see :func:`ranking_metrics`).
+        device, progress, amp, channels_last: see :func:`extract_dataset_features`.
+
+    Returns:
+        ``{target: {rank1, ..., mAP, mINP}}`` and ``{target: CMC curve}`` (targets whose scores
+        carry one).
+    """
+    was_training = model.training
+    model.eval()
+    results, curves = {}, {}
+    try:
+        for name, loaders in test_loader.items():
+            query, gallery = (
+                extract_dataset_features(
+                    model, loaders[split], device, f"{name} {split}", progress, amp=amp,
+                    channels_last=channels_last,
+                )
+                for split in ("query", "gallery")
+            )
+            scores = score(query, gallery)
+            cmc = getattr(scores, "cmc", None)
+            if cmc is not None:
+                curves[name] = [float(x) for x in cmc]
+            results[name] = {key: float(value) for key, value in scores.items()}
+            logger.info("%s: %s", name, " ".join(f"{k} {v:.1%}" for k, v in results[name].items()))
+    finally:
+        model.train(was_training)
+    return results, curves
 
 
 def distance_matrix(
