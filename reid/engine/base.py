@@ -34,11 +34,11 @@ from tqdm import tqdm
 
 from reid.losses import as_floats, combine
 
-from .checkpoint import restore_training_state
 from .amp import autocast_context, check_amp, to_float32
+from .checkpoint import restore_training_state
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
-from .evaluation import EvalOptions, distance_matrix, evaluate_targets, ranking_metrics
+from .evaluation import EvalOptions, evaluate_targets, rank_features
 from .hooks import CheckpointHook, CMCPlotHook, EvaluationHook, Hook, MetricsHook, TensorBoardHook
 from .hooks import metrics_content
 from .torchreid_compat import TorchreidEngine, check_run_arguments
@@ -290,15 +290,7 @@ class ReidEngine(TorchreidEngine):
 
     def score(self, query: Any, gallery: Any) -> dict[str, float]:
         """Ranking metrics of query against gallery features (subclasses may change the distance)."""
-        opts = self.eval_options
-        distmat = distance_matrix(query.features, gallery.features, opts.dist_metric, opts.normalize_feature)
-        if opts.rerank:
-            from reid.metrics import re_ranking
-
-            q_q = distance_matrix(query.features, query.features, opts.dist_metric, opts.normalize_feature)
-            g_g = distance_matrix(gallery.features, gallery.features, opts.dist_metric, opts.normalize_feature)
-            distmat = re_ranking(distmat, q_q, g_g)
-        return ranking_metrics(distmat, query, gallery, opts.ranks, opts.use_metric_cuhk03)
+        return rank_features(query, gallery, self.eval_options)
 
     def plot_cmc(self, path: str) -> str | None:
         """Plots the last evaluation's CMC curves to ``path`` (None when nothing was evaluated)."""

@@ -184,3 +184,17 @@ def ranking_metrics(
     if result.mINP is not None:
         out["mINP"] = float(result.mINP)
     return out
+
+
+def rank_features(query: ExtractedFeatures, gallery: ExtractedFeatures, options: EvalOptions) -> RankMetrics:
+    """Ranking metrics (:func:`ranking_metrics`) of ``query`` against ``gallery`` under
+    ``options``: their distance matrix, k-reciprocally re-ranked when ``options.rerank``."""
+    metric, normalize = options.dist_metric, options.normalize_feature
+    distmat = distance_matrix(query.features, gallery.features, metric, normalize)
+    if options.rerank:
+        from reid.metrics import re_ranking
+
+        q_q = distance_matrix(query.features, query.features, metric, normalize)
+        g_g = distance_matrix(gallery.features, gallery.features, metric, normalize)
+        distmat = re_ranking(distmat, q_q, g_g)
+    return ranking_metrics(distmat, query, gallery, options.ranks, options.use_metric_cuhk03)
