@@ -9,7 +9,7 @@ start from the same random weights; SGD with learning rate 0 keeps the weights, 
 per step, the same across repeats. Steps are interleaved (one of each, then again) after a
 warm-up so that a load change on a shared machine hits all of them; medians are reported.
 
-Feature extraction: our ``reid.engine.evaluation.extract_features`` (the path of
+Feature extraction: our ``reid.engine.evaluation.extract_dataset_features`` (the path of
 ``tools/test.py``) with our PCB in eval mode, float32 and ``--amp``, against the named
 reference, torchreid's ``FeatureExtractor`` (``torchreid.reid.utils``) with torchreid's
 ``pcb_p6`` model (ResNet-50, 6 stripes, last stride 1: the same architecture as ours with the
@@ -40,7 +40,7 @@ import torch
 
 from _timing import round_robin, seeded_pcb_setup, step_engine
 
-from reid.engine.evaluation import extract_features
+from reid.engine.evaluation import extract_dataset_features
 from reid.engine.pcb import PCBEngine
 from reid.engine.sam import SAMEngine
 
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             extractor.model = extractor.model.to(memory_format=torch.channels_last)
 
         def ours(amp: str) -> Callable[[], object]:
-            return lambda: extract_features(eval_model, batches, device, progress=False, amp=amp,
-                                            channels_last=args.channels_last)
+            return lambda: extract_dataset_features(eval_model, batches, device, progress=False, amp=amp,
+                                                    channels_last=args.channels_last)
 
         passes = {"ours fp32": ours("off"), f"ours {args.amp}": ours(args.amp),
                   "torchreid fp32": lambda: torchreid_pass(extractor, batches)}

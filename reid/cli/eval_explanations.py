@@ -38,7 +38,7 @@ from reid.explain.quality import (
     evaluate_explanations,
     format_table,
 )
-from reid.utils.io import write_json
+from reid.io import write_json
 
 logger = logging.getLogger("eval_explanations")
 

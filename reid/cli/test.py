@@ -14,7 +14,7 @@ import os
 
 from reid.cli.common import new_parser, config_or_exit, engine_with_weights, parse_with_overrides
 from reid.config import config_to_dict
-from reid.utils.io import write_json
+from reid.io import write_json
 
 logger = logging.getLogger("test")
 

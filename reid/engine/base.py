@@ -1,10 +1,11 @@
-"""A thin torchreid ``Engine`` subclass: training loop, evaluation, checkpoints, metrics.json.
+"""A thin torchreid ``Engine`` subclass: the training loop, the step plumbing and evaluation.
 
-Subclasses fill in ``forward_backward(data) -> dict`` (torchreid's contract). What this class adds
-to torchreid's ``Engine.run``: ``logging`` instead of ``print``, a device instead of ``.cuda()``,
-atomic checkpoints that load with ``weights_only=True`` and resume bit-for-bit, our fast evaluator
-with mINP, a ``metrics.json`` with the history of every loss term, and the three switches every
-engine's step shares through :meth:`ReidEngine.autocast`, :meth:`ReidEngine.float32` and
+Subclasses fill in ``forward_backward(data) -> dict`` (torchreid's contract). :meth:`ReidEngine.run`
+replaces torchreid's ``Engine.run``, whose ``train()`` and ``test()`` raise naming ``run()`` and
+``evaluate()`` (``reid/engine/torchreid_compat.py``): ``logging`` instead of ``print``, a device
+instead of ``.cuda()``, our fast evaluator with mINP. Checkpoints, the evaluation schedule,
+TensorBoard, ``metrics.json`` and the CMC plot are hooks (``reid/engine/hooks.py``). Every engine's
+step shares three switches through :meth:`ReidEngine.autocast`, :meth:`ReidEngine.float32` and
 :meth:`ReidEngine.backward_step`:
 
 - mixed precision (``amp``): the forward passes run under ``torch.autocast`` (bfloat16, or
@@ -19,81 +20,37 @@ engine's step shares through :meth:`ReidEngine.autocast`, :meth:`ReidEngine.floa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import math
 import os
-import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
-from torchreid.reid.engine import Engine
 from tqdm import tqdm
 
 from reid.losses import as_floats, combine
 
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .distributed import (
-    DistributedContext,
-    all_reduce_gradients,
-    average_buffers,
-    barrier,
-    broadcast_module_state,
-    gather_objects,
-    mean_over_processes,
-)
-from .evaluation import autocast_context, check_amp, distance_matrix, extract_features, ranking_metrics
+from .amp import autocast_context, check_amp, to_float32
+from .checkpoint import restore_training_state
+from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
+from .distributed import broadcast_module_state, mean_over_processes
+from .evaluation import EvalOptions, evaluate_targets, rank_features
+from .hooks import CheckpointHook, CMCPlotHook, EvaluationHook, Hook, MetricsHook, TensorBoardHook
+from .hooks import metrics_content
+from .torchreid_compat import TorchreidEngine, check_run_arguments
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["CHECKPOINT_NAME", "EvalOptions", "ReidEngine", "to_float32"]
+
 CHECKPOINT_NAME = "checkpoint_last.pth"
-METRICS_NAME = "metrics.json"
-CMC_PLOT_NAME = "cmc.png"
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    """How test embeddings are compared and scored.
-
-    Attributes:
-        dist_metric: ``euclidean`` (squared, as torchreid) or ``cosine``.
-        normalize_feature: L2-normalise embeddings before the distance.
-        ranks: CMC ranks to report.
-        use_metric_cuhk03: CUHK03 single-gallery-shot protocol.
-        rerank: k-reciprocal re-ranking of the distance matrix.
-    """
-
-    dist_metric: str = "euclidean"
-    normalize_feature: bool = False
-    ranks: tuple[int, ...] = (1, 5, 10, 20)
-    use_metric_cuhk03: bool = False
-    rerank: bool = False
-
-
-def to_float32(value: Any) -> Any:
-    """``value`` with every float16 / bfloat16 tensor cast to float32 (tensors, lists, tuples,
-    dicts and dataclasses such as ``PCBOutput``, recursively; other tensors are returned as
-    they are); the casts keep the autograd graph."""
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_float32(v) for v in value)
-    if isinstance(value, dict):
-        return {k: to_float32(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: to_float32(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
-        return dataclasses.replace(value, **changes)
-    return value
-
-
-class ReidEngine(Engine):
+class ReidEngine(TorchreidEngine):
     """Base engine: one model, one optimiser, one scheduler stepped per epoch.
 
     Args:
@@ -150,6 +107,10 @@ class ReidEngine(Engine):
         self.progress = progress
         self.history: list[dict[str, Any]] = []
         self.cmc_curves: dict[str, list[float]] = {}
+        self.hooks: list[Hook] = []  # extra hooks of run(), after the default ones
+        self.results: dict[str, dict[str, float]] | None = None  # the run's last evaluation
+        self.start_epoch = self.max_epoch = self.num_batches = self.batch_idx = 0
+        self._active_hooks: list[Hook] = []
         self.register_model("model", self.model, optimizer, scheduler)
 
     # -- training ------------------------------------------------------------------------------
@@ -159,6 +120,18 @@ class ReidEngine(Engine):
         """Where the last checkpoint of this run lives."""
         return os.path.join(self.output_dir, "checkpoints", CHECKPOINT_NAME)
 
+    def register_hooks(self, hooks: Iterable[Hook]) -> None:
+        """Adds ``hooks`` to every later :meth:`run`, called after the default ones in this order."""
+        self.hooks.extend(hooks)
+
+    def default_hooks(self, eval_freq: int = 0, checkpoint_freq: int = 1) -> list[Hook]:
+        """Evaluation schedule and checkpoints; TensorBoard, ``metrics.json`` and the CMC plot on
+        rank 0 (in this order, see ``reid/engine/hooks.py``)."""
+        hooks: list[Hook] = [EvaluationHook(eval_freq), CheckpointHook(checkpoint_freq)]
+        if self.dist.is_main:
+            hooks += [TensorBoardHook(), MetricsHook(), CMCPlotHook()]
+        return hooks
+
     def run(  # type: ignore[override]
         self,
         max_epoch: int,
@@ -166,8 +139,9 @@ class ReidEngine(Engine):
         checkpoint_freq: int = 1,
         print_freq: int = 10,
         resume: bool = False,
+        **torchreid_options: Any,
     ) -> dict[str, Any]:
-        """Trains for ``max_epoch`` epochs, evaluates, writes ``metrics.json``.
+        """Trains for ``max_epoch`` epochs, evaluates, writes ``metrics.json`` (through the hooks).
 
         In a distributed job every process calls this; rank 0 evaluates, writes the checkpoints
         and ``metrics.json``, and the others return an empty dict.
@@ -178,48 +152,38 @@ class ReidEngine(Engine):
             checkpoint_freq: write the checkpoint every N epochs (and always after the last).
             print_freq: log the running losses every N iterations.
             resume: continue from ``checkpoint_path`` when it exists.
+            **torchreid_options: refused with a TypeError that says where each one went.
 
         Returns:
             The content of ``metrics.json`` (``{}`` on ranks other than 0).
         """
-        main = self.dist.is_main
-        if main:
+        check_run_arguments(max_epoch, torchreid_options)
+        if self.dist.is_main:
             os.makedirs(self.output_dir, exist_ok=True)
-        start_epoch = self._resume() if resume else 0
-        self.max_epoch = max_epoch
-        self.writer = SummaryWriter(log_dir=os.path.join(self.output_dir, "tensorboard")) if main else None
+        self.start_epoch = restore_training_state(self) if resume else 0
+        self.max_epoch, self.results = max_epoch, None
+        self._active_hooks = [*self.default_hooks(eval_freq, checkpoint_freq), *self.hooks]
+        for hook in self._active_hooks:
+            hook.engine = self
         try:
+            self.call_hooks("before_train")
             started = time.time()
-            for self.epoch in range(start_epoch, max_epoch):
+            for self.epoch in range(self.start_epoch, max_epoch):
+                self.call_hooks("before_epoch")
                 record = {"epoch": self.epoch + 1, **self.train_epoch(print_freq)}
-                last = self.epoch + 1 == max_epoch
-                if last or (eval_freq > 0 and (self.epoch + 1) % eval_freq == 0):
-                    record["test"] = self.evaluate_on_main()
                 self.history.append(record)
-                if last or (self.epoch + 1) % max(checkpoint_freq, 1) == 0:
-                    self.save_checkpoint(self.epoch + 1)
-            if start_epoch >= max_epoch:
-                logger.info("run already complete at epoch %d; evaluating only", start_epoch)
-                self.epoch = max_epoch - 1
-                results = self.evaluate_on_main()
-            elif "test" in self.history[-1]:
-                results = self.history[-1]["test"]
-            else:
-                results = self.evaluate_on_main()
+                self.call_hooks("after_epoch", record)
             logger.info("training took %.1f s", time.time() - started)
+            self.call_hooks("after_train")
         finally:
-            if self.writer is not None:
-                self.writer.close()
-            self.writer = None
-        if not main:
-            return {}
-        return self.write_metrics(results, max_epoch)
+            self.call_hooks("close")
+            self._active_hooks = []
+        return metrics_content(self) if self.dist.is_main else {}
 
-    def evaluate_on_main(self) -> dict[str, dict[str, float]]:
-        """:meth:`evaluate` on rank 0 while the other processes wait; ``{}`` on those."""
-        results = self.evaluate() if self.dist.is_main else {}
-        barrier(self.dist)
-        return results
+    def call_hooks(self, event: str, *args: Any) -> None:
+        """Calls ``event`` on the hooks of the running :meth:`run`, in order."""
+        for hook in self._active_hooks:
+            getattr(hook, event)(*args)
 
     def train_epoch(self, print_freq: int = 10) -> dict[str, float]:
         """One epoch over the training loader; returns the mean of each logged term and the lr."""
@@ -228,13 +192,14 @@ class ReidEngine(Engine):
         if callable(getattr(sampler, "set_epoch", None)):
             sampler.set_epoch(self.epoch)
         sums: dict[str, float] = defaultdict(float)
-        num_batches = len(self.train_loader)
+        self.num_batches = num_batches = len(self.train_loader)
         lr = self.optimizer.param_groups[-1]["lr"]
         bar = tqdm(
             self.train_loader, total=num_batches, desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
             leave=False, dynamic_ncols=True, disable=not self.progress,
         )
         for self.batch_idx, data in enumerate(bar):
+            self.call_hooks("before_step")
             terms = self.forward_backward(data)
             terms = mean_over_processes(terms, self.dist, self.device, check_keys=self.batch_idx == 0)
             for name, value in terms.items():
@@ -244,11 +209,7 @@ class ReidEngine(Engine):
                         f"iteration {self.batch_idx + 1}"
                     )
                 sums[name] += value
-            step = self.epoch * num_batches + self.batch_idx
-            if self.writer is not None:
-                for name, value in terms.items():
-                    self.writer.add_scalar(f"Train/{name}", value, step)
-                self.writer.add_scalar("Train/lr", lr, step)
+            self.call_hooks("after_step", terms)
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
             if (self.batch_idx + 1) % max(print_freq, 1) == 0:
                 logger.info(
@@ -264,12 +225,12 @@ class ReidEngine(Engine):
         )
         return {**means, "lr": lr}
 
+    # -- the shared step helpers ------------------------------------------------------------------
+
     def to_device(self, data: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and identity labels of a training batch, on the engine's device."""
         images = self.prepare_images(data["img"].to(self.device, non_blocking=True))
         return images, data["pid"].to(self.device)
-
-    # -- the shared step helpers ------------------------------------------------------------------
 
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` in the engine's memory format (channels_last when switched on)."""
@@ -306,103 +267,25 @@ class ReidEngine(Engine):
         self.scaler.update()
         average_buffers(self.model, self.dist)
 
-    # -- checkpoints ----------------------------------------------------------------------------
-
-    def save_checkpoint(self, epoch: int) -> None:
-        """Writes the resumable state after ``epoch`` epochs (rank 0 writes; every process must
-        call this, as it gathers every process's RNG state)."""
-        rng = gather_objects(capture_rng_state(), self.dist)
-        if not self.dist.is_main:
-            return
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch,
-            "history": self.history,
-            "rng": rng[0],
-            "config": self.config,
-        }
-        if self.dist.is_distributed:
-            state["rng_per_process"] = rng
-        if self.scaler.is_enabled():
-            state["scaler"] = self.scaler.state_dict()
-        save_checkpoint(state, self.checkpoint_path)
-
-    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
-        """torchreid's hook, routed to our atomic checkpoint."""
-        self.save_checkpoint(epoch + 1)
-
-    def _resume(self) -> int:
-        if not os.path.isfile(self.checkpoint_path):
-            logger.warning("--resume: no checkpoint at %s, starting from scratch", self.checkpoint_path)
-            return 0
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.history = list(state.get("history", []))
-        if self.scaler.is_enabled() and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        self._restore_rng(state)
-        logger.info("resumed from %s after epoch %d", self.checkpoint_path, state["epoch"])
-        return int(state["epoch"])
-
-    def _restore_rng(self, state: dict[str, Any]) -> None:
-        """Each process's saved RNG state; with another number of processes, rank 0's state
-        offset by the rank (the run goes on, but not as an uninterrupted one would)."""
-        per_process = state.get("rng_per_process")
-        world, rank = self.dist.world_size, self.dist.rank
-        if per_process is not None and len(per_process) == world:
-            restore_rng_state(per_process[rank])
-            return
-        restore_rng_state(state["rng"])
-        if per_process is not None or world > 1:
-            saved = len(per_process) if per_process is not None else 1
-            logger.warning(
-                "checkpoint holds the RNG state of %d process(es), this run has %d: random "
-                "streams restart from rank 0's saved state offset by the rank", saved, world,
-            )
-            if rank > 0:
-                seed = int(torch.randint(2**31 - 1, (1,))) + rank
-                random.seed(seed)
-                np.random.seed(seed)
-                torch.manual_seed(seed)
-
     # -- evaluation ------------------------------------------------------------------------------
 
-    def extract_features(self, input: torch.Tensor) -> torch.Tensor:
-        return self.model(input)
+    def evaluate_on_main(self) -> dict[str, dict[str, float]]:
+        """:meth:`evaluate` on rank 0 while the other processes wait (``{}`` on those); the
+        hooks' ``after_evaluate`` sees the results, which become :attr:`results`."""
+        results = self.evaluate() if self.dist.is_main else {}
+        self.call_hooks("after_evaluate", results)
+        barrier(self.dist)
+        self.results = results
+        return results
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, dict[str, float]]:
-        """Evaluates on every target; returns ``{target: {rank1, ..., mAP, mINP}}``."""
-        was_training = self.model.training
-        self.model.eval()
-        results = {}
-        try:
-            for name, loaders in self.test_loader.items():
-                query = extract_features(
-                    self.model, loaders["query"], self.device, f"{name} query", self.progress,
-                    amp=self.amp, channels_last=self.channels_last,
-                )
-                gallery = extract_features(
-                    self.model, loaders["gallery"], self.device, f"{name} gallery", self.progress,
-                    amp=self.amp, channels_last=self.channels_last,
-                )
-                scores = self.score(query, gallery)
-                cmc = getattr(scores, "cmc", None)
-                if cmc is not None:
-                    self.cmc_curves[name] = [float(x) for x in cmc]
-                results[name] = {key: float(value) for key, value in scores.items()}
-                logger.info(
-                    "%s: %s", name, " ".join(f"{k} {v:.1%}" for k, v in results[name].items())
-                )
-                if self.writer is not None:
-                    for key, value in results[name].items():
-                        self.writer.add_scalar(f"Test/{name}/{key}", value, self.epoch + 1)
-        finally:
-            self.model.train(was_training)
+        """Evaluates on every target (:func:`evaluate_targets` with :meth:`score`); returns
+        ``{target: {rank1, ..., mAP, mINP}}``, keeps each target's CMC curve in :attr:`cmc_curves`."""
+        results, curves = evaluate_targets(
+            self.model, self.test_loader, self.score, self.device, self.progress, self.amp,
+            self.channels_last,
+        )
+        self.cmc_curves.update(curves)
         return results
 
     def distance_matrix(self, query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
@@ -416,33 +299,7 @@ class ReidEngine(Engine):
 
     def score(self, query: Any, gallery: Any) -> dict[str, float]:
         """Ranking metrics of query against gallery features (subclasses may change the distance)."""
-        opts = self.eval_options
-        distmat = distance_matrix(query.features, gallery.features, opts.dist_metric, opts.normalize_feature)
-        if opts.rerank:
-            from reid.metrics import re_ranking
-
-            q_q = distance_matrix(query.features, query.features, opts.dist_metric, opts.normalize_feature)
-            g_g = distance_matrix(gallery.features, gallery.features, opts.dist_metric, opts.normalize_feature)
-            distmat = re_ranking(distmat, q_q, g_g)
-        return ranking_metrics(distmat, query, gallery, opts.ranks, opts.use_metric_cuhk03)
-
-    def write_metrics(self, results: dict[str, dict[str, float]], epoch: int) -> dict[str, Any]:
-        """Writes ``metrics.json`` (the first target's metrics at top level, all targets, their
-        CMC curves, the history of every logged term) and the CMC plot ``cmc.png`` beside it."""
-        first = next(iter(results.values()), {})
-        content = {
-            **first,
-            "epoch": epoch,
-            "targets": results,
-            "cmc": dict(self.cmc_curves),
-            "history": self.history,
-            "config": self.config,
-        }
-        path = os.path.join(self.output_dir, METRICS_NAME)
-        write_json(path, content)
-        logger.info("metrics written to %s", path)
-        self.plot_cmc(os.path.join(self.output_dir, CMC_PLOT_NAME))
-        return content
+        return rank_features(query, gallery, self.eval_options)
 
     def plot_cmc(self, path: str) -> str | None:
         """Plots the last evaluation's CMC curves to ``path`` (None when nothing was evaluated)."""
@@ -450,12 +307,6 @@ class ReidEngine(Engine):
             return None
         from reid.vis.curves import plot_cmc
 
-        return plot_cmc(self.cmc_curves, path, title=f"CMC: {os.path.basename(os.path.normpath(self.output_dir))}")
+        run_name = os.path.basename(os.path.normpath(self.output_dir))
+        return plot_cmc(self.cmc_curves, path, title=f"CMC: {run_name}")
 
-
-def write_json(path: str, content: dict[str, Any]) -> None:
-    """Writes ``content`` as indented JSON atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=2)
-    os.replace(tmp, path)

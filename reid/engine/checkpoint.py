@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads under
 PyTorch's safe loader. It carries the RNG states needed for a resumed run to match an
-uninterrupted one.
+uninterrupted one: :func:`save_training_state` writes an engine's resumable state,
+:func:`restore_training_state` reads it back (``--resume``).
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ import logging
 import os
 import random
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from .distributed import DistributedContext, gather_objects
+
+if TYPE_CHECKING:
+    from .base import ReidEngine
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +95,70 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(engine: ReidEngine, epoch: int) -> None:
+    """Writes ``engine``'s resumable state after ``epoch`` epochs to ``engine.checkpoint_path``:
+    model, optimiser, scheduler, epoch, history, RNG states, config (and the fp16 loss scaler).
+
+    Rank 0 writes; every process must call this, as it gathers every process's RNG state.
+    """
+    rng = gather_objects(capture_rng_state(), engine.dist)
+    if not engine.dist.is_main:
+        return
+    state = {
+        "model": engine.model.state_dict(),
+        "optimizer": engine.optimizer.state_dict(),
+        "scheduler": engine.scheduler.state_dict(),
+        "epoch": epoch,
+        "history": engine.history,
+        "rng": rng[0],
+        "config": engine.config,
+    }
+    if engine.dist.is_distributed:
+        state["rng_per_process"] = rng
+    if engine.scaler.is_enabled():
+        state["scaler"] = engine.scaler.state_dict()
+    save_checkpoint(state, engine.checkpoint_path)
+
+
+def restore_training_state(engine: ReidEngine) -> int:
+    """Loads ``engine.checkpoint_path`` into ``engine`` (model, optimiser, scheduler, history,
+    loss scaler, RNG states) and returns the number of epochs it had done; 0, with a warning,
+    when there is no checkpoint."""
+    path = engine.checkpoint_path
+    if not os.path.isfile(path):
+        logger.warning("--resume: no checkpoint at %s, starting from scratch", path)
+        return 0
+    state = load_checkpoint(path, map_location=engine.device)
+    engine.model.load_state_dict(state["model"])
+    engine.optimizer.load_state_dict(state["optimizer"])
+    engine.scheduler.load_state_dict(state["scheduler"])
+    engine.history = list(state.get("history", []))
+    if engine.scaler.is_enabled() and "scaler" in state:
+        engine.scaler.load_state_dict(state["scaler"])
+    restore_process_rng(state, engine.dist)
+    logger.info("resumed from %s after epoch %d", path, state["epoch"])
+    return int(state["epoch"])
+
+
+def restore_process_rng(state: dict[str, Any], dist: DistributedContext) -> None:
+    """This process's saved RNG state; with another number of processes, rank 0's state
+    offset by the rank (the run goes on, but not as an uninterrupted one would)."""
+    per_process = state.get("rng_per_process")
+    world, rank = dist.world_size, dist.rank
+    if per_process is not None and len(per_process) == world:
+        restore_rng_state(per_process[rank])
+        return
+    restore_rng_state(state["rng"])
+    if per_process is not None or world > 1:
+        saved = len(per_process) if per_process is not None else 1
+        logger.warning(
+            "checkpoint holds the RNG state of %d process(es), this run has %d: random "
+            "streams restart from rank 0's saved state offset by the rank", saved, world,
+        )
+        if rank > 0:
+            seed = int(torch.randint(2**31 - 1, (1,))) + rank
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)

@@ -1,15 +1,14 @@
 """Feature extraction and ranking evaluation of an embedding model on query/gallery loaders.
 
-Also the mixed-precision switch shared by training and feature extraction
-(:func:`autocast_context`, :func:`check_amp`).
+Also an engine's evaluation options (:class:`EvalOptions`); the mixed-precision switch shared by
+training and feature extraction is in ``reid/engine/amp.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -19,40 +18,34 @@ from tqdm import tqdm
 
 from reid.metrics import compute_distance_matrix, evaluate
 
+from .amp import autocast_context, check_amp
+
 logger = logging.getLogger(__name__)
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-"""Autocast dtype of each mixed-precision mode (``off`` runs in float32)."""
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How test embeddings are compared and scored.
 
-def check_amp(amp: str, device: torch.device) -> None:
-    """Fails clearly when ``amp`` cannot run on ``device``.
-
-    Raises:
-        ValueError: unknown mode.
-        RuntimeError: ``fp16`` off CUDA, or ``bf16`` on a GPU without bfloat16 support.
+    Attributes:
+        dist_metric: ``euclidean`` (squared, as torchreid) or ``cosine``.
+        normalize_feature: L2-normalise embeddings before the distance.
+        ranks: CMC ranks to report.
+        use_metric_cuhk03: CUHK03 single-gallery-shot protocol.
+        rerank: k-reciprocal re-ranking of the distance matrix.
     """
-    if amp != "off" and amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {['off', *AMP_DTYPES]}, got {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        raise RuntimeError(
-            f"mixed precision fp16 needs a CUDA device (float16 autocast with a loss scaler), "
-            f"this run uses {device}; use bf16 on the CPU"
-        )
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise RuntimeError(f"{torch.cuda.get_device_name(device)} does not support bfloat16; use fp16")
 
-
-def autocast_context(device: torch.device, amp: str = "off") -> contextlib.AbstractContextManager:
-    """``torch.autocast`` on ``device``'s type in the dtype of ``amp``; a no-op for ``off``."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+    dist_metric: str = "euclidean"
+    normalize_feature: bool = False
+    ranks: tuple[int, ...] = (1, 5, 10, 20)
+    use_metric_cuhk03: bool = False
+    rerank: bool = False
 
 
 @dataclass
-class Features:
-    """Embeddings of one split with their labels.
+class ExtractedFeatures:
+    """Embeddings of one split with their labels, as :func:`extract_dataset_features` returns
+    them (not to be confused with ``reid.metrics``' plain tensor-or-array feature type).
 
     Attributes:
         features: ``(N, D)`` float32 on the CPU.
@@ -68,7 +61,7 @@ class Features:
 
 
 @torch.no_grad()
-def extract_features(
+def extract_dataset_features(
     model: nn.Module,
     loader: Iterable[dict],
     device: torch.device,
@@ -76,8 +69,11 @@ def extract_features(
     progress: bool = True,
     amp: str = "off",
     channels_last: bool = False,
-) -> Features:
+) -> ExtractedFeatures:
     """Runs ``model`` (expected in eval mode) over ``loader`` and collects the embeddings.
+
+    A whole split at once; torchreid's ``Engine.extract_features`` (kept on our engines) is the
+    forward pass of one batch.
 
     Args:
         model: maps ``(B, 3, H, W)`` images to ``(B, D)`` embeddings.
@@ -89,7 +85,7 @@ def extract_features(
         channels_last: feed the images in channels_last memory format.
 
     Returns:
-        :class:`Features`, float32 on the CPU whatever ``amp``.
+        :class:`ExtractedFeatures`, float32 on the CPU whatever ``amp``.
     """
     check_amp(amp, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -102,7 +98,53 @@ def extract_features(
         pids.append(np.asarray(batch["pid"]))
         camids.append(np.asarray(batch["camid"]))
         paths.extend(batch["impath"])
-    return Features(torch.cat(feats), np.concatenate(pids), np.concatenate(camids), paths)
+    return ExtractedFeatures(torch.cat(feats), np.concatenate(pids), np.concatenate(camids), paths)
+
+
+@torch.no_grad()
+def evaluate_targets(
+    model: nn.Module,
+    test_loader: Mapping[str, Mapping[str, Iterable[dict]]],
+    score: Callable[[ExtractedFeatures, ExtractedFeatures], Mapping[str, Any]],
+    device: torch.device,
+    progress: bool = True,
+    amp: str = "off",
+    channels_last: bool = False,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
+    """Evaluates ``model`` on every target of a torchreid ``test_loader``.
+
+    Args:
+        model: the embedding model (put in eval mode here, its mode restored after).
+        test_loader: ``{target: {"query": loader, "gallery": loader}}``.
+        score: ranking metrics of query against gallery features (e.g. ``ReidEngine.score``);
+            its result may carry the CMC curve as ``.cmc`` (see :func:`ranking_metrics`).
+        device, progress, amp, channels_last: see :func:`extract_dataset_features`.
+
+    Returns:
+        ``{target: {rank1, ..., mAP, mINP}}`` and ``{target: CMC curve}`` (targets whose scores
+        carry one).
+    """
+    was_training = model.training
+    model.eval()
+    results, curves = {}, {}
+    try:
+        for name, loaders in test_loader.items():
+            query, gallery = (
+                extract_dataset_features(
+                    model, loaders[split], device, f"{name} {split}", progress, amp=amp,
+                    channels_last=channels_last,
+                )
+                for split in ("query", "gallery")
+            )
+            scores = score(query, gallery)
+            cmc = getattr(scores, "cmc", None)
+            if cmc is not None:
+                curves[name] = [float(x) for x in cmc]
+            results[name] = {key: float(value) for key, value in scores.items()}
+            logger.info("%s: %s", name, " ".join(f"{k} {v:.1%}" for k, v in results[name].items()))
+    finally:
+        model.train(was_training)
+    return results, curves
 
 
 def distance_matrix(
@@ -122,8 +164,8 @@ class RankMetrics(dict):
 
 def ranking_metrics(
     distmat: np.ndarray,
-    query: Features,
-    gallery: Features,
+    query: ExtractedFeatures,
+    gallery: ExtractedFeatures,
     ranks: Iterable[int] = (1, 5, 10, 20),
     use_metric_cuhk03: bool = False,
 ) -> dict[str, float]:
@@ -142,3 +184,17 @@ def ranking_metrics(
     if result.mINP is not None:
         out["mINP"] = float(result.mINP)
     return out
+
+
+def rank_features(query: ExtractedFeatures, gallery: ExtractedFeatures, options: EvalOptions) -> RankMetrics:
+    """Ranking metrics (:func:`ranking_metrics`) of ``query`` against ``gallery`` under
+    ``options``: their distance matrix, k-reciprocally re-ranked when ``options.rerank``."""
+    metric, normalize = options.dist_metric, options.normalize_feature
+    distmat = distance_matrix(query.features, gallery.features, metric, normalize)
+    if options.rerank:
+        from reid.metrics import re_ranking
+
+        q_q = distance_matrix(query.features, query.features, metric, normalize)
+        g_g = distance_matrix(gallery.features, gallery.features, metric, normalize)
+        distmat = re_ranking(distmat, q_q, g_g)
+    return ranking_metrics(distmat, query, gallery, options.ranks, options.use_metric_cuhk03)

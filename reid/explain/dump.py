@@ -85,7 +85,7 @@ from tqdm import tqdm
 from reid.data.synthetic import load_mask, mask_path
 from reid.metrics.explanation import energy_inside
 from reid.metrics.streaming import MatchTracker
-from reid.utils.io import write_json
+from reid.io import write_json
 from reid.vis import Match, Panel, QueryResult, load_image, pair_panel, save_image, triplet_panel
 from reid.vis import attribution_panel, summarize_attribution, write_html_report
 

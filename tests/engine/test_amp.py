@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from reid.config import ConfigError, load_config
 from reid.engine.base import to_float32
-from reid.engine.evaluation import extract_features
+from reid.engine.evaluation import extract_dataset_features
 from reid.engine.pcb import PCBEngine
 from reid.engine.sam import SAMEngine
 from reid.explain import attention_maps, grad_cam, pair_weights
@@ -142,13 +142,13 @@ def test_explanation_under_bf16_autocast_is_float32_finite_and_close_to_fp32():
 def test_feature_extraction_in_bf16_and_channels_last():
     model = tiny_model().eval()
     batches = [{**tiny_batch(seed), "camid": torch.zeros(8), "impath": ["x"] * 8} for seed in (1, 2)]
-    reference = extract_features(model, batches, CPU, progress=False)
-    mixed = extract_features(model, batches, CPU, progress=False, amp="bf16", channels_last=True)
+    reference = extract_dataset_features(model, batches, CPU, progress=False)
+    mixed = extract_dataset_features(model, batches, CPU, progress=False, amp="bf16", channels_last=True)
     assert mixed.features.dtype == torch.float32 and mixed.features.shape == reference.features.shape
     similarity = F.cosine_similarity(mixed.features, reference.features, dim=1)
     assert (similarity > 0.99).all(), similarity
     with pytest.raises(RuntimeError, match="fp16 needs a CUDA device"):
-        extract_features(model, batches, CPU, progress=False, amp="fp16")
+        extract_dataset_features(model, batches, CPU, progress=False, amp="fp16")
 
 
 def test_fp16_is_refused_on_the_cpu():

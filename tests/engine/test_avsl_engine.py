@@ -16,7 +16,7 @@ from reid.engine.avsl import (
     triplet_loss_from_distances,
 )
 from reid.engine.checkpoint import load_checkpoint
-from reid.engine.evaluation import Features, extract_features, ranking_metrics
+from reid.engine.evaluation import ExtractedFeatures, extract_dataset_features, ranking_metrics
 from reid.models import create_model
 
 NUM_IDS = 4
@@ -174,15 +174,15 @@ def test_score_uses_pairwise_distance(tmp_path):
         model.train()(engine.train_loader[0]["img"])  # initialise the edges
     model.eval()
     loaders = engine.test_loader["fake"]
-    query = extract_features(model, loaders["query"], torch.device("cpu"), progress=False)
-    gallery = extract_features(model, loaders["gallery"], torch.device("cpu"), progress=False)
+    query = extract_dataset_features(model, loaders["query"], torch.device("cpu"), progress=False)
+    gallery = extract_dataset_features(model, loaders["gallery"], torch.device("cpu"), progress=False)
     assert query.features.shape == (4, model.embedding_dim)
     scored = engine.score(query, gallery)
     distmat = model.pairwise_distance(query.features, gallery.features).numpy()
     assert scored == ranking_metrics(distmat, query, gallery, (1, 5, 10, 20))
     # a hand-made case: the distance must decide the ranking (swapping gallery rows changes it)
-    fake_q = Features(query.features[:1], np.array([0]), np.array([0]))
-    fake_g = Features(gallery.features[:2], np.array([0, 1]), np.array([1, 1]))
+    fake_q = ExtractedFeatures(query.features[:1], np.array([0]), np.array([0]))
+    fake_g = ExtractedFeatures(gallery.features[:2], np.array([0, 1]), np.array([1, 1]))
     d = model.pairwise_distance(fake_q.features, fake_g.features)[0]
     expected_rank1 = 1.0 if d[0] < d[1] else 0.0
     assert engine.score(fake_q, fake_g)["rank1"] == expected_rank1

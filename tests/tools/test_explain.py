@@ -14,7 +14,7 @@ import torch
 from reid.config import load_config
 from reid.engine.builders import build_engine
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
-from reid.engine.evaluation import distance_matrix, extract_features
+from reid.engine.evaluation import distance_matrix, extract_dataset_features
 from reid.models.pcb import PCB
 from tests.conftest import tiny_overrides
 from tests.vis.test_report_browser import find_browser, images_in_browser
@@ -75,8 +75,8 @@ def oracle(checkpoint, tiny_data_root, tmp_path_factory):
     engine.model.load_state_dict(model_state_from_checkpoint(load_checkpoint(str(checkpoint))))
     engine.model.eval()
     loaders = next(iter(engine.test_loader.values()))
-    query = extract_features(engine.model, loaders["query"], engine.device, progress=False)
-    gallery = extract_features(engine.model, loaders["gallery"], engine.device, progress=False)
+    query = extract_dataset_features(engine.model, loaders["query"], engine.device, progress=False)
+    gallery = extract_dataset_features(engine.model, loaders["gallery"], engine.device, progress=False)
     return query, gallery, distance_matrix(query.features, gallery.features, "euclidean", False)
 
 

@@ -18,7 +18,7 @@ from reid.config import load_config
 from reid.engine.avsl import AVSLEngine
 from reid.engine.builders import build_engine
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
-from reid.engine.evaluation import extract_features
+from reid.engine.evaluation import extract_dataset_features
 from tests.conftest import tiny_overrides
 from reid.cli import explain as explain_tool
 from reid.cli import test as test_tool
@@ -60,8 +60,8 @@ def oracle_distances(trained, tiny_data_root, tmp_path_factory):
     engine.model.load_state_dict(model_state_from_checkpoint(load_checkpoint(str(trained[0]))))
     engine.model.eval()
     loaders = next(iter(engine.test_loader.values()))
-    query = extract_features(engine.model, loaders["query"], engine.device, progress=False)
-    gallery = extract_features(engine.model, loaders["gallery"], engine.device, progress=False)
+    query = extract_dataset_features(engine.model, loaders["query"], engine.device, progress=False)
+    gallery = extract_dataset_features(engine.model, loaders["gallery"], engine.device, progress=False)
     return engine.distance_matrix(query.features, gallery.features).numpy(), query, gallery
 
 

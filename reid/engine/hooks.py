@@ -1,0 +1,185 @@
+"""Training hooks: the cross-cutting work of :meth:`ReidEngine.run`, one small object per job.
+
+In the style of fast-reid's trainer hooks: the engine owns the loop and, at fixed points, calls
+the same method on every hook in the order the hooks were given. (Not to be confused with
+PyTorch's module hooks of ``reid/explain/hooks.py``.) The events, in the order ``run`` calls them:
+
+- ``before_train()``: once, after ``--resume`` restored the state, before the first epoch;
+- ``before_epoch()`` and ``after_epoch(record)``: around each epoch; ``record`` is the epoch's
+  entry of ``engine.history`` (already appended), to which a hook may add (the evaluation);
+- ``before_step()`` and ``after_step(terms)``: around each iteration; ``terms`` are the step's
+  logged floats, averaged over the processes and checked finite;
+- ``after_evaluate(results)``: after each evaluation of the run (``{}`` on ranks other than 0);
+- ``after_train()``: once, after the last epoch, on success only;
+- ``close()``: always, last, also when the run fails.
+
+:meth:`ReidEngine.default_hooks` gives, in this order (it matters):
+:class:`EvaluationHook` (adds ``test`` to the epoch's record), :class:`CheckpointHook` (saves the
+history with that record, and the RNG state after the test loaders' draws), then on rank 0 only
+:class:`TensorBoardHook` (closes its writer before the files below are written),
+:class:`MetricsHook` (``metrics.json``) and :class:`CMCPlotHook` (``cmc.png``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from reid.io import write_json
+
+from .checkpoint import save_training_state
+
+if TYPE_CHECKING:
+    from .base import ReidEngine
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CMCPlotHook", "CMC_PLOT_NAME", "CheckpointHook", "EvaluationHook", "Hook", "METRICS_NAME",
+    "MetricsHook", "TensorBoardHook", "metrics_content",
+]
+
+METRICS_NAME = "metrics.json"
+CMC_PLOT_NAME = "cmc.png"
+
+
+class Hook:
+    """Base class: every event is a no-op. ``engine`` is set by the engine before ``before_train``."""
+
+    engine: ReidEngine
+
+    def before_train(self) -> None:
+        """Once, before the first epoch of the run (after resuming)."""
+
+    def before_epoch(self) -> None:
+        """Before each epoch (``engine.epoch`` is the 0-based epoch about to run)."""
+
+    def before_step(self) -> None:
+        """Before each iteration (``engine.batch_idx`` is its 0-based index in the epoch)."""
+
+    def after_step(self, terms: dict[str, float]) -> None:
+        """After each iteration, with its logged terms."""
+
+    def after_epoch(self, record: dict[str, Any]) -> None:
+        """After each epoch, with its history entry (which a hook may extend)."""
+
+    def after_evaluate(self, results: dict[str, dict[str, float]]) -> None:
+        """After each evaluation of the run, with ``{target: {rank1, ..., mAP, mINP}}``."""
+
+    def after_train(self) -> None:
+        """Once, after the last epoch (not when the run fails)."""
+
+    def close(self) -> None:
+        """Always, last: release what the hook holds (also when the run fails)."""
+
+
+class EvaluationHook(Hook):
+    """Evaluates every ``period`` epochs (0: only at the end) and after the last epoch, storing
+    the results under ``test`` in the epoch's record; a run resumed already complete evaluates
+    once in ``after_train``."""
+
+    def __init__(self, period: int = 0) -> None:
+        self.period = period
+
+    def due(self, epoch: int) -> bool:
+        """Whether the run evaluates after ``epoch`` (1-based) epochs."""
+        return epoch == self.engine.max_epoch or (self.period > 0 and epoch % self.period == 0)
+
+    def after_epoch(self, record: dict[str, Any]) -> None:
+        if self.due(self.engine.epoch + 1):
+            record["test"] = self.engine.evaluate_on_main()
+
+    def after_train(self) -> None:
+        engine = self.engine
+        if engine.results is not None:
+            return
+        if engine.start_epoch >= engine.max_epoch:
+            logger.info("run already complete at epoch %d; evaluating only", engine.start_epoch)
+            engine.epoch = engine.max_epoch - 1
+        engine.evaluate_on_main()
+
+
+class CheckpointHook(Hook):
+    """Writes the resumable state (atomically, see :func:`save_training_state`) every
+    ``period`` epochs and after the last; runs on every process (it gathers their RNG states)."""
+
+    def __init__(self, period: int = 1) -> None:
+        self.period = max(period, 1)
+
+    def due(self, epoch: int) -> bool:
+        """Whether the run writes a checkpoint after ``epoch`` (1-based) epochs."""
+        return epoch == self.engine.max_epoch or epoch % self.period == 0
+
+    def after_epoch(self, record: dict[str, Any]) -> None:
+        epoch = self.engine.epoch + 1
+        if self.due(epoch):
+            save_training_state(self.engine, epoch)
+
+
+class TensorBoardHook(Hook):
+    """``Train/<term>`` and ``Train/lr`` at every iteration, ``Test/<target>/<metric>`` at every
+    evaluation, in ``<output_dir>/tensorboard`` (rank 0 only)."""
+
+    def __init__(self) -> None:
+        self.writer: SummaryWriter | None = None
+        self.lr = 0.0
+
+    def before_train(self) -> None:
+        self.writer = SummaryWriter(log_dir=os.path.join(self.engine.output_dir, "tensorboard"))
+
+    def before_epoch(self) -> None:
+        self.lr = self.engine.optimizer.param_groups[-1]["lr"]  # the epoch's lr, as in the history
+
+    def after_step(self, terms: dict[str, float]) -> None:
+        engine = self.engine
+        step = engine.epoch * engine.num_batches + engine.batch_idx
+        for name, value in terms.items():
+            self.writer.add_scalar(f"Train/{name}", value, step)
+        self.writer.add_scalar("Train/lr", self.lr, step)
+
+    def after_evaluate(self, results: dict[str, dict[str, float]]) -> None:
+        for name, metrics in results.items():
+            for key, value in metrics.items():
+                self.writer.add_scalar(f"Test/{name}/{key}", value, self.engine.epoch + 1)
+
+    def after_train(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = None
+
+
+def metrics_content(engine: ReidEngine) -> dict[str, Any]:
+    """What ``metrics.json`` holds after ``engine.run``: the first target's metrics of the last
+    evaluation at top level, the epoch count, all targets, their CMC curves, the history of every
+    logged term and the config."""
+    results = engine.results or {}
+    return {
+        **next(iter(results.values()), {}),
+        "epoch": engine.max_epoch,
+        "targets": results,
+        "cmc": dict(engine.cmc_curves),
+        "history": engine.history,
+        "config": engine.config,
+    }
+
+
+class MetricsHook(Hook):
+    """Writes ``<output_dir>/metrics.json`` (:func:`metrics_content`) at the end."""
+
+    def after_train(self) -> None:
+        path = os.path.join(self.engine.output_dir, METRICS_NAME)
+        write_json(path, metrics_content(self.engine))
+        logger.info("metrics written to %s", path)
+
+
+class CMCPlotHook(Hook):
+    """Plots the last evaluation's CMC curves to ``<output_dir>/cmc.png`` at the end."""
+
+    def after_train(self) -> None:
+        self.engine.plot_cmc(os.path.join(self.engine.output_dir, CMC_PLOT_NAME))
