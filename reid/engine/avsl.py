@@ -2,11 +2,12 @@
 
 The objective is ``sum_l w_l L_m(d^l) + w_f L_f(d_hat)`` (AVSL paper, section 3.4, eq. 10).
 ``d^l = sum_i delta^l_i`` is the squared Euclidean distance of the normalised level embeddings
-and trains the trunk and the projections; ``L_f`` sees the nodes detached (and the proxies
-detached), so it trains only the reliability parameters. ``L`` is either a batch-hard triplet
-loss on the distances (default, for P x K batches) or the ProxyAnchor loss of the paper (needs a
-model built with ``proxies=True``). Evaluation compares queries and gallery with ``d_hat``
-through the model's chunked :meth:`~reid.models.avsl.AVSL.pairwise_distance`.
+(:func:`reid.metrics.euclidean_squared_distance`, clamped at zero) and trains the trunk and the
+projections; ``L_f`` sees the nodes detached (and the proxies detached), so it trains only the
+reliability parameters. ``L`` is either a batch-hard triplet loss on the distances
+(:func:`reid.losses.triplet_loss_from_distances`, default, for P x K batches) or the ProxyAnchor
+loss of the paper (needs a model built with ``proxies=True``). Evaluation compares queries and
+gallery with ``d_hat`` through the model's chunked :meth:`~reid.models.avsl.AVSL.pairwise_distance`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from reid.losses import MinedTuples, batch_hard_mining
+from reid.losses import triplet_loss_from_distances
+from reid.metrics import euclidean_squared_distance
 from reid.models.avsl import AVSLOutput
 
 from .base import ReidEngine
@@ -26,48 +28,6 @@ from .evaluation import ranking_metrics
 logger = logging.getLogger(__name__)
 
 LOSSES = ("triplet", "proxy_anchor")
-
-
-def squared_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared Euclidean distances ``d(x_m, y_n) = sum_i (x_mi - y_ni)^2``, clamped at zero.
-
-    For normalised level embeddings this is the level distance ``d^l = sum_i delta^l_i``
-    (AVSL paper, section 3.4).
-
-    Args:
-        x: ``(M, R)``.
-        y: ``(N, R)``; None means ``x``.
-
-    Returns:
-        ``(M, N)``.
-    """
-    y = x if y is None else y
-    sq = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1).unsqueeze(0) - 2.0 * (x @ y.t())
-    return sq.clamp_min(0.0)
-
-
-def triplet_loss_from_distances(
-    dist: torch.Tensor, pids: torch.Tensor, margin: float = 0.3
-) -> tuple[torch.Tensor, MinedTuples]:
-    """Batch-hard triplet loss on a given distance matrix: ``mean relu(d_ap - d_an + margin)``.
-
-    Reference: Hermans et al., "In Defense of the Triplet Loss for Person Re-Identification",
-    2017, section 2 (batch hard); mining by :func:`~reid.losses.batch_hard_mining`.
-
-    Args:
-        dist: ``(B, B)`` distances (any monotone dissimilarity, e.g. ``d^l`` or ``d_hat``).
-        pids: ``(B,)`` identities.
-        margin: the margin, in the units of ``dist``.
-
-    Returns:
-        ``(loss, tuples)``; with no valid anchor a zero connected to ``dist``.
-    """
-    tuples = batch_hard_mining(dist, pids)
-    if tuples.num_tuples == 0:
-        logger.debug("no valid triplet in the batch; returning a zero loss")
-        return dist.sum() * 0.0, tuples
-    violation = dist[tuples.anchor, tuples.positive] - dist[tuples.anchor, tuples.negative] + margin
-    return F.relu(violation).mean(), tuples
 
 
 def proxy_anchor_loss(
@@ -187,7 +147,9 @@ class AVSLEngine(ReidEngine):
         terms: dict[str, torch.Tensor] = {}
         if self.loss == "triplet":
             for name, emb in zip(self.term_names, output.embeddings):
-                terms[name], _ = triplet_loss_from_distances(squared_distances(emb), pids, self.margin)
+                terms[name], _ = triplet_loss_from_distances(
+                    euclidean_squared_distance(emb, clamp_min=0.0), pids, self.margin
+                )
             d_hat = model.rectified_distance(
                 [e.unsqueeze(1) for e in detached], [s.unsqueeze(1) for s in stds],
                 [e.unsqueeze(0) for e in detached], [s.unsqueeze(0) for s in stds],
@@ -196,7 +158,9 @@ class AVSLEngine(ReidEngine):
         else:
             proxies = [F.normalize(p, dim=1) for p in model.proxies]
             for name, emb, proxy in zip(self.term_names, output.embeddings, proxies):
-                terms[name] = proxy_anchor_loss(squared_distances(emb, proxy), pids, **self.proxy_options)
+                terms[name] = proxy_anchor_loss(
+                    euclidean_squared_distance(emb, proxy, clamp_min=0.0), pids, **self.proxy_options
+                )
             # A proxy has no CAM: its statistic is the batch mean (as the authors' code).
             proxy_stds = [s.mean(0, keepdim=True).unsqueeze(0) for s in stds]
             d_hat = model.rectified_distance(

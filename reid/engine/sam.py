@@ -88,10 +88,10 @@ from reid.losses import (
     MinedTuples,
     batch_hard_mining,
     mining_tuples,
-    pairwise_euclidean_distance,
     similarity_mining_loss,
     soft_mask,
 )
+from reid.metrics import euclidean_distance
 
 from .pcb import PCBEngine, stripe_accuracy
 
@@ -265,7 +265,7 @@ class SAMEngine(PCBEngine):
         """
         terms, mined = super().metric_terms(output, pids)
         if self.num_negatives > 1:
-            dist = pairwise_euclidean_distance(output.features.flatten(1).detach())
+            dist = euclidean_distance(output.features.flatten(1).detach())
             mined = batch_hard_mining(dist, pids, num_negatives=self.num_negatives)
         return terms, mined
 

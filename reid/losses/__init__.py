@@ -1,7 +1,9 @@
 """Metric losses and similarity mining; pure functions of tensors (imports torch only).
 
 - :mod:`reid.losses.id_loss`: per-stripe cross-entropy (PCB).
-- :mod:`reid.losses.triplet`: pairwise distances, batch-hard mining, batch-hard triplet loss.
+- :mod:`reid.losses.triplet`: batch-hard mining and the batch-hard triplet loss, on a distance
+  matrix (:func:`triplet_loss_from_distances`) or on embeddings (:func:`batch_hard_triplet_loss`,
+  :class:`TripletLoss`).
 - :mod:`reid.losses.similarity_mining`: soft masks from attention maps, tuples per form, and the
   similarity-mining losses on masked embeddings (SAM paper, section 3.2).
 - :mod:`reid.losses.terms`: named loss terms and their weighted sum ``L_ml + gamma * L_sm``.
@@ -30,7 +32,7 @@ from reid.losses.triplet import (
     TripletLoss,
     batch_hard_mining,
     batch_hard_triplet_loss,
-    pairwise_euclidean_distance,
+    triplet_loss_from_distances,
 )
 
 __all__ = [
@@ -45,7 +47,6 @@ __all__ = [
     "combine",
     "mining_tuples",
     "normalize_maps",
-    "pairwise_euclidean_distance",
     "part_cross_entropy",
     "quadruplet_mining_loss",
     "quadruplets",
@@ -54,6 +55,7 @@ __all__ = [
     "similarity_mining_loss",
     "soft_mask",
     "soft_mask_weights",
+    "triplet_loss_from_distances",
     "triplet_mining_loss",
     "triplets",
     "upsample_maps",

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from reid.explain.postprocess import normalize_maps
 from reid.explain.postprocess import resize_maps as upsample_maps
 from reid.losses.triplet import MinedTuples
+from reid.metrics.distance import paired_euclidean_distance
 
 logger = logging.getLogger(__name__)
 
@@ -190,11 +191,6 @@ def _empty_loss(embeddings: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return sum(emb.sum() for emb in embeddings) * 0.0
 
 
-def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(T,)`` Euclidean norms of the row differences (gradient 0 at a zero difference)."""
-    return torch.linalg.vector_norm(a - b, ord=2, dim=1)
-
-
 def triplet_mining_loss(
     fa: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, normalize: bool = True
 ) -> torch.Tensor:
@@ -215,7 +211,7 @@ def triplet_mining_loss(
     fa, fp, fn = _prepare((fa, fp, fn), normalize)
     if fa.shape[0] == 0:
         return _empty_loss((fa, fp, fn))
-    return (_distance(fa, fp) - _distance(fa, fn)).mean()
+    return (paired_euclidean_distance(fa, fp) - paired_euclidean_distance(fa, fn)).mean()
 
 
 def siamese_mining_loss(
@@ -236,7 +232,7 @@ def siamese_mining_loss(
     f1, f2 = _prepare((f1, f2), normalize)
     if f1.shape[0] == 0:
         return _empty_loss((f1, f2))
-    return (-_distance(f1, f2)).mean()
+    return (-paired_euclidean_distance(f1, f2)).mean()
 
 
 def quadruplet_mining_loss(
@@ -266,8 +262,10 @@ def quadruplet_mining_loss(
     fa, fp, fn1, fn2 = _prepare((fa, fp, fn1, fn2), normalize)
     if fa.shape[0] == 0:
         return _empty_loss((fa, fp, fn1, fn2))
-    d_ap = _distance(fa, fp)
-    return ((d_ap - _distance(fa, fn1)) + (d_ap - _distance(fa, fn2))).mean()
+    d_ap = paired_euclidean_distance(fa, fp)
+    return (
+        (d_ap - paired_euclidean_distance(fa, fn1)) + (d_ap - paired_euclidean_distance(fa, fn2))
+    ).mean()
 
 
 def similarity_mining_loss(

@@ -9,14 +9,10 @@ import pytest
 import torch
 
 import reid.models.avsl  # noqa: F401  (registers "avsl")
-from reid.engine.avsl import (
-    AVSLEngine,
-    proxy_anchor_loss,
-    squared_distances,
-    triplet_loss_from_distances,
-)
+from reid.engine.avsl import AVSLEngine, proxy_anchor_loss
 from reid.engine.checkpoint import load_checkpoint
 from reid.engine.evaluation import Features, extract_features, ranking_metrics
+from reid.metrics import euclidean_squared_distance
 from reid.models import create_model
 
 NUM_IDS = 4
@@ -56,27 +52,6 @@ def make_engine(tmp_path, loss="triplet", **kwargs):
 # -- loss functions -------------------------------------------------------------------------------
 
 
-def test_squared_distances_match_the_sum_of_nodes():
-    torch.manual_seed(0)
-    x, y = torch.randn(3, 5), torch.randn(4, 5)
-    expected = (x[:, None] - y[None]).pow(2).sum(-1)
-    assert torch.allclose(squared_distances(x, y), expected, atol=1e-5)
-    assert squared_distances(x).shape == (3, 3)
-
-
-def test_triplet_loss_from_distances_hand_oracle():
-    dist = torch.tensor(
-        [[0.0, 1.0, 3.0, 2.0], [1.0, 0.0, 0.5, 4.0], [3.0, 0.5, 0.0, 2.0], [2.0, 4.0, 2.0, 0.0]]
-    )
-    loss, tuples = triplet_loss_from_distances(dist, torch.tensor([0, 0, 1, 1]), margin=0.3)
-    # anchors: relu(1 - 2 + .3) = 0, 1 - .5 + .3 = .8, 2 - .5 + .3 = 1.8, 2 - 2 + .3 = .3
-    assert loss.item() == pytest.approx((0.0 + 0.8 + 1.8 + 0.3) / 4)
-    assert tuples.negative.tolist() == [3, 2, 1, 0]
-    dist.requires_grad_(True)
-    empty, _ = triplet_loss_from_distances(dist, torch.tensor([0, 1, 2, 3]))
-    assert empty.item() == 0.0 and empty.requires_grad
-
-
 def test_proxy_anchor_loss_hand_oracle():
     dist = torch.tensor([[0.5, 3.0, 1.0], [1.5, 2.5, 2.0]])
     loss = proxy_anchor_loss(dist, torch.tensor([0, 0]), alpha=1.0, pos_margin=1.0, neg_margin=2.0)
@@ -97,7 +72,8 @@ def test_proxy_anchor_equals_cosine_form_on_unit_vectors():
     pos = pids[:, None] == torch.arange(3)[None]
     pos_term = torch.log1p((torch.exp(-32 * (cos - 0.1)) * pos).sum(0)).mean()
     neg_term = torch.log1p((torch.exp(32 * (cos + 0.1)) * ~pos).sum(0)).mean()
-    loss = proxy_anchor_loss(squared_distances(x, proxies), pids, alpha=16.0, pos_margin=1.8, neg_margin=2.2)
+    dist = euclidean_squared_distance(x, proxies, clamp_min=0.0)
+    loss = proxy_anchor_loss(dist, pids, alpha=16.0, pos_margin=1.8, neg_margin=2.2)
     assert loss.item() == pytest.approx((pos_term + neg_term).item(), rel=1e-5)
 
 

@@ -14,7 +14,6 @@ from reid.losses import (
     batch_hard_mining,
     mining_tuples,
     normalize_maps,
-    pairwise_euclidean_distance,
     quadruplet_mining_loss,
     quadruplets,
     siamese_mining_loss,
@@ -26,6 +25,7 @@ from reid.losses import (
     triplets,
     upsample_maps,
 )
+from reid.metrics import euclidean_distance
 
 
 def _sigmoid(z: float) -> float:
@@ -130,7 +130,7 @@ def test_soft_mask_rejects_mismatched_batch() -> None:
 def mined() -> MinedTuples:
     x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
     pids = torch.tensor([0, 0, 1, 1, 2, 2])
-    return batch_hard_mining(pairwise_euclidean_distance(x), pids, num_negatives=2)
+    return batch_hard_mining(euclidean_distance(x), pids, num_negatives=2)
 
 
 def test_tuple_helpers_follow_mined_tuples(mined: MinedTuples) -> None:

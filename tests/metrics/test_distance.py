@@ -87,6 +87,15 @@ def test_empty_inputs() -> None:
     assert compute_distance_matrix(torch.zeros(2, 3), torch.zeros(0, 3), "cosine").shape == (2, 0)
 
 
+# AVSL level distances d^l = sum_i delta^l_i (moved from tests/engine/test_avsl_engine.py).
+def test_squared_distances_match_the_sum_of_nodes():
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 5), torch.randn(4, 5)
+    expected = (x[:, None] - y[None]).pow(2).sum(-1)
+    assert torch.allclose(euclidean_squared_distance(x, y, clamp_min=0.0), expected, atol=1e-5)
+    assert euclidean_squared_distance(x, clamp_min=0.0).shape == (3, 3)
+
+
 # -- the one implementation for losses, evaluation and AVSL ----------------------------------
 
 
