@@ -4,12 +4,17 @@
 - :mod:`reid.losses.triplet`: batch-hard mining and the batch-hard triplet loss, on a distance
   matrix (:func:`triplet_loss_from_distances`) or on embeddings (:func:`batch_hard_triplet_loss`,
   :class:`TripletLoss`).
+- :mod:`reid.losses.proxy_anchor`: the ProxyAnchor loss on sample-to-proxy distances.
+- :mod:`reid.losses.avsl`: the AVSL objective, per-level metric losses + the loss on ``d_hat``
+  (:class:`AVSLLoss`).
 - :mod:`reid.losses.similarity_mining`: soft masks from attention maps, tuples per form, and the
   similarity-mining losses on masked embeddings (SAM paper, section 3.2).
 - :mod:`reid.losses.terms`: named loss terms and their weighted sum ``L_ml + gamma * L_sm``.
 """
 
+from reid.losses.avsl import AVSL_LOSSES, AVSLLoss
 from reid.losses.id_loss import part_cross_entropy
+from reid.losses.proxy_anchor import ProxyAnchorLoss, proxy_anchor_loss
 from reid.losses.similarity_mining import (
     FORMS,
     ROLES,
@@ -36,10 +41,13 @@ from reid.losses.triplet import (
 )
 
 __all__ = [
+    "AVSLLoss",
+    "AVSL_LOSSES",
     "FORMS",
     "ROLES",
     "LossTerms",
     "MinedTuples",
+    "ProxyAnchorLoss",
     "TripletLoss",
     "as_floats",
     "batch_hard_mining",
@@ -48,6 +56,7 @@ __all__ = [
     "mining_tuples",
     "normalize_maps",
     "part_cross_entropy",
+    "proxy_anchor_loss",
     "quadruplet_mining_loss",
     "quadruplets",
     "siamese_mining_loss",

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import reid.models.avsl  # noqa: F401  (registers "avsl")
-from reid.engine.avsl import AVSLEngine, proxy_anchor_loss
+from reid.engine.avsl import AVSLEngine
 from reid.engine.checkpoint import load_checkpoint
 from reid.engine.evaluation import Features, extract_features, ranking_metrics
-from reid.metrics import euclidean_squared_distance
 from reid.models import create_model
 
 NUM_IDS = 4
@@ -47,34 +46,6 @@ def make_engine(tmp_path, loss="triplet", **kwargs):
     datamanager = types.SimpleNamespace(train_loader=train, test_loader=test)
     return AVSLEngine(datamanager, model, optimizer, scheduler, torch.device("cpu"), str(tmp_path),
                       progress=False, loss=loss, **kwargs)
-
-
-# -- loss functions -------------------------------------------------------------------------------
-
-
-def test_proxy_anchor_loss_hand_oracle():
-    dist = torch.tensor([[0.5, 3.0, 1.0], [1.5, 2.5, 2.0]])
-    loss = proxy_anchor_loss(dist, torch.tensor([0, 0]), alpha=1.0, pos_margin=1.0, neg_margin=2.0)
-    # only proxy 0 has positives; it has no negative (log 1 = 0)
-    pos = math.log(1 + math.exp(-0.5) + math.exp(0.5))
-    neg1 = math.log(1 + math.exp(-1.0) + math.exp(-0.5))
-    neg2 = math.log(1 + math.exp(1.0) + math.exp(0.0))
-    assert loss.item() == pytest.approx(pos + (0.0 + neg1 + neg2) / 3, rel=1e-6)
-
-
-def test_proxy_anchor_equals_cosine_form_on_unit_vectors():
-    torch.manual_seed(0)
-    x = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
-    proxies = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
-    pids = torch.tensor([0, 0, 1, 1, 2, 0])
-    cos = x @ proxies.t()
-    # Kim et al. with alpha = 32, delta = 0.1 on cosine similarities (d = 2 - 2 cos)
-    pos = pids[:, None] == torch.arange(3)[None]
-    pos_term = torch.log1p((torch.exp(-32 * (cos - 0.1)) * pos).sum(0)).mean()
-    neg_term = torch.log1p((torch.exp(32 * (cos + 0.1)) * ~pos).sum(0)).mean()
-    dist = euclidean_squared_distance(x, proxies, clamp_min=0.0)
-    loss = proxy_anchor_loss(dist, pids, alpha=16.0, pos_margin=1.8, neg_margin=2.2)
-    assert loss.item() == pytest.approx((pos_term + neg_term).item(), rel=1e-5)
 
 
 # -- the engine --------------------------------------------------------------------------------------
