@@ -9,12 +9,22 @@
   (:class:`AVSLLoss`).
 - :mod:`reid.losses.similarity_mining`: soft masks from attention maps, tuples per form, and the
   similarity-mining losses on masked embeddings (SAM paper, section 3.2).
+- :mod:`reid.losses.sam`: ``L_sm`` of a batch through the model (tuples, weights, maps, masked
+  pass), :class:`SimilarityMiningLoss` (SAM paper, sections 3.1-3.3).
 - :mod:`reid.losses.terms`: named loss terms and their weighted sum ``L_ml + gamma * L_sm``.
 """
 
 from reid.losses.avsl import AVSL_LOSSES, AVSLLoss
 from reid.losses.id_loss import part_cross_entropy
 from reid.losses.proxy_anchor import ProxyAnchorLoss, proxy_anchor_loss
+from reid.losses.sam import (
+    BN_MODES,
+    HEAD_ONLY_LAYER,
+    SimilarityMiningLoss,
+    SimilarityMiningStep,
+    batchnorm_modules,
+    eval_mode,
+)
 from reid.losses.similarity_mining import (
     FORMS,
     ROLES,
@@ -43,16 +53,22 @@ from reid.losses.triplet import (
 __all__ = [
     "AVSLLoss",
     "AVSL_LOSSES",
+    "BN_MODES",
     "FORMS",
-    "ROLES",
+    "HEAD_ONLY_LAYER",
     "LossTerms",
     "MinedTuples",
     "ProxyAnchorLoss",
+    "ROLES",
+    "SimilarityMiningLoss",
+    "SimilarityMiningStep",
     "TripletLoss",
     "as_floats",
     "batch_hard_mining",
     "batch_hard_triplet_loss",
+    "batchnorm_modules",
     "combine",
+    "eval_mode",
     "mining_tuples",
     "normalize_maps",
     "part_cross_entropy",
