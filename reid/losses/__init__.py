@@ -1,4 +1,9 @@
-"""Metric losses and similarity mining; pure functions of tensors (imports torch only).
+"""Metric losses, similarity mining and the AVSL objective, as functions and loss objects.
+
+Imports torch, :mod:`reid.metrics.distance` (every distance used here) and :mod:`reid.explain`
+(attention maps, similarity weights and map post-processing for similarity mining); never
+:mod:`reid.engine` or :mod:`reid.config`. The engines build these objects from the config and
+only orchestrate a step.
 
 - :mod:`reid.losses.id_loss`: per-stripe cross-entropy (PCB).
 - :mod:`reid.losses.triplet`: batch-hard mining and the batch-hard triplet loss, on a distance
@@ -29,7 +34,6 @@ from reid.losses.similarity_mining import (
     FORMS,
     ROLES,
     mining_tuples,
-    normalize_maps,
     quadruplet_mining_loss,
     quadruplets,
     siamese_mining_loss,
@@ -39,7 +43,6 @@ from reid.losses.similarity_mining import (
     soft_mask_weights,
     triplet_mining_loss,
     triplets,
-    upsample_maps,
 )
 from reid.losses.terms import LossTerms, as_floats, combine
 from reid.losses.triplet import (
@@ -70,7 +73,6 @@ __all__ = [
     "combine",
     "eval_mode",
     "mining_tuples",
-    "normalize_maps",
     "part_cross_entropy",
     "proxy_anchor_loss",
     "quadruplet_mining_loss",
@@ -83,5 +85,4 @@ __all__ = [
     "triplet_loss_from_distances",
     "triplet_mining_loss",
     "triplets",
-    "upsample_maps",
 ]

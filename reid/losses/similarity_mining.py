@@ -19,8 +19,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from reid.explain.postprocess import normalize_maps
-from reid.explain.postprocess import resize_maps as upsample_maps
+from reid.explain.postprocess import normalize_maps, resize_maps
 from reid.losses.triplet import MinedTuples
 from reid.metrics.distance import paired_euclidean_distance
 
@@ -30,7 +29,6 @@ __all__ = [
     "FORMS",
     "ROLES",
     "mining_tuples",
-    "normalize_maps",
     "quadruplet_mining_loss",
     "quadruplets",
     "siamese_mining_loss",
@@ -40,7 +38,6 @@ __all__ = [
     "soft_mask_weights",
     "triplet_mining_loss",
     "triplets",
-    "upsample_maps",
 ]
 
 ROLES: dict[str, tuple[str, ...]] = {
@@ -68,7 +65,8 @@ def soft_mask_weights(
 ) -> torch.Tensor:
     """The multiplicative soft mask ``1 - sigmoid(omega * (M - sigma))`` at image size.
 
-    ``M`` is the map upsampled to ``size`` (bilinear) and then min-max normalised per sample,
+    ``M`` is the map upsampled to ``size`` (bilinear, :func:`reid.explain.resize_maps`) and then
+    min-max normalised per sample (:func:`reid.explain.normalize_maps`),
     so high-attention pixels get weights near 0 and low-attention pixels near 1.
 
     Reference: SAM paper, section 3.2: ``x_hat = x * (1 - Sigma(M))``,
@@ -80,12 +78,12 @@ def soft_mask_weights(
         size: Image size ``(H, W)``.
         omega: Sharpness of the sigmoid.
         sigma: Threshold in the normalised map.
-        eps: Passed to :func:`normalize_maps`.
+        eps: Passed to :func:`reid.explain.normalize_maps`.
 
     Returns:
         ``(B, H, W)`` weights in ``(0, 1)``, differentiable w.r.t. ``maps``.
     """
-    normalized = normalize_maps(upsample_maps(maps, size), eps=eps)
+    normalized = normalize_maps(resize_maps(maps, size), eps=eps)
     return 1.0 - torch.sigmoid(omega * (normalized - sigma))
 
 
@@ -108,7 +106,7 @@ def soft_mask(
         maps: ``(B, h, w)`` raw attention maps for the same samples.
         omega: Sharpness of the sigmoid.
         sigma: Threshold in the normalised map.
-        eps: Passed to :func:`normalize_maps`.
+        eps: Passed to :func:`reid.explain.normalize_maps`.
 
     Returns:
         ``(B, 3, H, W)`` masked images, differentiable w.r.t. ``images`` and ``maps``.
