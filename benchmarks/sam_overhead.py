@@ -81,7 +81,7 @@ def profile_step(engine: SAMEngine, batch: dict) -> None:
         engine.forward_backward(batch)
     rows = [e for e in prof.key_averages() if e.key.startswith("sam/")]
     total = sum(e.cpu_time_total for e in rows)
-    print("SAM step by stage (CPU time, record_function labels of reid/engine/sam.py):")
+    print("SAM step by stage (CPU time, record_function labels of reid/engine/sam.py, reid/losses/sam.py):")
     for event in sorted(rows, key=lambda e: -e.cpu_time_total):
         print(f"  {event.key:<22} {event.cpu_time_total / 1e3:9.1f} ms  {event.cpu_time_total / total:6.1%}")
 

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from reid.explain.postprocess import normalize_maps
-from reid.explain.postprocess import resize_maps as upsample_maps
+from reid.explain.postprocess import normalize_maps, resize_maps
 from reid.losses.triplet import MinedTuples
+from reid.metrics.distance import paired_euclidean_distance
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ __all__ = [
     "FORMS",
     "ROLES",
     "mining_tuples",
-    "normalize_maps",
     "quadruplet_mining_loss",
     "quadruplets",
     "siamese_mining_loss",
@@ -39,7 +38,6 @@ __all__ = [
     "soft_mask_weights",
     "triplet_mining_loss",
     "triplets",
-    "upsample_maps",
 ]
 
 ROLES: dict[str, tuple[str, ...]] = {
@@ -67,7 +65,8 @@ def soft_mask_weights(
 ) -> torch.Tensor:
     """The multiplicative soft mask ``1 - sigmoid(omega * (M - sigma))`` at image size.
 
-    ``M`` is the map upsampled to ``size`` (bilinear) and then min-max normalised per sample,
+    ``M`` is the map upsampled to ``size`` (bilinear, :func:`reid.explain.resize_maps`) and then
+    min-max normalised per sample (:func:`reid.explain.normalize_maps`),
     so high-attention pixels get weights near 0 and low-attention pixels near 1.
 
     Reference: SAM paper, section 3.2: ``x_hat = x * (1 - Sigma(M))``,
@@ -79,12 +78,12 @@ def soft_mask_weights(
         size: Image size ``(H, W)``.
         omega: Sharpness of the sigmoid.
         sigma: Threshold in the normalised map.
-        eps: Passed to :func:`normalize_maps`.
+        eps: Passed to :func:`reid.explain.normalize_maps`.
 
     Returns:
         ``(B, H, W)`` weights in ``(0, 1)``, differentiable w.r.t. ``maps``.
     """
-    normalized = normalize_maps(upsample_maps(maps, size), eps=eps)
+    normalized = normalize_maps(resize_maps(maps, size), eps=eps)
     return 1.0 - torch.sigmoid(omega * (normalized - sigma))
 
 
@@ -107,7 +106,7 @@ def soft_mask(
         maps: ``(B, h, w)`` raw attention maps for the same samples.
         omega: Sharpness of the sigmoid.
         sigma: Threshold in the normalised map.
-        eps: Passed to :func:`normalize_maps`.
+        eps: Passed to :func:`reid.explain.normalize_maps`.
 
     Returns:
         ``(B, 3, H, W)`` masked images, differentiable w.r.t. ``images`` and ``maps``.
@@ -190,11 +189,6 @@ def _empty_loss(embeddings: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return sum(emb.sum() for emb in embeddings) * 0.0
 
 
-def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(T,)`` Euclidean norms of the row differences (gradient 0 at a zero difference)."""
-    return torch.linalg.vector_norm(a - b, ord=2, dim=1)
-
-
 def triplet_mining_loss(
     fa: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, normalize: bool = True
 ) -> torch.Tensor:
@@ -215,7 +209,7 @@ def triplet_mining_loss(
     fa, fp, fn = _prepare((fa, fp, fn), normalize)
     if fa.shape[0] == 0:
         return _empty_loss((fa, fp, fn))
-    return (_distance(fa, fp) - _distance(fa, fn)).mean()
+    return (paired_euclidean_distance(fa, fp) - paired_euclidean_distance(fa, fn)).mean()
 
 
 def siamese_mining_loss(
@@ -236,7 +230,7 @@ def siamese_mining_loss(
     f1, f2 = _prepare((f1, f2), normalize)
     if f1.shape[0] == 0:
         return _empty_loss((f1, f2))
-    return (-_distance(f1, f2)).mean()
+    return (-paired_euclidean_distance(f1, f2)).mean()
 
 
 def quadruplet_mining_loss(
@@ -266,8 +260,10 @@ def quadruplet_mining_loss(
     fa, fp, fn1, fn2 = _prepare((fa, fp, fn1, fn2), normalize)
     if fa.shape[0] == 0:
         return _empty_loss((fa, fp, fn1, fn2))
-    d_ap = _distance(fa, fp)
-    return ((d_ap - _distance(fa, fn1)) + (d_ap - _distance(fa, fn2))).mean()
+    d_ap = paired_euclidean_distance(fa, fp)
+    return (
+        (d_ap - paired_euclidean_distance(fa, fn1)) + (d_ap - paired_euclidean_distance(fa, fn2))
+    ).mean()
 
 
 def similarity_mining_loss(

@@ -1,7 +1,11 @@
 """Batch-hard triplet loss and the batch-hard miner it is built on.
 
-The miner is a separate, pure function so that the similarity-mining objective (SAM paper,
-section 3.2) can reuse exactly the tuples that the metric loss was computed on.
+The loss is computed from a distance matrix (:func:`triplet_loss_from_distances`: any
+dissimilarity, e.g. AVSL's level distances or ``d_hat``); :func:`batch_hard_triplet_loss` and
+:class:`TripletLoss` are its form on embeddings, with the Euclidean distances of
+:func:`reid.metrics.euclidean_distance`. The miner is a separate, pure function so that the
+similarity-mining objective (SAM paper, section 3.2) can reuse exactly the tuples that the metric
+loss was computed on.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reid.metrics.distance import euclidean_distance
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -20,7 +26,7 @@ __all__ = [
     "TripletLoss",
     "batch_hard_mining",
     "batch_hard_triplet_loss",
-    "pairwise_euclidean_distance",
+    "triplet_loss_from_distances",
 ]
 
 
@@ -47,29 +53,6 @@ class MinedTuples(NamedTuple):
     def num_tuples(self) -> int:
         """Number of tuples ``T``."""
         return int(self.anchor.shape[0])
-
-
-def pairwise_euclidean_distance(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Euclidean distances between all rows of ``x`` and all rows of ``y``.
-
-    Uses ``||x||^2 + ||y||^2 - 2 x.y``, clamped at ``1e-12`` before the square root so that
-    neither rounding (negative squares) nor a zero distance (infinite derivative of ``sqrt``)
-    produces NaNs. The clamp gives a zero gradient for (near-)identical pairs.
-
-    Args:
-        x: ``(M, D)``.
-        y: ``(N, D)``; ``None`` means ``x``.
-
-    Returns:
-        ``(M, N)`` distances, same dtype as ``x``.
-    """
-    y = x if y is None else y
-    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"expected (M, D) and (N, D), got {tuple(x.shape)} and {tuple(y.shape)}")
-    sq_x = x.pow(2).sum(dim=1, keepdim=True)
-    sq_y = y.pow(2).sum(dim=1, keepdim=True).t()
-    sq_dist = sq_x + sq_y - 2.0 * (x @ y.t())
-    return sq_dist.clamp(min=1e-12).sqrt()
 
 
 def batch_hard_mining(
@@ -123,6 +106,52 @@ def batch_hard_mining(
     return MinedTuples(anchor=anchor, positive=positive, negatives=negatives)
 
 
+def triplet_loss_from_distances(
+    dist: torch.Tensor,
+    pids: torch.Tensor,
+    margin: float = 0.3,
+    soft_margin: bool = False,
+    num_negatives: int = 1,
+) -> tuple[torch.Tensor, MinedTuples]:
+    """Batch-hard triplet loss on a distance matrix, returned with the tuples it was computed on.
+
+    For each kept anchor ``a`` with hardest positive ``p`` and hardest negative ``n``
+    (:func:`batch_hard_mining`): ``relu(d(a, p) - d(a, n) + margin)`` (torchreid's
+    ``TripletLoss``, a margin ranking loss), or with ``soft_margin=True`` the smooth version
+    ``softplus(d(a, p) - d(a, n) + margin)`` (pass ``margin=0`` for the soft margin of Hermans
+    et al.). Mean over anchors. Unlike torchreid, the anchor itself never counts as its own
+    positive.
+
+    Reference: Hermans et al., "In Defense of the Triplet Loss for Person Re-Identification",
+    2017, section 2 (batch hard, soft margin).
+
+    Args:
+        dist: ``(B, B)`` distances (any dissimilarity, e.g. Euclidean distances of embeddings,
+            AVSL's squared level distances ``d^l`` or ``d_hat``).
+        pids: ``(B,)`` identity labels.
+        margin: The margin, in the units of ``dist``.
+        soft_margin: Use ``softplus`` instead of the hinge.
+        num_negatives: Negatives to mine per anchor (2 to reuse the tuples for quadruplets);
+            the loss always uses the hardest one.
+
+    Returns:
+        ``(loss, tuples)``: a scalar tensor and the ``MinedTuples``. With no valid anchor the
+        loss is a zero that stays connected to ``dist`` in the autograd graph.
+
+    Raises:
+        ValueError: ``dist`` not square, ``pids`` not ``(B,)``, ``num_negatives < 1``.
+    """
+    tuples = batch_hard_mining(dist, pids, num_negatives=num_negatives)
+    if tuples.num_tuples == 0:
+        logger.debug("no valid triplet in the batch; returning a zero loss")
+        return dist.sum() * 0.0, tuples
+    d_ap = dist[tuples.anchor, tuples.positive]
+    d_an = dist[tuples.anchor, tuples.negative]
+    violation = d_ap - d_an + margin
+    per_anchor = F.softplus(violation) if soft_margin else F.relu(violation)
+    return per_anchor.mean(), tuples
+
+
 def batch_hard_triplet_loss(
     features: torch.Tensor,
     pids: torch.Tensor,
@@ -130,40 +159,29 @@ def batch_hard_triplet_loss(
     soft_margin: bool = False,
     num_negatives: int = 1,
 ) -> tuple[torch.Tensor, MinedTuples]:
-    """Batch-hard triplet loss, returned with the tuples it was computed on.
+    """Batch-hard triplet loss on embeddings: :func:`triplet_loss_from_distances` of their
+    Euclidean distances (:func:`reid.metrics.euclidean_distance`).
 
-    For each kept anchor ``a`` with hardest positive ``p`` and hardest negative ``n``:
-    ``relu(d(a, p) - d(a, n) + margin)`` (torchreid's ``TripletLoss``, a margin ranking loss),
-    or with ``soft_margin=True`` the smooth version ``softplus(d(a, p) - d(a, n) + margin)``
-    (pass ``margin=0`` for the soft margin of Hermans et al.). Mean over anchors. Features
-    are used as given (no normalisation). Unlike torchreid, the anchor itself never counts
-    as its own positive.
-
-    Reference: Hermans et al., "In Defense of the Triplet Loss for Person Re-Identification",
-    2017, section 2 (batch hard, soft margin).
+    Features are used as given (no normalisation).
 
     Args:
         features: ``(B, D)`` embeddings.
         pids: ``(B,)`` identity labels.
         margin: The margin.
         soft_margin: Use ``softplus`` instead of the hinge.
-        num_negatives: Negatives to mine per anchor (2 to reuse the tuples for quadruplets);
-            the loss always uses the hardest one.
+        num_negatives: Negatives to mine per anchor (the loss uses the hardest).
 
     Returns:
-        ``(loss, tuples)``: a scalar tensor and the ``MinedTuples``. With no valid anchor the
-        loss is a zero that stays connected to ``features`` in the autograd graph.
+        ``(loss, tuples)``, see :func:`triplet_loss_from_distances`; with no valid anchor the
+        zero loss stays connected to ``features``.
     """
-    dist = pairwise_euclidean_distance(features)
-    tuples = batch_hard_mining(dist, pids, num_negatives=num_negatives)
-    if tuples.num_tuples == 0:
-        logger.debug("no valid triplet in the batch; returning a zero loss")
-        return features.sum() * 0.0, tuples
-    d_ap = dist[tuples.anchor, tuples.positive]
-    d_an = dist[tuples.anchor, tuples.negative]
-    violation = d_ap - d_an + margin
-    per_anchor = F.softplus(violation) if soft_margin else F.relu(violation)
-    return per_anchor.mean(), tuples
+    return triplet_loss_from_distances(
+        euclidean_distance(features),
+        pids,
+        margin=margin,
+        soft_margin=soft_margin,
+        num_negatives=num_negatives,
+    )
 
 
 class TripletLoss(nn.Module):

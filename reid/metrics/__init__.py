@@ -3,16 +3,22 @@
 * :func:`evaluate_rank`: drop-in for ``torchreid.reid.metrics.evaluate_rank``, ``(cmc, mAP)``.
 * :func:`evaluate`: the same numbers plus mINP and per-query AP, as a :class:`RankingResult`.
 * :func:`compute_distance_matrix`: torchreid's squared Euclidean / cosine distances, by chunks.
+  :mod:`reid.metrics.distance` holds the project's only distance implementations, also used by
+  the losses and AVSL (:func:`euclidean_distance`, :func:`paired_euclidean_distance`).
 * :func:`re_ranking`: k-reciprocal re-ranking, bit-identical to torchreid's and faster.
 * :func:`topk_retrieval`: nearest gallery entries without a full distance matrix (dense chunks
   or FAISS, an optional dependency imported only when used).
 """
 
 from reid.metrics.distance import (
+    DISTANCE_METRICS,
+    FeatureInput,
     Metric,
     compute_distance_matrix,
     cosine_distance,
+    euclidean_distance,
     euclidean_squared_distance,
+    paired_euclidean_distance,
 )
 from reid.metrics.rank import (
     CUHK03_NUM_REPEATS,
@@ -26,6 +32,8 @@ from reid.metrics.retrieval import TopK, build_faiss_index, smallest_k, topk_ret
 
 __all__ = [
     "CUHK03_NUM_REPEATS",
+    "DISTANCE_METRICS",
+    "FeatureInput",
     "Metric",
     "NoValidQueryError",
     "RankingResult",
@@ -33,9 +41,11 @@ __all__ = [
     "build_faiss_index",
     "compute_distance_matrix",
     "cosine_distance",
+    "euclidean_distance",
     "euclidean_squared_distance",
     "evaluate",
     "evaluate_rank",
+    "paired_euclidean_distance",
     "re_ranking",
     "smallest_k",
     "topk_retrieval",

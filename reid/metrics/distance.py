@@ -1,16 +1,25 @@
-"""Query-gallery distance matrices in chunks of query rows.
+"""The project's distances: pairwise matrices (evaluation, losses, AVSL) and paired rows.
 
-The formulas are those of ``torchreid.reid.metrics.distance``: ``"euclidean"`` is the
-*squared* Euclidean distance ``||x||^2 + ||y||^2 - 2 x.y`` (one ``addmm``), ``"cosine"`` is
-``1 - x.y / (||x|| ||y||)`` (``F.normalize`` then a matrix product). Computing them chunk by
-chunk into one preallocated output keeps the temporaries at ``chunk_size x N`` instead of
-torchreid's full-size ones.
+One implementation per distance, used by the losses (:mod:`reid.losses`), the evaluation
+(:mod:`reid.engine.evaluation`, :mod:`reid.metrics.retrieval`) and the AVSL objective:
+
+- :func:`euclidean_squared_distance`: ``||x||^2 + ||y||^2 - 2 x.y`` (torchreid's formula);
+  tiny negative values from rounding are kept unless ``clamp_min`` is given.
+- :func:`euclidean_distance`: its square root, clamped at ``eps`` first (losses).
+- :func:`cosine_distance`: ``1 - x.y / (||x|| ||y||)`` (``F.normalize`` then a matrix product).
+- :func:`paired_euclidean_distance`: ``||x_i - y_i||`` of matching rows (no expansion).
+- :func:`compute_distance_matrix`: ``"euclidean"`` (the *squared* one, as torchreid) or
+  ``"cosine"`` by name, the evaluation's entry point.
+
+The matrices are computed in chunks of rows of ``input1``, so the temporaries stay at
+``chunk_size x N`` instead of full size (a batch of a training step is one chunk). All are
+differentiable. This module imports torch and numpy only.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 import numpy as np
 import torch
@@ -19,29 +28,38 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DISTANCE_METRICS",
+    "FeatureInput",
     "Metric",
     "compute_distance_matrix",
     "cosine_distance",
+    "euclidean_distance",
     "euclidean_squared_distance",
+    "paired_euclidean_distance",
 ]
 
 Metric = Literal["euclidean", "cosine"]
-Features = Union[torch.Tensor, np.ndarray]
+DISTANCE_METRICS: tuple[str, ...] = get_args(Metric)
+"""The metrics of :func:`compute_distance_matrix`: ``"euclidean"`` (squared) and ``"cosine"``."""
+
+FeatureInput = Union[torch.Tensor, np.ndarray]
+"""``(N, D)`` features given as a tensor or a numpy array."""
 
 # Cells of the largest temporary per chunk (rows x gallery).
 _CHUNK_ELEMENTS = 1 << 22
 
 
 def compute_distance_matrix(
-    input1: Features,
-    input2: Features,
+    input1: FeatureInput,
+    input2: FeatureInput,
     metric: Metric = "euclidean",
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Distances between all rows of ``input1`` and all rows of ``input2``.
 
-    Same values as ``torchreid.reid.metrics.compute_distance_matrix`` (up to the rounding
-    of the matrix product, which BLAS may block differently for a chunk of rows).
+    Same values as ``torchreid.reid.metrics.compute_distance_matrix`` up to the rounding of
+    the last bits (torchreid fuses the Euclidean sum into one ``addmm``; BLAS may also block a
+    chunk of rows differently).
 
     Args:
         input1: ``(M, D)`` features (tensor or numpy array).
@@ -65,29 +83,91 @@ def compute_distance_matrix(
 
 
 def euclidean_squared_distance(
-    input1: Features, input2: Features, chunk_size: int | None = None
+    input1: FeatureInput,
+    input2: FeatureInput | None = None,
+    chunk_size: int | None = None,
+    *,
+    clamp_min: float | None = None,
 ) -> torch.Tensor:
     """Squared Euclidean distances ``||x||^2 + ||y||^2 - 2 x.y`` (torchreid's formula).
 
+    For L2-normalised AVSL level embeddings this is the level distance
+    ``d^l = sum_i delta^l_i`` (AVSL paper, section 3.4; docs/method.md section 5).
+
     Args:
-        input1: ``(M, D)``; input2: ``(N, D)``.
+        input1: ``(M, D)``.
+        input2: ``(N, D)``; ``None`` means ``input1``.
         chunk_size: rows of ``input1`` per chunk; ``None``: automatic.
+        clamp_min: clamp the result at this value (``0.0`` removes the tiny negative values of
+            rounding); ``None`` returns it as computed.
 
     Returns:
-        ``(M, N)`` float32 (float64 for float64 inputs); may hold tiny negative values.
+        ``(M, N)`` float32 (float64 for float64 inputs), differentiable.
+
+    Raises:
+        ValueError: bad shapes or devices, non-positive ``chunk_size``.
     """
-    x, y = _check_pair(input1, input2)
-    out = torch.empty(x.shape[0], y.shape[0], dtype=x.dtype, device=x.device)
+    x, y = _check_pair(input1, input1 if input2 is None else input2)
     sq_x = x.pow(2).sum(dim=1)
     sq_y = y.pow(2).sum(dim=1)
-    for start, stop in _chunks(x.shape[0], y.shape[0], chunk_size):
-        norms = sq_x[start:stop, None] + sq_y[None, :]
-        torch.addmm(norms, x[start:stop], y.t(), beta=1, alpha=-2, out=out[start:stop])
-    return out
+    spans = _chunks(x.shape[0], y.shape[0], chunk_size)
+    if len(spans) == 1:  # e.g. a training batch: no output buffer, a plain autograd graph
+        out = _squared_block(x, y, sq_x, sq_y)
+    else:
+        out = torch.empty(x.shape[0], y.shape[0], dtype=x.dtype, device=x.device)
+        for start, stop in spans:
+            out[start:stop] = _squared_block(x[start:stop], y, sq_x[start:stop], sq_y)
+    return out if clamp_min is None else out.clamp_min(clamp_min)
+
+
+def euclidean_distance(
+    input1: FeatureInput,
+    input2: FeatureInput | None = None,
+    chunk_size: int | None = None,
+    *,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """Euclidean distances ``sqrt(max(||x||^2 + ||y||^2 - 2 x.y, eps))``.
+
+    The clamp at ``eps`` before the square root keeps rounding (negative squares) and zero
+    distances (infinite derivative of ``sqrt``) from producing NaNs; it gives a zero gradient
+    for (near-)identical pairs, and ``sqrt(eps)`` (1e-6) on the diagonal of ``input1``
+    against itself.
+
+    Args:
+        input1: ``(M, D)``.
+        input2: ``(N, D)``; ``None`` means ``input1``.
+        chunk_size: rows of ``input1`` per chunk; ``None``: automatic.
+        eps: the clamp of the squared distance.
+
+    Returns:
+        ``(M, N)`` distances, float32 (float64 for float64 inputs), differentiable.
+    """
+    return euclidean_squared_distance(input1, input2, chunk_size, clamp_min=eps).sqrt()
+
+
+def paired_euclidean_distance(input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` Euclidean norms ``||x_i - y_i||`` of the differences of matching rows.
+
+    Computed from the difference itself (no expansion, no clamp): exact for near-identical
+    rows, with a zero gradient at a zero difference.
+
+    Args:
+        input1: ``(N, D)``; input2: ``(N, D)``.
+
+    Returns:
+        ``(N,)`` distances, in the inputs' dtype.
+    """
+    if input1.shape != input2.shape or input1.dim() != 2:
+        raise ValueError(
+            f"expected two (N, D) tensors of one shape, got {tuple(input1.shape)} and "
+            f"{tuple(input2.shape)}"
+        )
+    return torch.linalg.vector_norm(input1 - input2, ord=2, dim=1)
 
 
 def cosine_distance(
-    input1: Features, input2: Features, chunk_size: int | None = None
+    input1: FeatureInput, input2: FeatureInput, chunk_size: int | None = None
 ) -> torch.Tensor:
     """Cosine distances ``1 - cos(x, y)`` (torchreid's formula, ``F.normalize`` eps 1e-12).
 
@@ -109,7 +189,15 @@ def cosine_distance(
     return out
 
 
-def _check_pair(input1: Features, input2: Features) -> tuple[torch.Tensor, torch.Tensor]:
+def _squared_block(
+    x: torch.Tensor, y: torch.Tensor, sq_x: torch.Tensor, sq_y: torch.Tensor
+) -> torch.Tensor:
+    """``(m, N)`` squared distances of the rows ``x (m, D)`` to ``y (N, D)``, given the
+    squared norms ``sq_x (m,)`` and ``sq_y (N,)``: ``(sq_x + sq_y) - 2 x.y``."""
+    return (sq_x[:, None] + sq_y[None, :]) - 2.0 * (x @ y.t())
+
+
+def _check_pair(input1: FeatureInput, input2: FeatureInput) -> tuple[torch.Tensor, torch.Tensor]:
     """Both inputs as 2-D tensors of a common floating dtype (at least float32)."""
     x = torch.as_tensor(input1)
     y = torch.as_tensor(input2)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reid.metrics.distance import Features, Metric, compute_distance_matrix
+from reid.metrics.distance import FeatureInput, Metric, compute_distance_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ class TopK:
 
 
 def topk_retrieval(
-    query: Features,
-    gallery: Features,
+    query: FeatureInput,
+    gallery: FeatureInput,
     k: int,
     metric: Metric = "euclidean",
     backend: Backend = "dense",
@@ -117,7 +117,7 @@ def smallest_k(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _dense_topk(
-    query: Features, gallery: Features, k: int, metric: Metric, chunk_size: int | None
+    query: FeatureInput, gallery: FeatureInput, k: int, metric: Metric, chunk_size: int | None
 ) -> TopK:
     """Top-k by chunks of the dense distance matrix."""
     query_t, gallery_t = torch.as_tensor(query), torch.as_tensor(gallery)
@@ -138,7 +138,7 @@ def _dense_topk(
 
 
 def build_faiss_index(
-    gallery: Features, metric: Metric = "euclidean", faiss_index: str = "Flat"
+    gallery: FeatureInput, metric: Metric = "euclidean", faiss_index: str = "Flat"
 ) -> Any:
     """A FAISS index holding the gallery (normalised for ``"cosine"``).
 
@@ -163,8 +163,8 @@ def build_faiss_index(
 
 
 def _faiss_topk(
-    query: Features,
-    gallery: Features,
+    query: FeatureInput,
+    gallery: FeatureInput,
     k: int,
     metric: Metric,
     chunk_size: int | None,
@@ -198,7 +198,7 @@ def _order_ties_by_index(dist: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray,
     return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
 
 
-def _faiss_features(x: Features, metric: Metric) -> np.ndarray:
+def _faiss_features(x: FeatureInput, metric: Metric) -> np.ndarray:
     """Contiguous float32 numpy features for FAISS (L2-normalised as torchreid for cosine)."""
     t = torch.as_tensor(x).detach().to(device="cpu", dtype=torch.float32)
     if t.dim() != 2:

@@ -9,12 +9,7 @@ import pytest
 import torch
 
 import reid.models.avsl  # noqa: F401  (registers "avsl")
-from reid.engine.avsl import (
-    AVSLEngine,
-    proxy_anchor_loss,
-    squared_distances,
-    triplet_loss_from_distances,
-)
+from reid.engine.avsl import AVSLEngine
 from reid.engine.checkpoint import load_checkpoint
 from reid.engine.evaluation import ExtractedFeatures, extract_dataset_features, ranking_metrics
 from reid.models import create_model
@@ -51,54 +46,6 @@ def make_engine(tmp_path, loss="triplet", **kwargs):
     datamanager = types.SimpleNamespace(train_loader=train, test_loader=test)
     return AVSLEngine(datamanager, model, optimizer, scheduler, torch.device("cpu"), str(tmp_path),
                       progress=False, loss=loss, **kwargs)
-
-
-# -- loss functions -------------------------------------------------------------------------------
-
-
-def test_squared_distances_match_the_sum_of_nodes():
-    torch.manual_seed(0)
-    x, y = torch.randn(3, 5), torch.randn(4, 5)
-    expected = (x[:, None] - y[None]).pow(2).sum(-1)
-    assert torch.allclose(squared_distances(x, y), expected, atol=1e-5)
-    assert squared_distances(x).shape == (3, 3)
-
-
-def test_triplet_loss_from_distances_hand_oracle():
-    dist = torch.tensor(
-        [[0.0, 1.0, 3.0, 2.0], [1.0, 0.0, 0.5, 4.0], [3.0, 0.5, 0.0, 2.0], [2.0, 4.0, 2.0, 0.0]]
-    )
-    loss, tuples = triplet_loss_from_distances(dist, torch.tensor([0, 0, 1, 1]), margin=0.3)
-    # anchors: relu(1 - 2 + .3) = 0, 1 - .5 + .3 = .8, 2 - .5 + .3 = 1.8, 2 - 2 + .3 = .3
-    assert loss.item() == pytest.approx((0.0 + 0.8 + 1.8 + 0.3) / 4)
-    assert tuples.negative.tolist() == [3, 2, 1, 0]
-    dist.requires_grad_(True)
-    empty, _ = triplet_loss_from_distances(dist, torch.tensor([0, 1, 2, 3]))
-    assert empty.item() == 0.0 and empty.requires_grad
-
-
-def test_proxy_anchor_loss_hand_oracle():
-    dist = torch.tensor([[0.5, 3.0, 1.0], [1.5, 2.5, 2.0]])
-    loss = proxy_anchor_loss(dist, torch.tensor([0, 0]), alpha=1.0, pos_margin=1.0, neg_margin=2.0)
-    # only proxy 0 has positives; it has no negative (log 1 = 0)
-    pos = math.log(1 + math.exp(-0.5) + math.exp(0.5))
-    neg1 = math.log(1 + math.exp(-1.0) + math.exp(-0.5))
-    neg2 = math.log(1 + math.exp(1.0) + math.exp(0.0))
-    assert loss.item() == pytest.approx(pos + (0.0 + neg1 + neg2) / 3, rel=1e-6)
-
-
-def test_proxy_anchor_equals_cosine_form_on_unit_vectors():
-    torch.manual_seed(0)
-    x = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
-    proxies = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
-    pids = torch.tensor([0, 0, 1, 1, 2, 0])
-    cos = x @ proxies.t()
-    # Kim et al. with alpha = 32, delta = 0.1 on cosine similarities (d = 2 - 2 cos)
-    pos = pids[:, None] == torch.arange(3)[None]
-    pos_term = torch.log1p((torch.exp(-32 * (cos - 0.1)) * pos).sum(0)).mean()
-    neg_term = torch.log1p((torch.exp(32 * (cos + 0.1)) * ~pos).sum(0)).mean()
-    loss = proxy_anchor_loss(squared_distances(x, proxies), pids, alpha=16.0, pos_margin=1.8, neg_margin=2.2)
-    assert loss.item() == pytest.approx((pos_term + neg_term).item(), rel=1e-5)
 
 
 # -- the engine --------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid.engine.sam import SAMEngine, batchnorm_modules, eval_mode
+from reid.engine.sam import SAMEngine
 from reid.explain import attention_maps_from_features, triplet_weights
-from reid.losses import mining_tuples, soft_mask
+from reid.losses import batchnorm_modules, eval_mode, mining_tuples, soft_mask
 from reid.models.pcb import PCB
 from tests.conftest import tiny_overrides
 from reid.cli import train as train_tool

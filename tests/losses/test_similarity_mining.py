@@ -13,8 +13,6 @@ from reid.losses import (
     MinedTuples,
     batch_hard_mining,
     mining_tuples,
-    normalize_maps,
-    pairwise_euclidean_distance,
     quadruplet_mining_loss,
     quadruplets,
     siamese_mining_loss,
@@ -24,8 +22,8 @@ from reid.losses import (
     soft_mask_weights,
     triplet_mining_loss,
     triplets,
-    upsample_maps,
 )
+from reid.metrics import euclidean_distance
 
 
 def _sigmoid(z: float) -> float:
@@ -43,38 +41,6 @@ def _embeddings(n: int, t: int = 3, dim: int = 4, seed: int = 0) -> list[torch.T
 
 
 # --- maps and masks --------------------------------------------------------------------------
-
-
-def test_normalize_maps_hand_example() -> None:
-    maps = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[-2.0, 0.0], [0.0, 2.0]]])
-    expected = torch.tensor([[[0.0, 0.5], [0.25, 1.0]], [[0.0, 0.5], [0.5, 1.0]]])
-    assert torch.allclose(normalize_maps(maps), expected)
-
-
-def test_normalize_maps_constant_map_gives_zeros() -> None:
-    maps = torch.stack([torch.full((2, 3), 7.0), torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 4.0]])])
-    maps.requires_grad_(True)
-    out = normalize_maps(maps)
-    assert torch.equal(out[0], torch.zeros(2, 3))
-    assert out[1].max().item() == 1.0 and out[1].min().item() == 0.0
-    out.sum().backward()
-    assert torch.isfinite(maps.grad).all()
-
-
-def test_normalize_maps_does_not_modify_input() -> None:
-    maps = torch.tensor([[[1.0, 3.0], [2.0, 5.0]]])
-    before = maps.clone()
-    normalize_maps(maps)
-    assert torch.equal(maps, before)
-
-
-def test_upsample_maps_hand_example() -> None:
-    # align_corners=False, 1x2 -> 1x4: source x = (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25
-    # (clamped to [0, 1]), so the values are a, 0.75a + 0.25b, 0.25a + 0.75b, b.
-    a, b = 2.0, 6.0
-    out = upsample_maps(torch.tensor([[[a, b]]]), (1, 4))
-    assert out.shape == (1, 1, 4)
-    assert torch.allclose(out, torch.tensor([[[a, 0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b, b]]]))
 
 
 def test_soft_mask_hand_example() -> None:
@@ -130,7 +96,7 @@ def test_soft_mask_rejects_mismatched_batch() -> None:
 def mined() -> MinedTuples:
     x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
     pids = torch.tensor([0, 0, 1, 1, 2, 2])
-    return batch_hard_mining(pairwise_euclidean_distance(x), pids, num_negatives=2)
+    return batch_hard_mining(euclidean_distance(x), pids, num_negatives=2)
 
 
 def test_tuple_helpers_follow_mined_tuples(mined: MinedTuples) -> None:

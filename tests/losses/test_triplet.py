@@ -12,8 +12,9 @@ from reid.losses import (
     TripletLoss,
     batch_hard_mining,
     batch_hard_triplet_loss,
-    pairwise_euclidean_distance,
+    triplet_loss_from_distances,
 )
+from reid.metrics import euclidean_distance
 
 PIDS = [0, 0, 1, 1, 1, 2, 2, 3]  # identity 3 has a single sample: no positive
 
@@ -49,25 +50,25 @@ def _mining_oracle(
 def test_pairwise_distance_matches_oracle() -> None:
     x = _features(4)
     expected = torch.tensor(_dist_oracle(x.tolist()), dtype=torch.float64)
-    got = pairwise_euclidean_distance(x)
+    got = euclidean_distance(x)
     # The diagonal is sqrt(1e-12) = 1e-6 by the clamp.
     assert torch.allclose(got, expected, atol=2e-6)
     y = _features(2, seed=1)
-    cross = pairwise_euclidean_distance(x, y)
+    cross = euclidean_distance(x, y)
     assert cross.shape == (4, 2)
     assert math.isclose(cross[1, 0].item(), math.dist(x[1].tolist(), y[0].tolist()), rel_tol=1e-9)
 
 
 def test_pairwise_distance_gradient_finite_for_duplicates() -> None:
     x = torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0]], requires_grad=True)
-    pairwise_euclidean_distance(x).sum().backward()
+    euclidean_distance(x).sum().backward()
     assert torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("num_negatives", [1, 2])
 def test_mining_matches_brute_force(num_negatives: int) -> None:
     x = _features()
-    dist = pairwise_euclidean_distance(x)
+    dist = euclidean_distance(x)
     tuples = batch_hard_mining(dist, torch.tensor(PIDS), num_negatives=num_negatives)
     expected = _mining_oracle(dist.tolist(), PIDS, num_negatives)
     got = [
@@ -83,7 +84,7 @@ def test_mining_matches_brute_force(num_negatives: int) -> None:
 
 def test_mined_tuples_are_valid() -> None:
     pids = torch.tensor(PIDS)
-    tuples = batch_hard_mining(pairwise_euclidean_distance(_features()), pids, num_negatives=2)
+    tuples = batch_hard_mining(euclidean_distance(_features()), pids, num_negatives=2)
     assert 7 not in tuples.anchor.tolist()  # the singleton identity has no positive
     assert tuples.num_tuples == 7
     assert (tuples.positive != tuples.anchor).all()
@@ -94,7 +95,7 @@ def test_mined_tuples_are_valid() -> None:
 
 def test_anchor_without_enough_negatives_is_dropped() -> None:
     pids = torch.tensor([0, 0, 0, 1, 1])
-    dist = pairwise_euclidean_distance(_features(5))
+    dist = euclidean_distance(_features(5))
     assert batch_hard_mining(dist, pids, num_negatives=2).anchor.tolist() == [0, 1, 2, 3, 4]
     # Identity 1's anchors have 3 negatives: kept with 3; identity 0's have only 2.
     assert batch_hard_mining(dist, pids, num_negatives=3).anchor.tolist() == [3, 4]
@@ -120,7 +121,7 @@ def test_ties_break_to_smallest_index() -> None:
 
 def test_mining_does_not_track_gradients() -> None:
     x = _features().requires_grad_(True)
-    tuples = batch_hard_mining(pairwise_euclidean_distance(x), torch.tensor(PIDS))
+    tuples = batch_hard_mining(euclidean_distance(x), torch.tensor(PIDS))
     assert not any(t.requires_grad for t in tuples)
 
 
@@ -210,3 +211,74 @@ def test_inputs_not_modified() -> None:
 def test_mining_rejects_bad_input(dist: torch.Tensor, pids: torch.Tensor, k: int) -> None:
     with pytest.raises(ValueError):
         batch_hard_mining(dist, pids, num_negatives=k)
+
+
+# Moved from tests/engine/test_avsl_engine.py (AVSL trains with the distance form).
+def test_triplet_loss_from_distances_hand_oracle():
+    dist = torch.tensor(
+        [[0.0, 1.0, 3.0, 2.0], [1.0, 0.0, 0.5, 4.0], [3.0, 0.5, 0.0, 2.0], [2.0, 4.0, 2.0, 0.0]]
+    )
+    loss, tuples = triplet_loss_from_distances(dist, torch.tensor([0, 0, 1, 1]), margin=0.3)
+    # anchors: relu(1 - 2 + .3) = 0, 1 - .5 + .3 = .8, 2 - .5 + .3 = 1.8, 2 - 2 + .3 = .3
+    assert loss.item() == pytest.approx((0.0 + 0.8 + 1.8 + 0.3) / 4)
+    assert tuples.negative.tolist() == [3, 2, 1, 0]
+    dist.requires_grad_(True)
+    empty, _ = triplet_loss_from_distances(dist, torch.tensor([0, 1, 2, 3]))
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+# -- one loss: the embedding form is the distance form on Euclidean distances ------------------
+
+# Points 0, 1, 3, 6 on a line: the distance matrix is |i - j|, written out by hand.
+LINE = torch.tensor([[0.0], [1.0], [3.0], [6.0]], dtype=torch.float64)
+LINE_DIST = torch.tensor(
+    [[0.0, 1.0, 3.0, 6.0], [1.0, 0.0, 2.0, 5.0], [3.0, 2.0, 0.0, 3.0], [6.0, 5.0, 3.0, 0.0]],
+    dtype=torch.float64,
+)
+LINE_PIDS = torch.tensor([0, 0, 1, 1])
+
+
+@pytest.mark.parametrize("soft_margin", [False, True])
+def test_distance_form_on_a_hand_matrix_equals_the_embedding_form(soft_margin: bool) -> None:
+    # anchor: (hardest positive, hardest negative) -> d_ap - d_an + 0.3
+    # 0: (1, 2) -> 1 - 3 + .3; 1: (0, 2) -> 1 - 2 + .3; 2: (3, 1) -> 3 - 2 + .3; 3: (2, 1) -> 3 - 5 + .3
+    violations = [-1.7, -0.7, 1.3, -1.7]
+    per_anchor = [math.log1p(math.exp(v)) if soft_margin else max(v, 0.0) for v in violations]
+    expected = sum(per_anchor) / 4
+    from_dist, tuples = triplet_loss_from_distances(
+        LINE_DIST, LINE_PIDS, margin=0.3, soft_margin=soft_margin
+    )
+    assert from_dist.item() == pytest.approx(expected, abs=1e-12)
+    assert tuples.positive.tolist() == [1, 0, 3, 2] and tuples.negative.tolist() == [2, 2, 1, 1]
+    from_emb, emb_tuples = batch_hard_triplet_loss(
+        LINE, LINE_PIDS, margin=0.3, soft_margin=soft_margin
+    )
+    assert from_emb.item() == pytest.approx(expected, abs=1e-9)  # diagonal: sqrt(1e-12)
+    for a, b in zip(tuples, emb_tuples):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("soft_margin", [False, True])
+@pytest.mark.parametrize("num_negatives", [1, 2])
+def test_embedding_form_is_the_distance_form_of_euclidean_distances(
+    soft_margin: bool, num_negatives: int
+) -> None:
+    x, pids = _features().requires_grad_(True), torch.tensor(PIDS)
+    loss, tuples = batch_hard_triplet_loss(
+        x, pids, margin=0.4, soft_margin=soft_margin, num_negatives=num_negatives
+    )
+    expected, expected_tuples = triplet_loss_from_distances(
+        euclidean_distance(x), pids, margin=0.4, soft_margin=soft_margin,
+        num_negatives=num_negatives,
+    )
+    assert torch.equal(loss, expected)
+    for a, b in zip(tuples, expected_tuples):
+        assert torch.equal(a, b)
+    (grad,) = torch.autograd.grad(loss, x)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    assert torch.equal(grad, expected_grad)
+
+
+def test_distance_form_rejects_a_non_square_matrix() -> None:
+    with pytest.raises(ValueError, match="square"):
+        triplet_loss_from_distances(torch.zeros(3, 4), torch.zeros(3))

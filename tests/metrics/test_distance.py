@@ -8,7 +8,14 @@ import warnings
 import pytest
 import torch
 
-from reid.metrics import compute_distance_matrix, cosine_distance, euclidean_squared_distance
+from reid.metrics import (
+    DISTANCE_METRICS,
+    compute_distance_matrix,
+    cosine_distance,
+    euclidean_distance,
+    euclidean_squared_distance,
+    paired_euclidean_distance,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -78,3 +85,68 @@ def test_errors() -> None:
 def test_empty_inputs() -> None:
     assert compute_distance_matrix(torch.zeros(0, 3), torch.zeros(4, 3)).shape == (0, 4)
     assert compute_distance_matrix(torch.zeros(2, 3), torch.zeros(0, 3), "cosine").shape == (2, 0)
+
+
+# AVSL level distances d^l = sum_i delta^l_i (moved from tests/engine/test_avsl_engine.py).
+def test_squared_distances_match_the_sum_of_nodes():
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 5), torch.randn(4, 5)
+    expected = (x[:, None] - y[None]).pow(2).sum(-1)
+    assert torch.allclose(euclidean_squared_distance(x, y, clamp_min=0.0), expected, atol=1e-5)
+    assert euclidean_squared_distance(x, clamp_min=0.0).shape == (3, 3)
+
+
+# -- the one implementation for losses, evaluation and AVSL ----------------------------------
+
+
+def test_every_named_metric_is_accepted() -> None:
+    assert DISTANCE_METRICS == ("euclidean", "cosine")
+    x = _features(3, 4, 6)
+    for metric in DISTANCE_METRICS:
+        assert compute_distance_matrix(x, x, metric).shape == (3, 3)
+
+
+def test_squared_distance_clamp_and_default_second_input() -> None:
+    # Rounding may leave tiny negatives on the diagonal of x against itself; clamp_min removes them.
+    x = _features(20, 64, 7) * 100.0
+    raw = euclidean_squared_distance(x)
+    assert torch.equal(raw, euclidean_squared_distance(x, x))
+    clamped = euclidean_squared_distance(x, clamp_min=0.0)
+    assert torch.equal(clamped, raw.clamp_min(0.0)) and bool((clamped >= 0).all())
+
+
+def test_euclidean_distance_is_the_clamped_square_root() -> None:
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 4.0]])
+    got = euclidean_distance(x)
+    # 3-4-5 triangle; identical rows sit at sqrt(1e-12) = 1e-6 by the clamp
+    assert torch.allclose(got, torch.tensor([[1e-6, 5.0, 5.0], [5.0, 1e-6, 1e-6], [5.0, 1e-6, 1e-6]]))
+    assert torch.equal(got, euclidean_squared_distance(x).clamp_min(1e-12).sqrt())
+    assert torch.allclose(euclidean_distance(x, eps=1e-4)[1, 2], torch.tensor(1e-2))
+
+
+def test_chunked_squared_distance_keeps_the_gradient() -> None:
+    x = _features(9, 6, 8).double().requires_grad_(True)
+    y = _features(4, 6, 9).double().requires_grad_(True)
+    whole = euclidean_squared_distance(x, y)
+    chunked = euclidean_squared_distance(x, y, chunk_size=2)
+    assert torch.allclose(chunked, whole, atol=1e-12)
+    grads_whole = torch.autograd.grad(whole.pow(2).sum(), (x, y))
+    grads_chunked = torch.autograd.grad(chunked.pow(2).sum(), (x, y))
+    for a, b in zip(grads_whole, grads_chunked):
+        assert torch.allclose(a, b, atol=1e-10)
+    # the analytic gradient of sum_mn d_mn^2 with respect to x_m: 4 sum_n d_mn (x_m - y_n)
+    d = whole.detach()
+    expected = 4 * (d[:, :, None] * (x.detach()[:, None] - y.detach()[None])).sum(1)
+    assert torch.allclose(grads_whole[0], expected, atol=1e-9)
+
+
+def test_paired_euclidean_distance_by_hand() -> None:
+    a = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]], requires_grad=True)
+    b = torch.tensor([[3.0, 4.0], [1.0, 1.0], [2.0, 3.0]])
+    got = paired_euclidean_distance(a, b)
+    assert got.tolist() == [5.0, 0.0, 1.0]
+    got.sum().backward()
+    assert torch.isfinite(a.grad).all() and a.grad[1].tolist() == [0.0, 0.0]  # zero difference
+    with pytest.raises(ValueError, match="one shape"):
+        paired_euclidean_distance(a, b[:2])
+
