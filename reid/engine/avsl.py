@@ -17,7 +17,6 @@ from reid.losses import AVSLLoss
 from reid.models.avsl import AVSLOutput
 
 from .base import ReidEngine
-from .evaluation import ranking_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -96,23 +95,3 @@ class AVSLEngine(ReidEngine):
         logged = self.optimise(terms)
         logged.update(stats)
         return logged
-
-    # -- evaluation ----------------------------------------------------------------------------
-
-    def distance_matrix(self, query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-        """``(N, M)`` ``d_hat`` on the CPU from flat eval features, computed on the engine's device."""
-        return self.model.pairwise_distance(
-            query.to(self.device), gallery.to(self.device), chunk_size=self.chunk_size
-        ).cpu()
-
-    def score(self, query: Any, gallery: Any) -> dict[str, float]:
-        """Ranking metrics of the ``d_hat`` matrix (re-ranked when ``EvalOptions.rerank``)."""
-        opts = self.eval_options
-        distmat = self.distance_matrix(query.features, gallery.features).numpy()
-        if opts.rerank:
-            from reid.metrics import re_ranking
-
-            q_q = self.distance_matrix(query.features, query.features).numpy()
-            g_g = self.distance_matrix(gallery.features, gallery.features).numpy()
-            distmat = re_ranking(distmat, q_q, g_g)
-        return ranking_metrics(distmat, query, gallery, opts.ranks, opts.use_metric_cuhk03)

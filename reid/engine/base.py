@@ -72,6 +72,10 @@ class ReidEngine(TorchreidEngine):
         RuntimeError: ``amp`` cannot run on ``device`` (fp16 off CUDA).
     """
 
+    # Queries per chunk of the test distance matrix (None: the model's automatic size); AVSL's
+    # engine sets AVSL.EVAL_CHUNK_SIZE here.
+    chunk_size: int | None = None
+
     def __init__(
         self,
         datamanager: Any,
@@ -291,15 +295,17 @@ class ReidEngine(TorchreidEngine):
     def distance_matrix(self, query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         """``(N, M)`` distances on the CPU between eval features: the model's own
         :meth:`~reid.models.base.ReidModel.pairwise_distance` (``TEST.DIST_METRIC``,
-        ``TEST.NORMALIZE_FEATURE``), computed on the engine's device."""
+        ``TEST.NORMALIZE_FEATURE``; AVSL's ``d_hat``), computed on the engine's device in chunks of
+        :attr:`chunk_size` queries (None: the model's automatic size)."""
         opts = self.eval_options
         return self.model.pairwise_distance(
-            query.to(self.device), gallery.to(self.device), opts.dist_metric, opts.normalize_feature
+            query.to(self.device), gallery.to(self.device), opts.dist_metric, opts.normalize_feature,
+            chunk_size=self.chunk_size,
         ).cpu()
 
     def score(self, query: Any, gallery: Any) -> dict[str, float]:
-        """Ranking metrics of query against gallery features (subclasses may change the distance)."""
-        return rank_features(query, gallery, self.eval_options)
+        """Ranking metrics of query against gallery features with :meth:`distance_matrix`."""
+        return rank_features(query, gallery, self.eval_options, self.distance_matrix)
 
     def plot_cmc(self, path: str) -> str | None:
         """Plots the last evaluation's CMC curves to ``path`` (None when nothing was evaluated)."""

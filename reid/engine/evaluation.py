@@ -12,11 +12,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from reid.metrics import compute_distance_matrix, evaluate
+from reid.metrics import evaluate
 
 from .amp import autocast_context, check_amp
 
@@ -147,15 +146,6 @@ def evaluate_targets(
     return results, curves
 
 
-def distance_matrix(
-    query: torch.Tensor, gallery: torch.Tensor, metric: str = "euclidean", normalize: bool = False
-) -> np.ndarray:
-    """``(Q, G)`` distances between embeddings (squared Euclidean as torchreid, or cosine)."""
-    if normalize:
-        query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
-    return compute_distance_matrix(query, gallery, metric).cpu().numpy()
-
-
 class RankMetrics(dict):
     """``{rank1, ..., mAP, mINP}`` as floats, with the whole CMC curve in :attr:`cmc`."""
 
@@ -186,15 +176,27 @@ def ranking_metrics(
     return out
 
 
-def rank_features(query: ExtractedFeatures, gallery: ExtractedFeatures, options: EvalOptions) -> RankMetrics:
-    """Ranking metrics (:func:`ranking_metrics`) of ``query`` against ``gallery`` under
-    ``options``: their distance matrix, k-reciprocally re-ranked when ``options.rerank``."""
-    metric, normalize = options.dist_metric, options.normalize_feature
-    distmat = distance_matrix(query.features, gallery.features, metric, normalize)
+def rank_features(
+    query: ExtractedFeatures,
+    gallery: ExtractedFeatures,
+    options: EvalOptions,
+    distances: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> RankMetrics:
+    """Ranking metrics (:func:`ranking_metrics`) of ``query`` against ``gallery`` under ``options``.
+
+    Args:
+        query: the query set's features.
+        gallery: the gallery set's features.
+        options: ranks, CUHK03 metric, re-ranking.
+        distances: ``(N, D), (M, D)`` features -> ``(N, M)`` distances on the CPU (the model's own,
+            see :meth:`reid.engine.base.ReidEngine.distance_matrix`); the query-query and
+            gallery-gallery matrices come from it too when ``options.rerank`` (k-reciprocal).
+    """
+    distmat = distances(query.features, gallery.features).numpy()
     if options.rerank:
         from reid.metrics import re_ranking
 
-        q_q = distance_matrix(query.features, query.features, metric, normalize)
-        g_g = distance_matrix(gallery.features, gallery.features, metric, normalize)
+        q_q = distances(query.features, query.features).numpy()
+        g_g = distances(gallery.features, gallery.features).numpy()
         distmat = re_ranking(distmat, q_q, g_g)
     return ranking_metrics(distmat, query, gallery, options.ranks, options.use_metric_cuhk03)

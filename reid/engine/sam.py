@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.profiler import record_function
 
-from reid.losses import HEAD_ONLY_LAYER, MinedTuples, SimilarityMiningLoss, SimilarityMiningStep
+from reid.losses import MinedTuples, SimilarityMiningLoss, SimilarityMiningStep
 
 from .pcb import PCBEngine, stripe_accuracy
 
@@ -63,7 +63,7 @@ class SAMEngine(PCBEngine):
         gamma: float = 0.2,
         omega: float = 10.0,
         sigma: float = 0.5,
-        layer: str = HEAD_ONLY_LAYER,
+        layer: str | None = None,
         bn_mode: str = "eval",
         second_order: bool = False,
         max_tuples: int = 0,

@@ -24,7 +24,6 @@ from reid.losses.id_loss import part_cross_entropy
 from reid.losses.proxy_anchor import ProxyAnchorLoss, proxy_anchor_loss
 from reid.losses.sam import (
     BN_MODES,
-    HEAD_ONLY_LAYER,
     SimilarityMiningLoss,
     SimilarityMiningStep,
     batchnorm_modules,
@@ -58,7 +57,6 @@ __all__ = [
     "AVSL_LOSSES",
     "BN_MODES",
     "FORMS",
-    "HEAD_ONLY_LAYER",
     "LossTerms",
     "MinedTuples",
     "ProxyAnchorLoss",

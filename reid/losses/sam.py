@@ -102,15 +102,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BN_MODES",
-    "HEAD_ONLY_LAYER",
     "SimilarityMiningLoss",
     "SimilarityMiningStep",
     "batchnorm_modules",
     "eval_mode",
 ]
 
-HEAD_ONLY_LAYER = "layer4"
-"""The layer whose map ``embed_features`` pools: its maps need no second trunk pass."""
 
 BN_MODES: tuple[str, ...] = ("eval", "train")
 """BatchNorm of the masked pass: ``"eval"`` (running statistics) or ``"train"`` (batch ones)."""
@@ -184,8 +181,9 @@ class SimilarityMiningLoss:
         gamma: weight of ``L_sm`` in ``L = L_ml + gamma L_sm`` (kept here for the caller).
         omega: sharpness of the soft mask ``1 - sigmoid(omega (M - sigma))``.
         sigma: threshold of the soft mask on the min-max normalised map.
-        layer: the explained layer; ``layer4`` uses the head-only path (no second trunk
-            pass), any other named layer a slower second pass in eval mode.
+        layer: the explained layer; None or the model's head layer
+            (``model.explainability.head_layer``, PCB's ``layer4``) uses the head-only path (no
+            second trunk pass), any other named layer a slower second pass in eval mode.
         bn_mode: BatchNorm during the masked pass (:data:`BN_MODES`): ``eval`` (frozen running
             statistics) or ``train`` (batch statistics, running statistics updated).
         second_order: back-propagate through ``alpha`` as well (``create_graph=True``).
@@ -209,7 +207,7 @@ class SimilarityMiningLoss:
         gamma: float = 0.2,
         omega: float = 10.0,
         sigma: float = 0.5,
-        layer: str = HEAD_ONLY_LAYER,
+        layer: str | None = None,
         bn_mode: str = "eval",
         second_order: bool = False,
         max_tuples: int = 0,
@@ -258,12 +256,16 @@ class SimilarityMiningLoss:
                     f"similarity mining needs a model with {method}() (e.g. PCB), got "
                     f"{type(model).__name__}"
                 )
-        if self.layer != HEAD_ONLY_LAYER:
+        if not self.head_only(model):
             resolve_layer(model, self.layer)  # fails now, naming the layer, if it does not exist
             logger.warning(
                 "SAM layer %r is not %r: attention maps need a second trunk pass per step (slower)",
-                self.layer, HEAD_ONLY_LAYER,
+                self.layer, model.explainability.head_layer,
             )
+
+    def head_only(self, model: nn.Module) -> bool:
+        """Whether the maps come from the head map of the batch's forward pass (no second pass)."""
+        return self.layer is None or self.layer == model.explainability.head_layer
 
     def mine(self, features: torch.Tensor, pids: torch.Tensor, mined: MinedTuples) -> MinedTuples:
         """The tuples of this form: ``mined`` (the metric loss's), or for quadruplets the same
@@ -383,12 +385,12 @@ class SimilarityMiningLoss:
     ) -> torch.Tensor:
         """``(N, h, w)`` maps of the batch rows ``rows (N,)`` with weights ``(N, D)``.
 
-        ``layer4``: differentiates ``embed_features`` on the rows of the batch's
+        Head layer: differentiates ``embed_features`` on the rows of the batch's
         ``(B, C, h, w)`` map (no trunk pass). Another layer: a second pass over
         ``images[rows]`` with the whole model in eval mode.
         """
         with eval_mode(model.modules()):
-            if self.layer == HEAD_ONLY_LAYER:
+            if self.head_only(model):
                 maps, _ = attention_maps_from_features(
                     model.embed_features, feature_map[rows], weights,
                     create_graph=self.second_order,

@@ -14,7 +14,8 @@ import torch
 from reid.config import load_config
 from reid.engine.builders import build_engine
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
-from reid.engine.evaluation import distance_matrix, extract_dataset_features
+from reid.engine.evaluation import extract_dataset_features
+from reid.metrics import compute_distance_matrix
 from reid.models.pcb import PCB
 from tests.conftest import tiny_overrides
 from tests.vis.test_report_browser import find_browser, images_in_browser
@@ -77,7 +78,7 @@ def oracle(checkpoint, tiny_data_root, tmp_path_factory):
     loaders = next(iter(engine.test_loader.values()))
     query = extract_dataset_features(engine.model, loaders["query"], engine.device, progress=False)
     gallery = extract_dataset_features(engine.model, loaders["gallery"], engine.device, progress=False)
-    return query, gallery, distance_matrix(query.features, gallery.features, "euclidean", False)
+    return query, gallery, compute_distance_matrix(query.features, gallery.features, "euclidean").numpy()
 
 
 def oracle_order(oracle, query_index):
