@@ -366,27 +366,43 @@ def merge_from_list(cfg: CN, opts: Sequence[str]) -> None:
         node[leaf] = _coerce(value, node[leaf], key, "the command line")
 
 
-_CHOICES = {
-    "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
-    "MODEL.TEST_FEATURE": ("pooled", "reduced"),
-    "MODEL.PADDING_MODE": ("zeros", "reflect", "replicate"),
-    "OPTIM.NAME": ("sgd", "adam"),
-    "OPTIM.SCHEDULER": ("single_step", "multi_step", "cosine"),
-    "TEST.DIST_METRIC": ("euclidean", "cosine"),
-    "DATA.ON_BAD_IMAGE": ("error", "skip"),
-    "SAMPLER.TRAIN": ("RandomIdentitySampler", "RandomSampler"),
-    "SAM.FORM": ("siamese", "triplet", "quadruplet"),
-    "SAM.BN_MODE": ("eval", "train"),
-    "MODEL.NAME": ("pcb", "avsl"),
-    "AVSL.LOSS": ("triplet", "proxy_anchor"),
-    "TRAIN.AMP": ("off", "bf16", "fp16"),
-    "DIST.BACKEND": ("auto", "nccl", "gloo"),
-}
+def allowed_values() -> dict[str, tuple[str, ...]]:
+    """``{key: allowed values}`` of the keys that take one of a few names.
+
+    Each component declares its own values; this reads them (imported here, when a config is
+    validated, so that importing ``reid.config`` stays light).
+    """
+    from reid.data.base import ON_BAD_IMAGE_MODES
+    from reid.data.samplers import TRAIN_SAMPLERS
+    from reid.engine.amp import AMP_MODES
+    from reid.engine.distributed import BACKENDS
+    from reid.engine.optim import OPTIMIZERS, SCHEDULERS
+    from reid.losses import AVSL_LOSSES, BN_MODES, FORMS
+    from reid.metrics import DISTANCE_METRICS
+    from reid.models import BACKBONES, PADDING_MODES, list_models
+    from reid.models.pcb import TEST_FEATURES
+
+    return {
+        "MODEL.NAME": tuple(list_models()),
+        "MODEL.BACKBONE": BACKBONES,
+        "MODEL.TEST_FEATURE": TEST_FEATURES,
+        "MODEL.PADDING_MODE": PADDING_MODES,
+        "OPTIM.NAME": OPTIMIZERS,
+        "OPTIM.SCHEDULER": SCHEDULERS,
+        "TEST.DIST_METRIC": tuple(DISTANCE_METRICS),
+        "DATA.ON_BAD_IMAGE": ON_BAD_IMAGE_MODES,
+        "SAMPLER.TRAIN": TRAIN_SAMPLERS,
+        "SAM.FORM": tuple(FORMS),
+        "SAM.BN_MODE": BN_MODES,
+        "AVSL.LOSS": AVSL_LOSSES,
+        "TRAIN.AMP": AMP_MODES,
+        "DIST.BACKEND": BACKENDS,
+    }
 
 
 def validate(cfg: CN) -> None:
     """Checks values that a type alone does not constrain; raises :class:`ConfigError`."""
-    for key, choices in _CHOICES.items():
+    for key, choices in allowed_values().items():
         node, leaf = _lookup(cfg, key, "the config")
         if node[leaf] not in choices:
             raise ConfigError(f"{key} must be one of {list(choices)}, got {node[leaf]!r}")
@@ -405,14 +421,13 @@ def validate(cfg: CN) -> None:
         raise ConfigError("SAM.SECOND_ORDER needs SAM.MAP_GRADIENT true (detached maps have no alpha gradient)")
     if cfg.SAM.MAX_TUPLES < 0:
         raise ConfigError("SAM.MAX_TUPLES must be >= 0 (0: every mined tuple)")
-    if cfg.SAM.ENABLED and cfg.MODEL.NAME != "pcb":
-        raise ConfigError(f"SAM.ENABLED needs MODEL.NAME pcb, got {cfg.MODEL.NAME!r}")
     avsl = cfg.AVSL
-    layers = ("layer1", "layer2", "layer3", "layer4")
-    if not avsl.LEVELS or any(level not in layers for level in avsl.LEVELS):
-        raise ConfigError(f"AVSL.LEVELS must be a non-empty list of {list(layers)}, got {avsl.LEVELS}")
-    if list(avsl.LEVELS) != sorted(set(avsl.LEVELS), key=layers.index):
-        raise ConfigError(f"AVSL.LEVELS must be distinct and bottom-up, got {avsl.LEVELS}")
+    from reid.models.avsl import check_levels
+
+    try:
+        check_levels(avsl.LEVELS)
+    except ValueError as exc:
+        raise ConfigError(f"AVSL.LEVELS: {exc}") from exc
     if len(avsl.LEVEL_WEIGHTS) != len(avsl.LEVELS):
         raise ConfigError(
             f"AVSL.LEVEL_WEIGHTS needs one weight per level ({len(avsl.LEVELS)}), got {avsl.LEVEL_WEIGHTS}"

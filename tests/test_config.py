@@ -73,3 +73,38 @@ def test_every_default_key_is_commented():
         if line.startswith("_C.") and "= CN()" not in line:
             above = source[i - 1].strip()
             assert above.startswith("#") or source[i - 1].startswith("_C."), f"no comment above: {line}"
+
+
+def test_allowed_values_come_from_their_components():
+    """Each key's values are declared once, by the component that owns them; the config reads them."""
+    from reid.config import allowed_values
+
+    assert allowed_values() == {
+        "MODEL.NAME": ("avsl", "pcb"),
+        "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
+        "MODEL.TEST_FEATURE": ("pooled", "reduced"),
+        "MODEL.PADDING_MODE": ("zeros", "reflect", "replicate"),
+        "OPTIM.NAME": ("sgd", "adam"),
+        "OPTIM.SCHEDULER": ("single_step", "multi_step", "cosine"),
+        "TEST.DIST_METRIC": ("euclidean", "cosine"),
+        "DATA.ON_BAD_IMAGE": ("error", "skip"),
+        "SAMPLER.TRAIN": ("RandomIdentitySampler", "RandomSampler"),
+        "SAM.FORM": ("siamese", "triplet", "quadruplet"),
+        "SAM.BN_MODE": ("eval", "train"),
+        "AVSL.LOSS": ("triplet", "proxy_anchor"),
+        "TRAIN.AMP": ("off", "bf16", "fp16"),
+        "DIST.BACKEND": ("auto", "nccl", "gloo"),
+    }
+
+
+def test_model_capabilities_are_checked_by_the_builder_registry():
+    import pytest
+
+    from reid.config import ConfigError, load_config
+    from reid.engine.builders import model_recipe
+
+    cfg = load_config(None, ["MODEL.NAME", "avsl", "SAM.ENABLED", "True"])
+    with pytest.raises(ConfigError, match="SAM.ENABLED needs MODEL.NAME pcb, got 'avsl'"):
+        model_recipe(cfg)
+    with pytest.raises(ConfigError, match="AVSL.LEVELS: levels must be distinct and bottom-up"):
+        load_config(None, ["AVSL.LEVELS", "[layer3, layer2]", "AVSL.LEVEL_WEIGHTS", "[1.0, 1.0]"])

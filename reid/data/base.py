@@ -19,6 +19,9 @@ from torchreid.reid.data import datasets as _tr_datasets
 
 logger = logging.getLogger(__name__)
 
+# What to do with an image that cannot be read (DATA.ON_BAD_IMAGE).
+ON_BAD_IMAGE_MODES = ("error", "skip")
+
 
 class ImageReadError(OSError):
     """An image file is missing, unreadable or truncated; the message names the file."""
@@ -54,8 +57,8 @@ def check_images(
     Returns:
         The items whose images could be read.
     """
-    if on_bad_image not in ("error", "skip"):
-        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    if on_bad_image not in ON_BAD_IMAGE_MODES:
+        raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE_MODES}, got {on_bad_image!r}")
     kept, bad = [], []
     for item in items:
         try:

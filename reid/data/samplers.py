@@ -19,6 +19,9 @@ from torch.utils.data import Sampler
 
 logger = logging.getLogger(__name__)
 
+# Training samplers of torchreid's ImageDataManager (SAMPLER.TRAIN): P x K identities, or plain shuffling.
+TRAIN_SAMPLERS = ("RandomIdentitySampler", "RandomSampler")
+
 __all__ = ["DistributedIdentitySampler"]
 
 

@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["AMP_DTYPES", "autocast_context", "check_amp", "to_float32"]
+__all__ = ["AMP_DTYPES", "AMP_MODES", "autocast_context", "check_amp", "to_float32"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# TRAIN.AMP: float32 (off) or autocast to one of AMP_DTYPES.
+AMP_MODES = ("off", *AMP_DTYPES)
 """Autocast dtype of each mixed-precision mode (``off`` runs in float32)."""
 
 
@@ -26,8 +28,8 @@ def check_amp(amp: str, device: torch.device) -> None:
         ValueError: unknown mode.
         RuntimeError: ``fp16`` off CUDA, or ``bf16`` on a GPU without bfloat16 support.
     """
-    if amp != "off" and amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {['off', *AMP_DTYPES]}, got {amp!r}")
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {list(AMP_MODES)}, got {amp!r}")
     if amp == "fp16" and device.type != "cuda":
         raise RuntimeError(
             f"mixed precision fp16 needs a CUDA device (float16 autocast with a loss scaler), "

@@ -24,6 +24,7 @@ from reid.data.samplers import DistributedIdentitySampler
 from reid.models import create_model
 
 from .distributed import DistributedContext
+from .optim import make_optimizer, make_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -321,34 +322,18 @@ def build_model_for_state(cfg: CfgNode, state: dict) -> nn.Module:
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD or Adam with ``OPTIM.TRUNK_LR_MULT`` x LR on the trunk's parameters."""
-    trunk_ids = {id(p) for m in model.trunk_modules for p in m.parameters()}
-    trunk = [p for p in model.parameters() if id(p) in trunk_ids]
-    new = [p for p in model.parameters() if id(p) not in trunk_ids]
-    lr = cfg.OPTIM.LR
-    groups = [{"params": new, "lr": lr}]
-    if trunk:
-        groups.insert(0, {"params": trunk, "lr": lr * cfg.OPTIM.TRUNK_LR_MULT})
-    if cfg.OPTIM.NAME == "sgd":
-        return torch.optim.SGD(
-            groups, lr=lr, momentum=cfg.OPTIM.MOMENTUM, weight_decay=cfg.OPTIM.WEIGHT_DECAY,
-            nesterov=cfg.OPTIM.MOMENTUM > 0,
-        )
-    return torch.optim.Adam(
-        groups, lr=lr, betas=tuple(cfg.OPTIM.ADAM_BETAS), weight_decay=cfg.OPTIM.WEIGHT_DECAY
+    """The ``OPTIM`` optimiser, ``OPTIM.TRUNK_LR_MULT`` x LR on the trunk (:func:`reid.engine.optim.make_optimizer`)."""
+    o = cfg.OPTIM
+    return make_optimizer(
+        model, o.NAME, o.LR, trunk_lr_mult=o.TRUNK_LR_MULT, weight_decay=o.WEIGHT_DECAY, momentum=o.MOMENTUM,
+        adam_betas=o.ADAM_BETAS,
     )
 
 
 def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """The configured learning-rate schedule, stepped once per epoch."""
-    name = cfg.OPTIM.SCHEDULER
-    if name == "single_step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.OPTIM.STEPSIZE[0], gamma=cfg.OPTIM.GAMMA)
-    if name == "multi_step":
-        return torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(cfg.OPTIM.STEPSIZE), gamma=cfg.OPTIM.GAMMA
-        )
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.OPTIM.MAX_EPOCH, 1))
+    """The ``OPTIM`` learning-rate schedule, stepped once per epoch (:func:`reid.engine.optim.make_scheduler`)."""
+    o = cfg.OPTIM
+    return make_scheduler(optimizer, o.SCHEDULER, stepsize=o.STEPSIZE, gamma=o.GAMMA, max_epoch=o.MAX_EPOCH)
 
 
 def build_engine(cfg: CfgNode, progress: bool = True, dist: DistributedContext | None = None):

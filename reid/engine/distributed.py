@@ -53,6 +53,8 @@ __all__ = [
     "world_from_env",
 ]
 
+# Process-group backends (DIST.BACKEND): auto picks nccl on CUDA, gloo otherwise.
+BACKENDS = ("auto", "nccl", "gloo")
 BUCKET_ELEMENTS = 1 << 25
 """Largest flat buffer (elements) of one coalesced ``all_reduce``."""
 
@@ -126,6 +128,8 @@ def init_distributed(
     """
     if not context.is_distributed or dist.is_initialized():
         return
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
