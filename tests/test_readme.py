@@ -1,5 +1,7 @@
-"""The README documents every config key, tool and benchmark, and its two set-up commands exist."""
+"""The documentation (README.md and docs/*.md) documents every config key, tool and benchmark, and
+the README's two set-up commands exist."""
 
+import glob
 import os
 import re
 
@@ -9,16 +11,19 @@ from reid.config import _all_keys, get_default_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+DOC_FILES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+DOCS = {path: open(path, encoding="utf-8").read() for path in DOC_FILES}
+ALL_DOCS = "\n".join(DOCS.values())
 
 
 def config_table_rows():
-    """``{group: keys listed}`` from the README's table of configuration keys."""
+    """``{group: keys listed}`` from the tables of configuration keys in README.md and docs/*.md."""
     rows = {}
-    for line in README.splitlines():
+    for line in ALL_DOCS.splitlines():
         match = re.match(r"\| (top level|`[A-Z.]+`) \| (.*) \|$", line)
         if match:
             group = match.group(1).strip("`")
-            rows[group] = set(re.findall(r"`([A-Z_0-9]+)`", match.group(2)))
+            rows.setdefault(group, set()).update(re.findall(r"`([A-Z_0-9]+)`", match.group(2)))
     return rows
 
 
@@ -35,14 +40,14 @@ def test_every_config_key_is_in_the_readme_table():
         group, _, leaf = key.rpartition(".")
         if leaf not in rows.get(group or "top level", set()):
             missing.append(key)
-    assert not missing, f"config keys missing from the README's table: {missing}"
+    assert not missing, f"config keys missing from the documentation's table: {missing}"
 
 
 def test_every_tool_and_benchmark_is_documented():
     for folder in ("tools", "benchmarks"):
         for name in sorted(os.listdir(os.path.join(ROOT, folder))):
             if name.endswith(".py") and not name.startswith("_"):
-                assert f"{name}" in README, f"{folder}/{name} is not documented in the README"
+                assert f"{name}" in ALL_DOCS, f"{folder}/{name} is not documented in README.md or docs/"
 
 
 def test_setup_commands_name_existing_files():
