@@ -1,0 +1,334 @@
+"""The import rules of docs/architecture.md, checked on the source of reid/ without importing it.
+
+Every module under ``reid/`` is parsed with ``ast``; every import statement anywhere in it (module
+level, inside functions, under ``if TYPE_CHECKING:``) and every ``importlib.import_module`` /
+``__import__`` call with a literal name is resolved to an absolute module name, relative imports
+included. The rules:
+
+(a) no module of a library layer (``reid.metrics``, ``reid.data``, ``reid.models``,
+    ``reid.explain``, ``reid.losses``, ``reid.vis``) imports ``reid.config``, ``reid.engine`` or
+    ``reid.cli``;
+(b) a library layer imports only the library layers that ``ALLOWED_LIBRARY_IMPORTS`` lists for it
+    (the table in docs/architecture.md, checked to be the same); ``reid.config`` imports neither
+    ``reid.engine`` nor ``reid.cli``; ``reid.engine`` does not import ``reid.cli``; the package root
+    ``reid/__init__.py`` imports nothing from ``reid``; nothing in ``reid`` imports the scripts
+    ``tools`` or ``benchmarks``; every module of ``reid`` belongs to a layer the document names
+    (``reid.cli`` may be absent);
+(c) nothing in ``reid/`` touches ``sys.path`` (or ``site.addsitedir``).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "reid"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+LIBRARY_LAYERS = ("metrics", "data", "models", "explain", "losses", "vis")
+"""Subpackages of ``reid`` that are libraries: plain keyword arguments, no config, no engine."""
+
+UPPER_LAYERS = ("config", "engine", "cli")
+"""``reid.config`` (a module), ``reid.engine`` and ``reid.cli`` (packages; ``cli`` may not exist)."""
+
+ALLOWED_LIBRARY_IMPORTS: dict[str, frozenset[str]] = {
+    "metrics": frozenset(),
+    "data": frozenset(),
+    "explain": frozenset(),
+    "vis": frozenset(),
+    "models": frozenset({"metrics"}),
+    "losses": frozenset({"explain", "metrics"}),
+}
+"""Library layer -> the other library layers it may import (docs/architecture.md, same table)."""
+
+MAY_NOT_IMPORT_UPPER: dict[str, frozenset[str]] = {
+    **{layer: frozenset(UPPER_LAYERS) for layer in LIBRARY_LAYERS},
+    "config": frozenset({"engine", "cli"}),
+    "engine": frozenset({"cli"}),
+    "cli": frozenset(),
+}
+"""Layer -> the upper layers it must not import."""
+
+SCRIPTS = ("tools", "benchmarks")
+"""Top-level script folders outside the package; nothing in ``reid`` imports them."""
+
+
+@dataclass(frozen=True)
+class Import:
+    """One import found in a module.
+
+    Attributes:
+        path: the file, relative to the repository root.
+        line: its line number.
+        statement: the statement's source text (one line).
+        target: the absolute name imported, e.g. ``reid.engine.base`` or ``reid.config``.
+    """
+
+    path: str
+    line: int
+    statement: str
+    target: str
+
+    def where(self) -> str:
+        return f"{self.path}:{self.line}: `{self.statement}`"
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    """``reid/engine/base.py`` -> ``reid.engine.base``; ``reid/data/__init__.py`` -> ``reid.data``."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer_of(name: str) -> str | None:
+    """The layer of an absolute module name inside ``reid`` (``""`` for the root), else None."""
+    parts = name.split(".")
+    if parts[0] != "reid":
+        return None
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _statement_text(source: str, node: ast.AST) -> str:
+    text = ast.get_source_segment(source, node) or ast.unparse(node)
+    return " ".join(text.split())
+
+
+def _sys_aliases(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.asname or alias.name for alias in node.names if alias.name == "sys")
+    return names
+
+
+def find_imports(source: str, module: str, is_package: bool, path: str) -> list[Import]:
+    """Every import in ``source`` (the module ``module``), resolved to absolute names.
+
+    ``from X import a, b`` yields ``X.a`` and ``X.b`` when ``X`` is the package ``reid`` itself or
+    a relative package (``from . import a``, ``from .. import config``), since ``a`` is then a
+    module; otherwise it yields ``X``.
+
+    Raises:
+        ValueError: a relative import that goes above the top-level package.
+    """
+    tree = ast.parse(source, filename=path)
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".") if package else []
+                if node.level - 1 > len(parts) - 1:
+                    raise ValueError(f"{path}:{node.lineno}: relative import beyond the top-level package")
+                base = ".".join(parts[: len(parts) - (node.level - 1)])
+                name = f"{base}.{node.module}" if node.module else base
+            else:
+                name = node.module or ""
+            if not node.module or name == "reid":
+                targets = [f"{name}.{alias.name}" for alias in node.names if alias.name != "*"] or [name]
+            else:
+                targets = [name]
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__"))
+            )
+        ):
+            targets = [node.args[0].value]
+        for target in targets:
+            found.append(Import(path, node.lineno, _statement_text(source, node), target))
+    return sorted(found, key=lambda imp: imp.line)
+
+
+def find_sys_path_uses(source: str, path: str) -> list[str]:
+    """``path:line: text`` of every use of ``sys.path``, ``from sys import path`` or ``addsitedir``."""
+    tree = ast.parse(source, filename=path)
+    aliases = _sys_aliases(tree)
+    hits = []
+    for node in ast.walk(tree):
+        bad = (
+            (isinstance(node, ast.Attribute) and node.attr == "path"
+             and isinstance(node.value, ast.Name) and node.value.id in aliases)
+            or (isinstance(node, ast.ImportFrom) and node.module == "sys"
+                and any(alias.name == "path" for alias in node.names))
+            or (isinstance(node, ast.Attribute) and node.attr == "addsitedir")
+            or (isinstance(node, ast.ImportFrom) and node.module == "site"
+                and any(alias.name == "addsitedir" for alias in node.names))
+        )
+        if bad:
+            hits.append((node.lineno, f"{path}:{node.lineno}: `{_statement_text(source, node)}`"))
+    return [text for _, text in sorted(hits)]
+
+
+def package_modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def all_imports() -> list[tuple[str, Import]]:
+    """``(importing module, import)`` for every module of ``reid``."""
+    result = []
+    for path in package_modules():
+        module = module_name(path)
+        rel = path.relative_to(ROOT).as_posix()
+        for imp in find_imports(path.read_text(encoding="utf-8"), module, path.name == "__init__.py", rel):
+            result.append((module, imp))
+    return result
+
+
+def _fail(violations: list[str], rule: str) -> None:
+    if violations:
+        pytest.fail(f"{rule} (see docs/architecture.md):\n  " + "\n  ".join(violations))
+
+
+# -- the rules --------------------------------------------------------------------------------
+
+
+def test_every_module_belongs_to_a_documented_layer():
+    known = set(LIBRARY_LAYERS) | set(UPPER_LAYERS) | {""}
+    strays = [
+        path.relative_to(ROOT).as_posix()
+        for path in package_modules()
+        if layer_of(module_name(path)) not in known
+    ]
+    _fail(strays, "modules outside every layer; add their package to docs/architecture.md and this test")
+
+
+def test_library_layers_do_not_import_config_engine_or_cli():
+    """Rule (a)."""
+    violations = []
+    for module, imp in all_imports():
+        source, target = layer_of(module), layer_of(imp.target)
+        if source in LIBRARY_LAYERS and target in UPPER_LAYERS:
+            violations.append(f"{imp.where()} imports reid.{target}")
+    _fail(violations, "a library layer imports reid.config, reid.engine or reid.cli")
+
+
+def test_library_layers_import_only_the_allowed_library_layers():
+    """Rule (b), between library layers."""
+    violations = []
+    for module, imp in all_imports():
+        source, target = layer_of(module), layer_of(imp.target)
+        if source not in ALLOWED_LIBRARY_IMPORTS or target not in LIBRARY_LAYERS or target == source:
+            continue
+        if target not in ALLOWED_LIBRARY_IMPORTS[source]:
+            allowed = ", ".join(f"reid.{name}" for name in sorted(ALLOWED_LIBRARY_IMPORTS[source])) or "no other layer"
+            violations.append(f"{imp.where()} imports reid.{target}; reid.{source} may import {allowed}")
+    _fail(violations, "a library layer imports a library layer it may not")
+
+
+@pytest.mark.parametrize("layer", ["config", "engine", "cli"])
+def test_upper_layers_import_only_downwards(layer):
+    """Rule (b): config imports neither engine nor cli; engine does not import cli (cli may be absent)."""
+    violations = []
+    for module, imp in all_imports():
+        target = layer_of(imp.target)
+        if layer_of(module) == layer and target in MAY_NOT_IMPORT_UPPER[layer]:
+            violations.append(f"{imp.where()} imports reid.{target}")
+    _fail(violations, f"reid.{layer} imports a layer above it")
+
+
+def test_package_root_imports_nothing_from_reid():
+    """Rule (b): ``import reid.metrics`` must not pull in any other layer through reid/__init__.py."""
+    violations = [
+        f"{imp.where()} imports {imp.target}"
+        for module, imp in all_imports()
+        if layer_of(module) == "" and layer_of(imp.target) is not None
+    ]
+    _fail(violations, "reid/__init__.py imports from reid")
+
+
+def test_nothing_in_reid_imports_the_scripts():
+    """Rule (b): tools/ and benchmarks/ are scripts outside the package."""
+    violations = [
+        f"{imp.where()} imports {imp.target}"
+        for _, imp in all_imports()
+        if imp.target.split(".")[0] in SCRIPTS
+    ]
+    _fail(violations, "reid imports tools or benchmarks")
+
+
+def test_no_sys_path_manipulation_in_reid():
+    """Rule (c)."""
+    violations = []
+    for path in package_modules():
+        violations += find_sys_path_uses(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix())
+    _fail(violations, "reid/ touches sys.path")
+
+
+def test_architecture_document_states_the_same_allowed_graph():
+    """docs/architecture.md's table ``| `reid.X` | `reid.Y`, ... |`` equals ALLOWED_LIBRARY_IMPORTS."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    section = text.split("\n## Which library layer may import which\n", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        match = re.match(r"\| `reid\.([a-z_]+)` \| (.*?) \|", line)
+        if match and match.group(1) in LIBRARY_LAYERS:
+            documented[match.group(1)] = frozenset(re.findall(r"`reid\.([a-z_]+)`", match.group(2)))
+    assert documented == ALLOWED_LIBRARY_IMPORTS
+
+
+# -- the checker itself -----------------------------------------------------------------------
+
+
+def test_checker_resolves_relative_local_and_dynamic_imports():
+    source = (
+        "import os\n"
+        "from .. import config\n"
+        "from ..engine.base import ReidEngine\n"
+        "from . import hooks\n"
+        "from .weights import pair_weights\n"
+        "from reid import cli\n"
+        "import reid.vis.panels as panels\n"
+        "def late():\n"
+        "    from reid.engine import builders\n"
+        "    return importlib.import_module('reid.config')\n"
+    )
+    found = find_imports(source, "reid.explain.attention", False, "reid/explain/attention.py")
+    assert [(imp.line, imp.target) for imp in found] == [
+        (1, "os"),
+        (2, "reid.config"),
+        (3, "reid.engine.base"),
+        (4, "reid.explain.hooks"),
+        (5, "reid.explain.weights"),
+        (6, "reid.cli"),
+        (7, "reid.vis.panels"),
+        (9, "reid.engine"),
+        (10, "reid.config"),
+    ]
+    in_package = find_imports("from . import synthetic\n", "reid.data", True, "reid/data/__init__.py")
+    assert [imp.target for imp in in_package] == ["reid.data.synthetic"]
+    with pytest.raises(ValueError, match="beyond the top-level package"):
+        find_imports("from ... import x\n", "reid.data.base", False, "reid/data/base.py")
+
+
+def test_checker_finds_sys_path_uses():
+    source = (
+        "import sys as system\n"
+        "system.path.insert(0, '.')\n"
+        "from sys import path\n"
+        "import site\n"
+        "site.addsitedir('.')\n"
+        "import os\n"
+        "os.path.join('a', 'b')\n"
+    )
+    hits = find_sys_path_uses(source, "m.py")
+    assert [hit.split(":")[1] for hit in hits] == ["2", "3", "5"]
+
+
+def test_checker_sees_the_package():
+    modules = {module_name(path) for path in package_modules()}
+    expected = {"reid", "reid.config", "reid.engine"} | {f"reid.{layer}" for layer in LIBRARY_LAYERS}
+    assert expected <= modules, sorted(expected - modules)
