@@ -1,8 +1,10 @@
 """Default configuration: every key with a comment.
 
 YAML files under ``configs/`` override these defaults and the command line overrides the YAML
-(``KEY VALUE`` pairs, e.g. ``OPTIM.MAX_EPOCH 5``). The config is frozen before use. Only the tools
-and the engine builders read it; library classes take plain keyword arguments.
+(``KEY VALUE`` pairs, e.g. ``OPTIM.MAX_EPOCH 5``). The config is frozen before use. Only the
+commands (``reid.cli``) and the builders (``reid/builders.py``) read it; the engine and the library
+classes take plain keyword arguments. The allowed values of a key are declared by the component
+that owns them (:func:`allowed_values`).
 """
 
 from __future__ import annotations

@@ -6,14 +6,14 @@ level, inside functions, under ``if TYPE_CHECKING:``) and every ``importlib.impo
 included. The rules:
 
 (a) no module of a library layer (``reid.metrics``, ``reid.data``, ``reid.models``,
-    ``reid.explain``, ``reid.losses``, ``reid.vis``) imports ``reid.config``, ``reid.engine`` or
-    ``reid.cli``;
+    ``reid.explain``, ``reid.losses``, ``reid.vis``) imports ``reid.engine``, ``reid.config``,
+    ``reid.builders`` or ``reid.cli``;
 (b) a library layer imports only the library layers that ``ALLOWED_LIBRARY_IMPORTS`` lists for it
-    (the table in docs/architecture.md, checked to be the same); ``reid.config`` imports neither
-    ``reid.engine`` nor ``reid.cli``; ``reid.engine`` does not import ``reid.cli``; the package root
+    (the table in docs/architecture.md, checked to be the same), and of ``reid.explain`` only the
+    workflows ``dump`` and ``quality`` import other layers; the upper layers import downwards only
+    (engine < config < builders < cli); ``reid.io`` imports nothing from ``reid``; the package root
     ``reid/__init__.py`` imports nothing from ``reid``; nothing in ``reid`` imports the scripts
-    ``tools`` or ``benchmarks``; every module of ``reid`` belongs to a layer the document names
-    (``reid.cli`` may be absent);
+    ``tools`` or ``benchmarks``; every module of ``reid`` belongs to a layer the document names;
 (c) nothing in ``reid/`` touches ``sys.path`` (or ``site.addsitedir``).
 """
 
@@ -33,23 +33,32 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 LIBRARY_LAYERS = ("metrics", "data", "models", "explain", "losses", "vis")
 """Subpackages of ``reid`` that are libraries: plain keyword arguments, no config, no engine."""
 
-UPPER_LAYERS = ("config", "engine", "cli")
-"""``reid.config`` (a module), ``reid.engine`` and ``reid.cli`` (packages; ``cli`` may not exist)."""
+UPPER_LAYERS = ("engine", "config", "builders", "cli")
+"""Bottom-up: ``reid.engine`` (package), ``reid.config`` and ``reid.builders`` (modules),
+``reid.cli`` (package; ``reid/__main__.py`` belongs to it)."""
+
+UTILITY_LAYERS = ("io",)
+"""Modules every layer may import; they import nothing from ``reid`` (``reid/io.py``)."""
 
 ALLOWED_LIBRARY_IMPORTS: dict[str, frozenset[str]] = {
     "metrics": frozenset(),
     "data": frozenset(),
-    "explain": frozenset(),
     "vis": frozenset(),
     "models": frozenset({"metrics"}),
+    "explain": frozenset({"data", "metrics", "vis"}),
     "losses": frozenset({"explain", "metrics"}),
 }
 """Library layer -> the other library layers it may import (docs/architecture.md, same table)."""
 
+EXPLAIN_WORKFLOWS = frozenset({"reid.explain.dump", "reid.explain.quality"})
+"""The only modules of ``reid.explain`` that may import other library layers; the rest of the
+package (the explainers themselves) imports none, so it works on any embedding model."""
+
 MAY_NOT_IMPORT_UPPER: dict[str, frozenset[str]] = {
     **{layer: frozenset(UPPER_LAYERS) for layer in LIBRARY_LAYERS},
-    "config": frozenset({"engine", "cli"}),
-    "engine": frozenset({"cli"}),
+    "engine": frozenset({"config", "builders", "cli"}),
+    "config": frozenset({"builders", "cli"}),
+    "builders": frozenset({"cli"}),
     "cli": frozenset(),
 }
 """Layer -> the upper layers it must not import."""
@@ -91,6 +100,8 @@ def layer_of(name: str) -> str | None:
     parts = name.split(".")
     if parts[0] != "reid":
         return None
+    if len(parts) > 1 and parts[1] == "__main__":
+        return "cli"
     return parts[1] if len(parts) > 1 else ""
 
 
@@ -197,7 +208,7 @@ def _fail(violations: list[str], rule: str) -> None:
 
 
 def test_every_module_belongs_to_a_documented_layer():
-    known = set(LIBRARY_LAYERS) | set(UPPER_LAYERS) | {""}
+    known = set(LIBRARY_LAYERS) | set(UPPER_LAYERS) | set(UTILITY_LAYERS) | {""}
     strays = [
         path.relative_to(ROOT).as_posix()
         for path in package_modules()
@@ -206,14 +217,14 @@ def test_every_module_belongs_to_a_documented_layer():
     _fail(strays, "modules outside every layer; add their package to docs/architecture.md and this test")
 
 
-def test_library_layers_do_not_import_config_engine_or_cli():
+def test_library_layers_do_not_import_the_upper_layers():
     """Rule (a)."""
     violations = []
     for module, imp in all_imports():
         source, target = layer_of(module), layer_of(imp.target)
         if source in LIBRARY_LAYERS and target in UPPER_LAYERS:
             violations.append(f"{imp.where()} imports reid.{target}")
-    _fail(violations, "a library layer imports reid.config, reid.engine or reid.cli")
+    _fail(violations, "a library layer imports reid.engine, reid.config, reid.builders or reid.cli")
 
 
 def test_library_layers_import_only_the_allowed_library_layers():
@@ -229,9 +240,30 @@ def test_library_layers_import_only_the_allowed_library_layers():
     _fail(violations, "a library layer imports a library layer it may not")
 
 
-@pytest.mark.parametrize("layer", ["config", "engine", "cli"])
+def test_explainers_import_no_other_layer():
+    """Rule (b): only the explanation workflows of reid.explain import other library layers."""
+    violations = []
+    for module, imp in all_imports():
+        target = layer_of(imp.target)
+        if layer_of(module) == "explain" and module not in EXPLAIN_WORKFLOWS and target in LIBRARY_LAYERS:
+            if target != "explain":
+                violations.append(f"{imp.where()} imports reid.{target}")
+    _fail(violations, f"an explainer imports another library layer (only {sorted(EXPLAIN_WORKFLOWS)} may)")
+
+
+def test_utility_modules_import_nothing_from_reid():
+    violations = [
+        f"{imp.where()} imports {imp.target}"
+        for module, imp in all_imports()
+        if layer_of(module) in UTILITY_LAYERS and layer_of(imp.target) is not None
+    ]
+    _fail(violations, "a utility module imports from reid")
+
+
+@pytest.mark.parametrize("layer", UPPER_LAYERS)
 def test_upper_layers_import_only_downwards(layer):
-    """Rule (b): config imports neither engine nor cli; engine does not import cli (cli may be absent)."""
+    """Rule (b): engine imports neither config, builders nor cli; config neither builders nor cli;
+    builders not cli."""
     violations = []
     for module, imp in all_imports():
         target = layer_of(imp.target)
@@ -330,5 +362,7 @@ def test_checker_finds_sys_path_uses():
 
 def test_checker_sees_the_package():
     modules = {module_name(path) for path in package_modules()}
-    expected = {"reid", "reid.config", "reid.engine"} | {f"reid.{layer}" for layer in LIBRARY_LAYERS}
+    expected = {"reid", "reid.config", "reid.engine", "reid.builders", "reid.cli", "reid.io"} | {
+        f"reid.{layer}" for layer in LIBRARY_LAYERS
+    }
     assert expected <= modules, sorted(expected - modules)

@@ -101,7 +101,7 @@ def test_model_capabilities_are_checked_by_the_builder_registry():
     import pytest
 
     from reid.config import ConfigError, load_config
-    from reid.engine.builders import model_recipe
+    from reid.builders import model_recipe
 
     cfg = load_config(None, ["MODEL.NAME", "avsl", "SAM.ENABLED", "True"])
     with pytest.raises(ConfigError, match="SAM.ENABLED needs MODEL.NAME pcb, got 'avsl'"):

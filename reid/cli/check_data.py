@@ -13,7 +13,7 @@ import logging
 
 from reid.cli.common import config_or_exit, new_parser, parse_with_overrides
 from reid.data.validation import check_dataset
-from reid.engine.builders import dataset_names
+from reid.builders import dataset_names
 
 logger = logging.getLogger("check_data")
 

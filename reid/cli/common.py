@@ -51,7 +51,7 @@ def load_checked_config(config: str, opts: list[str]):
     Raises:
         ConfigError: a bad key or value, or an option the model does not support.
     """
-    from reid.engine.builders import model_recipe
+    from reid.builders import model_recipe
 
     cfg = load_config(config, opts)
     model_recipe(cfg)
@@ -69,7 +69,7 @@ def config_or_exit(args: argparse.Namespace):
 def engine_with_weights(cfg, weights: str, log_name: str, progress: bool = True):
     """Logging to ``OUTPUT_DIR/<log_name>.log``, the configured engine, and ``weights`` loaded into
     its model (our checkpoint or a plain state dict, read with ``weights_only=True``)."""
-    from reid.engine.builders import build_engine, setup_logging
+    from reid.builders import build_engine, setup_logging
     from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 
     setup_logging(cfg.OUTPUT_DIR, log_name)

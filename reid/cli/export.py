@@ -32,7 +32,7 @@ import os
 import torch
 
 from reid.cli.common import new_parser, config_or_exit, parse_with_overrides
-from reid.engine.builders import build_model_for_state, model_recipe, setup_logging
+from reid.builders import build_model_for_state, model_recipe, setup_logging
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 
 logger = logging.getLogger("export")

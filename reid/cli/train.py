@@ -14,7 +14,7 @@ import logging
 
 from reid.cli.common import load_checked_config, new_parser, parse_with_overrides
 from reid.config import ConfigError, validate_world_size
-from reid.engine.builders import build_engine, resolve_device, setup_logging
+from reid.builders import build_engine, resolve_device, setup_logging
 from reid.engine.distributed import destroy_distributed, init_distributed, world_from_env
 
 logger = logging.getLogger("train")

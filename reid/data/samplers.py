@@ -41,7 +41,7 @@ class DistributedIdentitySampler(Sampler[int]):
     generator seeded by ``seed + epoch``: ``passes x ceil(num_ids / (P num_replicas))`` steps.
     torchreid's ``RandomIdentitySampler`` instead cuts all images of each identity into chunks
     of K, so its epoch is longer by about ``images per identity / K``; ``passes`` of that size
-    gives a comparable epoch (``reid.engine.builders`` logs the value that matches).
+    gives a comparable epoch (``reid.builders`` logs the value that matches).
 
     Call :meth:`set_epoch` before each epoch (the engine does). Use it with
     ``DataLoader(dataset, sampler=sampler, batch_size=batch_size, drop_last=True)``; the indices

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reid.config import ConfigError, load_config, validate_world_size
-from reid.engine.builders import resolve_device
+from reid.builders import resolve_device
 from reid.engine.distributed import DistributedContext, all_reduce_gradients, world_from_env
 from tests.conftest import tiny_overrides
 from reid.cli import test as test_tool

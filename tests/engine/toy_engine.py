@@ -7,8 +7,24 @@ import torch
 from torch import nn
 
 from reid.engine.base import ReidEngine
+from reid.models import ReidModel
 
 NUM_BATCHES = 2
+
+
+class ToyModel(ReidModel):
+    """A linear embedding of the flattened image behind the model interface (default distance)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 2, 8))
+
+    @property
+    def embedding_dim(self) -> int:
+        return 8
+
+    def forward(self, x):
+        return self.net(x)
 
 
 class ToyEngine(ReidEngine):
@@ -34,7 +50,7 @@ def _batch(pids, camids, seed):
 def make_toy_engine(output_dir, **kwargs):
     """A :class:`ToyEngine` writing to ``output_dir`` (seeded model, SGD, StepLR)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 2, 8))
+    model = ToyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     train = [_batch([0, 0, 1, 1], [0, 1, 0, 1], seed) for seed in range(NUM_BATCHES)]

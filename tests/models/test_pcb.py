@@ -118,7 +118,7 @@ def test_padding_mode_removes_the_border_cue(mode):
 
 def test_padding_mode_from_the_config_and_bad_value():
     from reid.config import load_config
-    from reid.engine.builders import build_model
+    from reid.builders import build_model
 
     for name in ("pcb", "avsl"):
         cfg = load_config(None, ["MODEL.NAME", name, "MODEL.BACKBONE", "resnet18", "MODEL.PRETRAINED", "False",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from reid.config import load_config
-from reid.engine.builders import build_engine
+from reid.builders import build_engine
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 from reid.engine.evaluation import extract_dataset_features
 from reid.metrics import compute_distance_matrix

@@ -16,7 +16,7 @@ import torch
 
 from reid.config import load_config
 from reid.engine.avsl import AVSLEngine
-from reid.engine.builders import build_engine
+from reid.builders import build_engine
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 from reid.engine.evaluation import extract_dataset_features
 from tests.conftest import tiny_overrides

@@ -1,6 +1,9 @@
-"""Builders from the config: the only place in the library that reads it.
+"""Builders from the config: the only place besides the commands that reads it.
 
-Tools call these; everything they build takes plain keyword arguments.
+The commands (``reid.cli``) call these; everything they build (datasets, models, optimisers,
+engines) takes plain keyword arguments. :data:`MODEL_RECIPES` is the model registry of the
+builders: the one place that knows which ``MODEL.NAME`` is built how, trains with what engine and
+supports what (similarity mining, export); nothing else branches on the model's name.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from reid.data.base import register_variant
 from reid.data.samplers import DistributedIdentitySampler
 from reid.models import create_model
 
-from .distributed import DistributedContext
-from .optim import make_optimizer, make_scheduler
+from reid.engine.distributed import DistributedContext
+from reid.engine.optim import make_optimizer, make_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +225,7 @@ def _pcb_options(cfg: CfgNode) -> dict:
 
 
 def _pcb_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, base: dict):
-    from .pcb import PCBEngine
+    from reid.engine.pcb import PCBEngine
 
     common = dict(
         **base,
@@ -231,7 +234,7 @@ def _pcb_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, 
     )
     if not cfg.SAM.ENABLED:
         return PCBEngine(datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common)
-    from .sam import SAMEngine
+    from reid.engine.sam import SAMEngine
 
     return SAMEngine(
         datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common,
@@ -258,7 +261,7 @@ def _avsl_options(cfg: CfgNode) -> dict:
 
 
 def _avsl_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, base: dict):
-    from .avsl import AVSLEngine
+    from reid.engine.avsl import AVSLEngine
 
     avsl = cfg.AVSL
     return AVSLEngine(
@@ -347,7 +350,7 @@ def build_engine(cfg: CfgNode, progress: bool = True, dist: DistributedContext |
     """
     from reid.config import config_to_dict
 
-    from .base import EvalOptions
+    from reid.engine.base import EvalOptions
 
     dist = dist or DistributedContext()
     if cfg.NUM_THREADS > 0:
