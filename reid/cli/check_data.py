@@ -20,7 +20,6 @@ logger = logging.getLogger("check_data")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = new_parser("check-data", __doc__)
-    parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. DATA.ROOT /data")
     return parse_with_overrides(parser, argv)
 

@@ -38,11 +38,15 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
     return args
 
 
-def new_parser(command: str, doc: str | None) -> argparse.ArgumentParser:
-    """The parser of ``reid <command>``, its help text the module docstring."""
-    return argparse.ArgumentParser(
+def new_parser(command: str, doc: str | None, weights: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``reid <command>``, its help text the module docstring, with the options every
+    command has: ``--config`` (and ``--weights`` for the commands that load a trained model)."""
+    parser = argparse.ArgumentParser(
         prog=f"reid {command}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    if weights:
+        parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    return parser
 
 
 def load_checked_config(config: str, opts: list[str]):

@@ -44,9 +44,7 @@ logger = logging.getLogger("eval_explanations")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = new_parser("eval-explanations", __doc__)
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    parser = new_parser("eval-explanations", __doc__, weights=True)
     parser.add_argument("--num-triplets", type=int, default=200, help="controlled triplets (N)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the triplets and the random floor")
     parser.add_argument(

@@ -37,9 +37,7 @@ logger = logging.getLogger("explain")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = new_parser("explain", __doc__)
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    parser = new_parser("explain", __doc__, weights=True)
     parser.add_argument("--num-queries", type=int, default=10, help="queries explained, evenly spread (N)")
     parser.add_argument("--topk", type=int, default=5, help="matches explained per query (K)")
     parser.add_argument("--triplets", action="store_true", help="also explain 'why is A closer than B'")

@@ -44,9 +44,7 @@ EXPORTERS = ("dynamo", "torchscript")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = new_parser("export", __doc__)
-    parser.add_argument("--config", required=True, help="YAML config file of the trained model")
-    parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    parser = new_parser("export", __doc__, weights=True)
     parser.add_argument("--output", default="", help="ONNX file to write (default OUTPUT_DIR/model.onnx)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
     parser.add_argument("--batch-size", type=int, default=3, help="batch of the onnxruntime check (default 3)")

@@ -20,9 +20,7 @@ logger = logging.getLogger("test")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = new_parser("test", __doc__)
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    parser = new_parser("test", __doc__, weights=True)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. TEST.RERANK True")
     return parse_with_overrides(parser, argv)

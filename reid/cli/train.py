@@ -22,7 +22,6 @@ logger = logging.getLogger("train")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = new_parser("train", __doc__)
-    parser.add_argument("--config", required=True, help="YAML config file (overrides reid/config.py)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OPTIM.MAX_EPOCH 5")

@@ -21,6 +21,7 @@ docs/method.md sections 2-3.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SAMEngine"]
 
+# The keyword arguments that configure the similarity-mining loss rather than the PCB engine.
+SIMILARITY_MINING_OPTIONS = tuple(inspect.signature(SimilarityMiningLoss).parameters)
+
 
 class SAMEngine(PCBEngine):
     """Trains PCB with ``L = id_weight L_id + triplet_weight L_triplet + gamma L_sm``.
@@ -46,35 +50,21 @@ class SAMEngine(PCBEngine):
     Reference: SAM paper, sections 3.2-3.3, Eq. 2-3; docs/method.md section 3.
 
     Args:
-        form, gamma, omega, sigma, layer, bn_mode, second_order, max_tuples, map_gradient: the
-            similarity-mining options, see :class:`reid.losses.SimilarityMiningLoss`.
         *args: see :class:`~reid.engine.pcb.PCBEngine`.
-        **kwargs: see :class:`~reid.engine.pcb.PCBEngine`.
+        **kwargs: the keyword arguments of :class:`reid.losses.SimilarityMiningLoss` (``form``,
+            ``gamma``, ``omega``, ``sigma``, ``layer``, ``bn_mode``, ``second_order``,
+            ``max_tuples``, ``map_gradient``; its defaults where absent), the rest go to
+            :class:`~reid.engine.pcb.PCBEngine`.
 
     Raises:
         ValueError, TypeError: bad options, or a model without ``forward_features`` and
             ``embed_features`` or without ``layer``.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        form: str = "triplet",
-        gamma: float = 0.2,
-        omega: float = 10.0,
-        sigma: float = 0.5,
-        layer: str | None = None,
-        bn_mode: str = "eval",
-        second_order: bool = False,
-        max_tuples: int = 0,
-        map_gradient: bool = True,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        mining = {name: kwargs.pop(name) for name in SIMILARITY_MINING_OPTIONS if name in kwargs}
         super().__init__(*args, **kwargs)
-        self.sm_loss = SimilarityMiningLoss(
-            form=form, gamma=gamma, omega=omega, sigma=sigma, layer=layer, bn_mode=bn_mode,
-            second_order=second_order, max_tuples=max_tuples, map_gradient=map_gradient,
-        )
+        self.sm_loss = SimilarityMiningLoss(**mining)
         self.sm_loss.check_model(self.model)
         self.weights["sm"] = self.sm_loss.gamma
 

@@ -51,15 +51,8 @@ from torch import nn
 
 from reid.data.controlled import ControlledTriplet, build_controlled_triplets
 from reid.data.synthetic import is_complete
-from reid.metrics.explanation import (
-    baseline_images,
-    curve_auc,
-    deletion_curve,
-    dilate_regions,
-    energy_inside,
-    insertion_curve,
-    pointing_game,
-)
+from reid.metrics.explanation import baseline_images, curve_auc, deletion_curve, dilate_regions
+from reid.metrics.explanation import energy_inside, insertion_curve, pointing_game
 
 from .baselines import (
     activation_maps,
@@ -100,23 +93,23 @@ class QualityOptions:
         seed: seeds the triplets and the random floor.
         num_curves: triplets whose positive pair gets deletion/insertion curves (the first ``M``;
             0: all).
+        layer: also explain this layer on the full model (None: no).
         steps: deletion/insertion steps.
         tolerance: pointing-game band in image pixels.
         baseline: value of removed pixels, ``mean`` or ``blur``.
         top_nodes: attribution nodes summed in ``avsl_nodes``.
         batch_size: triplets per batch.
-        layer: also explain this layer on the full model (None: no).
     """
 
     num_triplets: int = 200
     seed: int = 0
     num_curves: int = 48
+    layer: str | None = None
     steps: int = 8
     tolerance: int = 3
     baseline: str = "mean"
     top_nodes: int = 8
     batch_size: int = 32
-    layer: str | None = None
 
     def __post_init__(self) -> None:
         if min(self.num_triplets, self.steps, self.batch_size, self.top_nodes) < 1 or self.num_curves < 0:

@@ -153,11 +153,7 @@ def triplet_loss_from_distances(
 
 
 def batch_hard_triplet_loss(
-    features: torch.Tensor,
-    pids: torch.Tensor,
-    margin: float = 0.3,
-    soft_margin: bool = False,
-    num_negatives: int = 1,
+    features: torch.Tensor, pids: torch.Tensor, margin: float = 0.3, soft_margin: bool = False, num_negatives: int = 1
 ) -> tuple[torch.Tensor, MinedTuples]:
     """Batch-hard triplet loss on embeddings: :func:`triplet_loss_from_distances` of their
     Euclidean distances (:func:`reid.metrics.euclidean_distance`).

@@ -517,11 +517,7 @@ class AVSL(ReidModel):
 
     @torch.no_grad()
     def pairwise_distance(
-        self,
-        query: torch.Tensor,
-        gallery: torch.Tensor,
-        metric: str = "euclidean",
-        normalize: bool = False,
+        self, query: torch.Tensor, gallery: torch.Tensor, metric: str = "euclidean", normalize: bool = False,
         chunk_size: int | None = None,
     ) -> torch.Tensor:
         """``(N, M)`` matrix of ``d_hat`` between flat eval features, in chunks of queries.
