@@ -44,6 +44,7 @@ def new_parser(command: str, doc: str | None, weights: bool = False) -> argparse
     parser = argparse.ArgumentParser(
         prog=f"reid {command}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--config", required=True, help="YAML config file (overrides the defaults of reid/config.py)")
     if weights:
         parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
     return parser

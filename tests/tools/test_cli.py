@@ -56,3 +56,11 @@ def test_tools_shims_run_the_same_command(tool):
     done = run(os.path.join("tools", f"{tool}.py"), "--help")
     assert done.returncode == 0, done.stderr
     assert f"usage: reid {tool.replace('_', '-')}" in done.stdout
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_subcommand_needs_a_config(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command])
+    assert stop.value.code == 2
+    assert "--config" in capsys.readouterr().err
