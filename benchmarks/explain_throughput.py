@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     try:
         from pytorch_grad_cam import GradCAM
     except ImportError as err:
-        raise SystemExit("pytorch-grad-cam is not installed: pip install grad-cam (see README)") from err
+        raise SystemExit("pytorch-grad-cam is not installed: pip install grad-cam (see docs/benchmarks.md)") from err
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

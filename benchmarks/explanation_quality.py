@@ -5,8 +5,8 @@ Runs ``tools/eval_explanations.py``'s ``main(argv)`` once per ``--run NAME=CONFI
 with the same triplets (same ``--seed`` and ``--num-triplets``), the same metric settings and the
 same extra ``KEY VALUE`` overrides, each writing to ``<output-root>/<NAME>``, and prints one table
 with a model column: explainer x (pointing game, energy inside, deletion AUC, insertion AUC).
-The references in every model's rows are its floors, ``centre`` and ``random`` (see the README
-section "Explanation quality" for how to read the table).
+The references in every model's rows are its floors, ``centre`` and ``random`` (see
+``docs/explanation-quality.md`` for how to read the table).
 
 Usage::
 

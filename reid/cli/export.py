@@ -15,7 +15,7 @@ dynamic axis is exercised), logs the largest absolute difference of the embeddin
 
 Retrieval with the exported model: embed query and gallery images, then rank the gallery by the
 distance the config evaluates with (``TEST.DIST_METRIC``, after L2 normalisation when
-``TEST.NORMALIZE_FEATURE``); see the README's "Export to ONNX".
+``TEST.NORMALIZE_FEATURE``); see "Export to ONNX" in ``docs/training.md``.
 
 Needs ``onnx`` and ``onnxruntime`` (``pip install .[export]``); the default ``dynamo`` exporter
 (PyTorch's ``torch.export``-based one) also needs ``onnxscript``, ``--exporter torchscript``

@@ -30,8 +30,8 @@ they are compared with (resize them first, e.g. with :func:`reid.explain.resize_
   raster index (a stable sort), so a constant map removes rows top to bottom.
   Reference: Petsiuk et al., "RISE", BMVC 2018, section 4.1 (deletion and insertion metrics).
 
-numpy/torch only; nothing here knows models. ``docs/method.md`` has no section on these yet;
-the choices above are documented here and in the README ("Explanation quality").
+numpy/torch only; nothing here knows models. The definitions are ``docs/method.md`` section 7;
+the results and how to read them are in ``docs/explanation-quality.md``.
 """
 
 from __future__ import annotations
