@@ -347,6 +347,8 @@ class AVSL(ReidModel):
         for name in self._stage_names:
             setattr(self, name, getattr(trunk, name))
         self.levels = levels
+        # the head map is the top level's (layer4 by default)
+        self.explainability = Explainability(head_layer=levels[-1], attribution=True)
         self.embed_dim = embed_dim
         self.topk = topk
         self.momentum = momentum

@@ -57,6 +57,9 @@ def test_pcb_identity_logits_sum_the_stripe_classifiers():
 
 
 def test_avsl_head_is_its_top_level():
+    two_levels = create_model("avsl", num_classes=3, backbone="resnet18", levels=("layer2", "layer3"), embed_dim=8,
+                              topk=4, pretrained=False)
+    assert two_levels.explainability.head_layer == "layer3"
     model = small_avsl().eval()
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
