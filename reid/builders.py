@@ -93,20 +93,24 @@ def seed_everything(seed: int) -> None:
 
 
 def dataset_options(cfg: CfgNode, name: str) -> dict:
-    """Keyword arguments our dataset ``name`` takes from the config."""
+    """Keyword arguments dataset ``name`` takes from the config.
+
+    Every dataset gets ``on_bad_image`` (``DATA.ON_BAD_IMAGE``): ours read their images when
+    built, and ``register_variant`` wraps the others (torchreid's built-ins) so that they do too.
+    The synthetic set also gets its size.
+    """
+    options = {"on_bad_image": cfg.DATA.ON_BAD_IMAGE}
     if name == "synthetic":
         syn = cfg.DATA.SYNTHETIC
-        return {
-            "num_ids": syn.NUM_IDS,
-            "num_cams": syn.NUM_CAMS,
-            "images_per_id": syn.IMAGES_PER_ID,
-            "height": syn.IMG_HEIGHT,
-            "width": syn.IMG_WIDTH,
-            "seed": syn.SEED,
-        }
-    if name.startswith(("cuhk03_np", "dukemtmc")):
-        return {"on_bad_image": cfg.DATA.ON_BAD_IMAGE}
-    return {}
+        options.update(
+            num_ids=syn.NUM_IDS,
+            num_cams=syn.NUM_CAMS,
+            images_per_id=syn.IMAGES_PER_ID,
+            height=syn.IMG_HEIGHT,
+            width=syn.IMG_WIDTH,
+            seed=syn.SEED,
+        )
+    return options
 
 
 def dataset_names(cfg: CfgNode, names: list[str]) -> list[str]:

@@ -2,8 +2,10 @@
 
 Builds every dataset of ``DATA.SOURCES`` and ``DATA.TARGETS`` under ``DATA.ROOT`` exactly as
 training does (once per mode, so every image of every split is read, with
-``DATA.ON_BAD_IMAGE``), prints a table of identities, images and cameras per split, the counts
-that differ from the published ones, and the errors. Exits with 1 when a dataset has an error.
+``DATA.ON_BAD_IMAGE``; ours, the synthetic set and torchreid's built-ins alike), prints a table of
+identities, images and cameras per split, the counts that differ from the published ones, the
+images skipped with ``DATA.ON_BAD_IMAGE skip``, and the errors. Exits with 1 when a dataset has an
+error.
 """
 
 from __future__ import annotations
@@ -33,14 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         try:
             registered = dataset_names(cfg, [name])[0]
-            table, differences = check_dataset(name, registered, cfg.DATA.ROOT)
+            report = check_dataset(name, registered, cfg.DATA.ROOT)
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             errors.append(f"{name}: {exc}")
             print(f"{name}: ERROR\n{exc}\n")
             continue
-        print(table)
-        for line in differences:
+        print(report.table)
+        for line in report.differences:
             print(f"  differs from the published counts: {line}")
+        if report.skipped:
+            print(f"  skipped {len(report.skipped)} unreadable image(s) (DATA.ON_BAD_IMAGE skip):")
+            for path in report.skipped:
+                print(f"    {path}")
         print()
     print(f"{len(names) - len(errors)} of {len(names)} dataset(s) OK" + (", errors above" if errors else ""))
     return 1 if errors else 0

@@ -1,7 +1,9 @@
 """Datasets registered with torchreid on import.
 
 ``synthetic`` (generated, embedded default), ``cuhk03_np_labeled``, ``cuhk03_np_detected`` and
-``dukemtmc_reid``.
+``dukemtmc_reid``. Each reads every image of the splits it serves when built (``on_bad_image``);
+torchreid's built-in datasets (``market1501``, ``msmt17``, ...) get the same check through
+:func:`register_variant` (see :mod:`reid.data.checked`).
 """
 
 from . import cuhk03_np, dukemtmc, synthetic  # noqa: F401  (register the datasets)

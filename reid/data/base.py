@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 from torchreid.reid.data import ImageDataset, register_image_dataset
@@ -44,15 +44,17 @@ def read_image(path: str) -> Image.Image:
 
 
 def check_images(
-    items: list[tuple], on_bad_image: str = "error", split: str = ""
+    items: list[tuple], on_bad_image: str = "error", split: str = "",
+    skipped: list[str] | None = None,
 ) -> list[tuple]:
-    """Verifies every image of a split; fails on the first bad one or drops bad ones.
+    """Verifies every image of a split (a full decode); fails on the first bad one or drops bad ones.
 
     Args:
         items: ``(img_path, pid, camid, ...)`` tuples.
         on_bad_image: ``error`` raises :class:`ImageReadError`; ``skip`` drops the item and logs
             how many were dropped.
         split: name used in the log message.
+        skipped: if given, the paths of the dropped images are appended to it.
 
     Returns:
         The items whose images could be read.
@@ -73,11 +75,23 @@ def check_images(
         logger.warning(
             "skipped %d unreadable image(s) in %s, e.g. %s", len(bad), split or "split", bad[0]
         )
+        if skipped is not None:
+            skipped.extend(bad)
     return kept
 
 
 class SafeImageDataset(ImageDataset):
-    """torchreid ``ImageDataset`` whose items are read with :func:`read_image`."""
+    """torchreid ``ImageDataset`` whose items are read with :func:`read_image`.
+
+    Attributes:
+        checks_images: the class reads every image of the splits it serves when it is built and
+            takes ``on_bad_image`` (see :func:`check_images`); :func:`register_variant` wraps the
+            datasets that do not (torchreid's built-ins) so that they do.
+        skipped_images: paths dropped at construction with ``on_bad_image="skip"``.
+    """
+
+    checks_images: bool = False
+    skipped_images: Sequence[str] = ()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         img_path, pid, camid, dsetid = self.data[index]
@@ -98,11 +112,21 @@ def register_once(name: str, factory: Callable[..., ImageDataset]) -> None:
         register_image_dataset(name, factory)
 
 
+def checks_images(factory: Callable[..., ImageDataset]) -> bool:
+    """Whether the dataset ``factory`` builds reads its images when built (see
+    :class:`SafeImageDataset`)."""
+    return bool(getattr(factory, "checks_images", False))
+
+
 def register_variant(name: str, options: dict[str, Any]) -> str:
     """Registers ``name``'s dataset with ``options`` bound and returns the name to use.
 
-    With no options, ``name`` itself is returned. Otherwise the variant is registered under
-    ``name[<hash of options>]`` (once), so torchreid's data manager can build it.
+    A dataset that does not check its images itself (torchreid's built-ins such as
+    ``market1501`` or ``msmt17``) is wrapped by :func:`reid.data.checked.checked_factory`, which
+    builds it and then reads every image of the splits in use with ``on_bad_image``; its variant
+    is registered even without options. For our datasets, no options return ``name`` itself.
+    Otherwise the variant is registered under ``name[<hash of options>]`` (once), so torchreid's
+    data manager can build it.
 
     Raises:
         KeyError: ``name`` is not a registered dataset (the message lists the registered ones).
@@ -110,10 +134,15 @@ def register_variant(name: str, options: dict[str, Any]) -> str:
     registry = registered_image_datasets()
     if name not in registry:
         raise KeyError(f"unknown dataset '{name}'; registered datasets: {sorted(registry)}")
-    if not options:
+    factory = registry[name]
+    if not checks_images(factory):
+        from .checked import checked_factory  # (imports this module)
+
+        factory = checked_factory(factory)
+    elif not options:
         return name
     digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
     variant = f"{name}[{digest}]"
-    register_once(variant, functools.partial(registry[name], **options))
+    register_once(variant, functools.partial(factory, **options))
     return variant
 

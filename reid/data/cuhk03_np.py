@@ -154,6 +154,7 @@ class CUHK03NP(SafeImageDataset):
     """
 
     num_cams = 2
+    checks_images = True
 
     def __init__(
         self,
@@ -171,6 +172,7 @@ class CUHK03NP(SafeImageDataset):
         self.published = published_counts(image_type)
         splits = self._read_release()
         verify = splits_in_use(kwargs.get("mode", "train"), kwargs.get("combineall", False))
+        self.skipped_images: list[str] = []
         splits = prepare_splits(
             self.name,
             splits,
@@ -178,6 +180,7 @@ class CUHK03NP(SafeImageDataset):
             published=self.published,
             on_bad_image=on_bad_image,
             verify=verify,
+            skipped=self.skipped_images,
         )
         super().__init__(splits["train"], splits["query"], splits["gallery"], **kwargs)
 

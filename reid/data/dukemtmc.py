@@ -63,6 +63,7 @@ class DukeMTMCreID(SafeImageDataset):
     """
 
     name = "DukeMTMC-reID"
+    checks_images = True
     num_cams = 8
     pattern = NamePattern(
         regex=re.compile(r"(?P<pid>\d+)_c(?P<cam>\d+)_f(?P<frame>\d+)\.jpg"),
@@ -88,6 +89,7 @@ class DukeMTMCreID(SafeImageDataset):
         require_paths(dirs.values(), self.name, EXPECTED_TREE)
         splits = {split: scan_split_dir(path, self.pattern) for split, path in dirs.items()}
         verify = splits_in_use(kwargs.get("mode", "train"), kwargs.get("combineall", False))
+        self.skipped_images: list[str] = []
         splits = prepare_splits(
             self.name,
             splits,
@@ -95,6 +97,7 @@ class DukeMTMCreID(SafeImageDataset):
             published=self.published,
             on_bad_image=on_bad_image,
             verify=verify,
+            skipped=self.skipped_images,
         )
         super().__init__(splits["train"], splits["query"], splits["gallery"], **kwargs)
 

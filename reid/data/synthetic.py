@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .base import SafeImageDataset, register_once
+from .validation import prepare_splits, splits_in_use
 from .render import (
     PART_LABELS,
     CameraStyle,
@@ -408,6 +409,9 @@ class SyntheticReID(SafeImageDataset):
         num_distractor_ids: extra gallery-only identities (pid 0).
         difficulty: a :class:`~reid.data.render.Difficulty` or a dict of its fields.
         progress: show a progress bar while generating.
+        on_bad_image: ``error`` or ``skip`` an unreadable image. Every image of the splits that
+            ``mode`` serves (all three with ``combineall``) is read at construction, as for every
+            dataset (see :func:`reid.data.validation.prepare_splits`).
         **kwargs: fields of :class:`~reid.data.render.Difficulty` (override ``difficulty``),
             torchreid's dataset options (``transform``, ``mode``, ``combineall``, ``verbose``,
             ``k_tfm``), and the options torchreid's data manager passes to every dataset
@@ -415,15 +419,17 @@ class SyntheticReID(SafeImageDataset):
 
     Raises:
         TypeError: an unknown keyword argument.
+        reid.data.base.ImageReadError: an unreadable image with ``on_bad_image="error"``.
     """
 
     dataset_dir = "synthetic"
     _junk_pids = [0]
+    checks_images = True
 
     def __init__(self, root: str = "", num_ids: int = 300, num_cams: int = 6, images_per_id: int = 20,
                  height: int = 128, width: int = 64, seed: int = 0, num_distractor_ids: int = 0,
                  difficulty: Difficulty | Mapping[str, Any] | None = None, progress: bool = True,
-                 **kwargs: Any) -> None:
+                 on_bad_image: str = "error", **kwargs: Any) -> None:
         knob_names = {f.name for f in dataclasses.fields(Difficulty)}
         knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in knob_names}
         for name in _TORCHREID_IGNORED_KWARGS:
@@ -442,7 +448,17 @@ class SyntheticReID(SafeImageDataset):
         self.root = os.path.abspath(os.path.expanduser(root))
         self.dataset_dir = prepare_synthetic(self.root, self.config, progress)
         train, query, gallery = self._lists()
-        super().__init__(train, query, gallery, **kwargs)
+        self.skipped_images: list[str] = []
+        splits = prepare_splits(
+            "synthetic",
+            {"train": train, "query": query, "gallery": gallery},
+            num_cams=self.config.num_cams,
+            published={},
+            on_bad_image=on_bad_image,
+            verify=splits_in_use(kwargs.get("mode", "train"), kwargs.get("combineall", False)),
+            skipped=self.skipped_images,
+        )
+        super().__init__(splits["train"], splits["query"], splits["gallery"], **kwargs)
 
     def _lists(self) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]],
                               list[tuple[str, int, int]]]:

@@ -187,6 +187,72 @@ def splits_in_use(mode: str, combineall: bool) -> tuple[str, ...]:
     return (mode,) if mode in SPLITS else ()
 
 
+def read_split_images(
+    dataset_name: str,
+    split: str,
+    items: Sequence[tuple],
+    on_bad_image: str = "error",
+    skipped: list[str] | None = None,
+) -> list[tuple]:
+    """Reads every image of one split (see :func:`reid.data.base.check_images`).
+
+    Returns:
+        The items whose image could be read (all of them with ``on_bad_image="error"``).
+
+    Raises:
+        reid.data.base.ImageReadError: an unreadable image when ``on_bad_image`` is ``error``.
+        DatasetError: every image of the split was unreadable.
+    """
+    kept = check_images(
+        list(items), on_bad_image=on_bad_image, split=f"{dataset_name} {split}", skipped=skipped
+    )
+    if items and not kept:
+        raise DatasetError(f"{dataset_name}: every image of the {split} split is unreadable")
+    return kept
+
+
+def check_split_images(
+    dataset_name: str,
+    splits: Mapping[str, list[tuple]],
+    *,
+    on_bad_image: str = "error",
+    verify: Iterable[str] = SPLITS,
+    skipped: list[str] | None = None,
+) -> dict[str, list[tuple]]:
+    """Reads every image of the splits in ``verify``; the validation that every dataset gets.
+
+    Used as is for datasets whose lists are already parsed and labelled (torchreid's built-ins,
+    see :mod:`reid.data.checked`); :func:`prepare_splits` runs the same reading after its checks
+    of names and cameras.
+
+    Args:
+        dataset_name: used in messages.
+        splits: ``{"train": items, "query": items, "gallery": items}``, train labelled ``0..N-1``.
+        on_bad_image: ``error`` or ``skip`` (see :func:`reid.data.base.check_images`).
+        verify: the splits whose images are read (the others are returned unchanged).
+        skipped: if given, the paths of dropped images are appended to it.
+
+    Returns:
+        The splits without unreadable images; train relabelled to ``0..N-1`` when images were
+        dropped from it (an identity may have lost its only image).
+
+    Raises:
+        reid.data.base.ImageReadError: an unreadable image when ``on_bad_image`` is ``error``.
+        DatasetError: every image of a verified split was unreadable.
+    """
+    verify = set(verify)
+    checked = {}
+    for split in SPLITS:
+        items = list(splits[split])
+        if split in verify:
+            kept = read_split_images(dataset_name, split, items, on_bad_image, skipped)
+            if split == "train" and len(kept) < len(items):
+                kept = relabel(kept)
+            items = kept
+        checked[split] = items
+    return checked
+
+
 def prepare_splits(
     dataset_name: str,
     splits: Mapping[str, list[tuple]],
@@ -195,6 +261,7 @@ def prepare_splits(
     published: Mapping[str, PublishedCounts],
     on_bad_image: str = "error",
     verify: Iterable[str] = SPLITS,
+    skipped: list[str] | None = None,
 ) -> dict[str, list[tuple]]:
     """Validates parsed splits and relabels the training pids to ``0..N-1``.
 
@@ -210,6 +277,7 @@ def prepare_splits(
         published: published counts per split.
         on_bad_image: ``error`` or ``skip`` (see :func:`reid.data.base.check_images`).
         verify: splits whose counts and images are checked.
+        skipped: if given, the paths of dropped images are appended to it.
 
     Returns:
         The checked splits, train relabelled after any skipped images were dropped.
@@ -228,18 +296,33 @@ def prepare_splits(
         if split in verify:
             for problem in count_mismatches([split_statistics(items, split)], published):
                 logger.warning("%s: counts differ from the published ones: %s", dataset_name, problem)
-            items = check_images(items, on_bad_image=on_bad_image, split=f"{dataset_name} {split}")
-            if not items:
-                raise DatasetError(f"{dataset_name}: every image of the {split} split is unreadable")
+            items = read_split_images(dataset_name, split, items, on_bad_image, skipped)
         checked[split] = items
     checked["train"] = relabel(checked["train"])
     return checked
 
 
-def check_dataset(name: str, registered_name: str, root: str) -> tuple[str, list[str]]:
-    """Builds the torchreid dataset ``registered_name`` under ``root`` in each mode (every image of
-    every split is read, as training does); returns its statistics table titled ``name`` and the
-    counts that differ from the published ones.
+@dataclass(frozen=True)
+class DatasetCheck:
+    """What :func:`check_dataset` found in one dataset.
+
+    Attributes:
+        table: identities, images and cameras per split (:func:`format_statistics`).
+        differences: the counts that differ from the published ones.
+        skipped: unreadable images dropped with ``on_bad_image="skip"``.
+    """
+
+    table: str
+    differences: list[str]
+    skipped: list[str]
+
+
+def check_dataset(name: str, registered_name: str, root: str) -> DatasetCheck:
+    """Builds the torchreid dataset ``registered_name`` under ``root`` in each mode, as training
+    does: every image of every split is read (datasets that do not read them themselves are
+    wrapped by :func:`reid.data.base.register_variant`, which made ``registered_name``). Returns
+    its statistics table titled ``name``, the counts that differ from the published ones and
+    the images that were skipped.
 
     Raises:
         ValueError, OSError, KeyError, RuntimeError: the dataset cannot be built (our
@@ -249,10 +332,13 @@ def check_dataset(name: str, registered_name: str, root: str) -> tuple[str, list
 
     import reid.data  # noqa: F401  (registers our datasets with torchreid)
 
-    splits, published = {}, {}
+    splits, published, skipped = {}, {}, []
     for mode in SPLITS:
         dataset = init_image_dataset(registered_name, root=root, mode=mode, verbose=False)
         splits[mode] = getattr(dataset, mode)
         published = getattr(dataset, "published", {})
+        skipped.extend(getattr(dataset, "skipped_images", ()))
     stats = [split_statistics(splits[split], split) for split in SPLITS]
-    return format_statistics(stats, title=name), count_mismatches(stats, published)
+    return DatasetCheck(
+        format_statistics(stats, title=name), count_mismatches(stats, published), skipped
+    )
