@@ -16,8 +16,10 @@ them) in Market-1501 layout::
     config.json, COMPLETE                        parameters; marker written last
 
 Generation happens in a temporary folder that is renamed when complete, so an interrupted run never
-leaves a folder that looks complete. Importing this module registers :class:`SyntheticReID` with
-torchreid under the name ``synthetic``.
+leaves a folder that looks complete. A run killed outright (``kill -9``, out of memory, power loss)
+leaves its temporary folder behind; the next :func:`prepare_synthetic` under the same root removes
+the stale ones (see :func:`remove_stale_temporaries`). Importing this module registers
+:class:`SyntheticReID` with torchreid under the name ``synthetic``.
 
 Any image can be re-rendered exactly, e.g. with one attribute changed::
 
@@ -34,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -70,6 +73,15 @@ MARKET_PATTERN = re.compile(r"([-\d]+)_c(\d)s1_(\d{6})_00\.jpg$")
 """Matches the file names (groups: pid, 1-based camera, frame)."""
 
 COMPLETE_MARKER = "COMPLETE"
+TMP_PREFIX = ".tmp-"
+"""Temporary generation folders are ``<root>/synthetic/.tmp-<variant>-<pid>@<host>``."""
+STALE_AFTER_S = 10 * 60
+"""A temporary folder in which nothing changed for this long is stale: a live generation creates a
+file every few milliseconds."""
+DEAD_OWNER_GRACE_S = 60
+"""A temporary folder whose generating process is gone is stale once nothing in it changed for
+this long (a guard against containers that share a host name but not their process ids)."""
+_TMP_OWNER = re.compile(r"-(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)$")
 _TORCHREID_DATASET_KWARGS = ("transform", "k_tfm", "mode", "combineall", "verbose")
 _TORCHREID_IGNORED_KWARGS = ("split_id", "cuhk03_labeled", "cuhk03_classic_split", "market1501_500k")
 # seed streams (each a separate SeedSequence)
@@ -265,11 +277,97 @@ def is_complete(dataset_dir: str) -> bool:
     return os.path.isfile(os.path.join(dataset_dir, COMPLETE_MARKER))
 
 
+def _host() -> str:
+    """This machine's name as it may appear in a folder name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+
+
+def temporary_folder_name(variant: str, pid: int | None = None, host: str | None = None) -> str:
+    """``.tmp-<variant>-<pid>@<host>``: where process ``pid`` (default: this one) of machine
+    ``host`` (default: this one) generates ``variant``."""
+    pid = os.getpid() if pid is None else pid
+    return f"{TMP_PREFIX}{variant}-{pid}@{host or _host()}"
+
+
+def _process_running(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is running (unsure: True)."""
+    if pid == os.getpid() or os.name != "posix":  # os.kill(pid, 0) terminates it on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def _last_change(folder: str) -> float:
+    """Newest modification time of ``folder`` and its sub-folders (a new file changes its folder's)."""
+    newest = os.stat(folder).st_mtime
+    for dirpath, dirnames, _ in os.walk(folder):
+        for name in dirnames:
+            newest = max(newest, os.stat(os.path.join(dirpath, name)).st_mtime)
+    return newest
+
+
+def _stale_reason(path: str, name: str, stale_after: float, grace: float) -> str:
+    """Why the temporary folder ``path`` is stale, or ``""`` when it may belong to a live run."""
+    idle = time.time() - _last_change(path)
+    if idle >= stale_after:
+        return f"nothing in it changed for {idle / 60:.0f} min"
+    owner = _TMP_OWNER.search(name)
+    if (idle >= grace and owner and owner["host"] == _host()
+            and not _process_running(int(owner["pid"]))):
+        return f"its generating process {owner['pid']} on this machine is gone"
+    return ""
+
+
+def remove_stale_temporaries(parent: str, stale_after: float = STALE_AFTER_S,
+                             grace: float = DEAD_OWNER_GRACE_S) -> list[str]:
+    """Removes the temporary folders of killed generations from ``parent`` (``<root>/synthetic``).
+
+    A ``.tmp-*`` folder is stale when nothing in it changed for ``stale_after`` seconds (a live
+    generation writes files continuously; this covers other machines sharing the root and the
+    folders named by older versions, ``.tmp-<variant>-<pid>``), or when its name records this
+    machine and a process that is no longer running and nothing in it changed for ``grace``
+    seconds. Any other is left alone: it may be a generation in progress. Each removal is logged;
+    a folder that cannot be removed (a read-only root) is a warning, not an error.
+
+    Returns:
+        The removed folders.
+    """
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(parent, name)
+        if not name.startswith(TMP_PREFIX) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            reason = _stale_reason(path, name, stale_after, grace)
+            if not reason:
+                continue
+            shutil.rmtree(path)
+        except FileNotFoundError:  # removed meanwhile (another process cleaning up)
+            continue
+        except OSError as exc:
+            logger.warning("could not remove the stale temporary folder %s: %s", path, exc)
+            continue
+        logger.warning("removed the stale temporary folder %s (%s): an interrupted generation",
+                       path, reason)
+        removed.append(path)
+    return removed
+
+
 def prepare_synthetic(root: str, config: SyntheticConfig | None = None, progress: bool = True) -> str:
     """Generates the set under ``<root>/synthetic/<variant>`` unless it is already complete.
 
     An existing folder without the completion marker (an interrupted older run) is deleted and
-    generated again.
+    generated again. Stale temporary folders of killed generations (of any variant) are removed
+    first (:func:`remove_stale_temporaries`).
 
     Args:
         root: data root; created if missing.
@@ -285,6 +383,7 @@ def prepare_synthetic(root: str, config: SyntheticConfig | None = None, progress
     config = config or SyntheticConfig()
     parent = os.path.join(os.path.abspath(os.path.expanduser(root)), "synthetic")
     final = os.path.join(parent, config.variant_name())
+    remove_stale_temporaries(parent)
     if is_complete(final):
         logger.debug("reusing synthetic set %s", final)
         return final
@@ -293,7 +392,7 @@ def prepare_synthetic(root: str, config: SyntheticConfig | None = None, progress
         logger.warning("synthetic set %s is incomplete (no %s marker); generating it again",
                        final, COMPLETE_MARKER)
         shutil.rmtree(final)
-    tmp = os.path.join(parent, f".tmp-{config.variant_name()}-{os.getpid()}")
+    tmp = os.path.join(parent, temporary_folder_name(config.variant_name()))
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     logger.info("generating synthetic re-id set (%d ids, %d cameras, %d images/id, %dx%d, seed %d) in %s",

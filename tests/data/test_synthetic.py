@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
+import subprocess
+import sys
+import time
 from collections import defaultdict
 
 import cv2
@@ -31,10 +35,12 @@ from reid.data.synthetic import (
     SPLIT_DIRS,
     SyntheticConfig,
     SyntheticReID,
+    is_complete,
     load_attributes,
     load_mask,
     load_metadata,
     prepare_synthetic,
+    remove_stale_temporaries,
     render_params,
 )
 
@@ -258,6 +264,79 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare_synthetic(str(tmp_path), _tiny_config(), progress=False)
     assert os.listdir(tmp_path / "synthetic") == []
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _age(folder, seconds):
+    """Sets the modification time of ``folder`` and its sub-folders ``seconds`` in the past."""
+    stamp = time.time() - seconds
+    for dirpath, dirnames, _ in os.walk(folder, topdown=False):
+        for name in dirnames:
+            os.utime(os.path.join(dirpath, name), (stamp, stamp))
+    os.utime(folder, (stamp, stamp))
+
+
+def _temporary(parent, name, age_s=0.0):
+    """A leftover generation folder ``parent/name`` with an image, ``age_s`` seconds old."""
+    folder = parent / name
+    os.makedirs(folder / "bounding_box_train")
+    (folder / "bounding_box_train" / "0001_c1s1_000000_00.jpg").write_bytes(b"x")
+    _age(folder, age_s)
+    return folder
+
+
+def test_stale_temporary_folders_are_removed_at_the_next_start(tmp_path, caplog):
+    final = prepare_synthetic(str(tmp_path), _tiny_config(), progress=False)
+    parent = tmp_path / "synthetic"
+    name = synthetic.temporary_folder_name
+    minutes = 60.0
+    old = _temporary(parent, ".tmp-n8_old-12", age_s=synthetic.STALE_AFTER_S + minutes)  # older versions' name
+    dead = _temporary(parent, name("dead", _dead_pid()), age_s=synthetic.DEAD_OWNER_GRACE_S + 1)
+    just_died = _temporary(parent, name("just-died", _dead_pid()))  # within the grace period
+    fresh = _temporary(parent, ".tmp-n8_fresh-34", age_s=synthetic.STALE_AFTER_S - minutes)
+    live = _temporary(parent, name("live", os.getppid()), age_s=synthetic.STALE_AFTER_S - minutes)
+    elsewhere = _temporary(parent, name("elsewhere", _dead_pid(), "another-host"), age_s=2 * minutes)
+    with caplog.at_level(logging.INFO, logger="reid.data.synthetic"):
+        assert prepare_synthetic(str(tmp_path), _tiny_config(), progress=False) == final
+    assert not old.exists() and not dead.exists()
+    for kept in (just_died, fresh, live, elsewhere):
+        assert kept.exists(), kept
+    assert is_complete(final)
+    assert f"removed the stale temporary folder {old} (nothing in it changed for 11 min)" in caplog.text
+    assert f"removed the stale temporary folder {dead} (its generating process" in caplog.text
+    assert caplog.text.count("removed the stale temporary folder") == 2
+
+
+def test_folder_of_a_killed_generation_is_removed_by_the_next_one(tmp_path):
+    script = (
+        "import sys; from reid.data.synthetic import SyntheticConfig, prepare_synthetic; "
+        "prepare_synthetic(sys.argv[1], SyntheticConfig(num_ids=200, images_per_id=20), progress=False)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 120
+        images = []
+        while time.monotonic() < deadline and child.poll() is None:
+            images = list((tmp_path / "synthetic").glob(".tmp-*/bounding_box_train/*.jpg"))
+            if len(images) > 10:
+                break
+            time.sleep(0.1)
+        assert images, "the generation never started writing images"
+        remove_stale_temporaries(str(tmp_path / "synthetic"))  # a live generation is left alone
+        assert images[0].exists()
+    finally:
+        child.kill()
+        child.wait()
+    (temporary,) = (tmp_path / "synthetic").glob(".tmp-*")
+    assert not is_complete(str(temporary))
+    _age(temporary, synthetic.DEAD_OWNER_GRACE_S)  # killed a minute ago
+    prepare_synthetic(str(tmp_path), _tiny_config(), progress=False)
+    assert [p.name for p in (tmp_path / "synthetic").iterdir()] == [_tiny_config().variant_name()]
 
 
 def test_unusable_root_names_the_folder(tmp_path):
