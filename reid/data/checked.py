@@ -10,8 +10,8 @@ is read, ``on_bad_image`` ``error`` or ``skip``), and serves the checked lists w
 :func:`reid.data.base.register_variant` applies it to every registered dataset whose class does
 not declare ``checks_images``, so the tools never use an unchecked dataset.
 
-The wrapped dataset downloads nothing: a missing folder is an error naming it (torchreid would
-start a download).
+The wrapper downloads nothing: when the folder of a torchreid dataset (``<root>/<dataset_dir>``,
+e.g. ``<root>/market1501``) is missing, it names it instead of letting torchreid start a download.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 import os
 from typing import Any, Callable
 
-from torchreid.reid.data.datasets.dataset import Dataset, ImageDataset
+from torchreid.reid.data.datasets.dataset import ImageDataset
 
 from .base import SafeImageDataset
 from .validation import (
@@ -40,19 +40,14 @@ logger = logging.getLogger(__name__)
 _WRAPPER_KWARGS = ("transform", "k_tfm", "mode", "combineall", "verbose")
 
 
-def _no_download(self: Dataset, dataset_dir: str, dataset_url: str | None) -> None:
-    """Replaces torchreid's ``Dataset.download_dataset``: a missing folder is an error."""
-    if not os.path.exists(dataset_dir):
-        raise DatasetError(
-            f"{type(self).__name__}: not found: {dataset_dir} (nothing is downloaded: put the "
-            "dataset there, in the layout torchreid documents for it)"
-        )
-
-
-@functools.lru_cache(maxsize=None)
-def _without_download(cls: type) -> type:
-    """``cls`` (a torchreid dataset class) with downloading replaced by :func:`_no_download`."""
-    return type(cls.__name__, (cls,), {"download_dataset": _no_download, "__module__": __name__})
+def required_folder(factory: Callable[..., ImageDataset], root: str) -> str | None:
+    """The folder torchreid's dataset class ``factory`` downloads into when it is missing
+    (``<root>/<dataset_dir>``); ``None`` for a factory that is not one of torchreid's."""
+    folder = getattr(factory, "dataset_dir", None)
+    module = getattr(factory, "__module__", "") or ""
+    if not (isinstance(factory, type) and module.startswith("torchreid.") and isinstance(folder, str)):
+        return None
+    return os.path.join(os.path.abspath(os.path.expanduser(root)), folder)
 
 
 class CheckedDataset(SafeImageDataset):
@@ -100,11 +95,14 @@ class CheckedDataset(SafeImageDataset):
 
     def _build_source(self, root: str, options: dict[str, Any]) -> ImageDataset:
         """The wrapped dataset (mode ``train``, nothing combined, silent), without downloads."""
-        factory = self.source
-        if isinstance(factory, type) and issubclass(factory, Dataset):
-            factory = _without_download(factory)
+        folder = required_folder(self.source, root)
+        if folder is not None and not os.path.exists(folder):
+            raise DatasetError(
+                f"{self.name}: not found: {folder} (nothing is downloaded: put the dataset there, "
+                "in the layout torchreid documents for it)"
+            )
         try:
-            return factory(root=root, verbose=False, **options)
+            return self.source(root=root, verbose=False, **options)
         except AssertionError as exc:  # torchreid checks pids and cameras with assertions
             raise DatasetError(
                 f"{self.name}: torchreid's parser rejected the data under "
