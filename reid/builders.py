@@ -206,6 +206,8 @@ class ModelRecipe:
         similarity_mining: the model trains with ``SAM.ENABLED`` (similarity mining needs an
             embedding whose head map it can explain).
         export_refusal: why the model cannot be exported as an embedding network (empty: it can).
+        check_config: config -> None; raises ConfigError for values the model cannot work with
+            (the input size against its feature maps, ...); called by :func:`model_recipe`.
     """
 
     model_options: Callable[[CfgNode], dict]
@@ -213,6 +215,23 @@ class ModelRecipe:
     num_classes_in_state: Callable[[dict], int]
     similarity_mining: bool = False
     export_refusal: str = ""
+    check_config: Callable[[CfgNode], None] = lambda cfg: None
+
+
+def _check_padding(cfg: CfgNode, stage: str) -> tuple[int, int]:
+    """The trunk's map at ``stage`` (the deepest one the model runs) for the configured input;
+    ConfigError when reflect padding cannot pad it (a padded map must be larger than the padding)."""
+    from reid.config import ConfigError
+    from reid.models.trunks import feature_map_size
+
+    rows, cols = feature_map_size(cfg.DATA.HEIGHT, cfg.DATA.WIDTH, cfg.MODEL.LAST_STRIDE, stage)
+    if cfg.MODEL.PADDING_MODE == "reflect" and min(rows, cols) < 2:
+        raise ConfigError(
+            f"MODEL.PADDING_MODE reflect needs a {stage} map of at least 2 x 2, but DATA.HEIGHT "
+            f"{cfg.DATA.HEIGHT} x DATA.WIDTH {cfg.DATA.WIDTH} with MODEL.LAST_STRIDE {cfg.MODEL.LAST_STRIDE} gives "
+            f"{rows} x {cols}; use a larger input, MODEL.LAST_STRIDE 1 or another padding mode"
+        )
+    return rows, cols
 
 
 def _pcb_options(cfg: CfgNode) -> dict:
@@ -222,6 +241,19 @@ def _pcb_options(cfg: CfgNode) -> dict:
         pretrained=cfg.MODEL.PRETRAINED, pretrained_path=cfg.MODEL.PRETRAINED_PATH,
         padding_mode=cfg.MODEL.PADDING_MODE,
     )
+
+
+def _pcb_check(cfg: CfgNode) -> None:
+    from reid.config import ConfigError
+
+    rows, _ = _check_padding(cfg, "layer4")
+    if cfg.MODEL.NUM_STRIPES > rows:
+        raise ConfigError(
+            f"MODEL.NUM_STRIPES {cfg.MODEL.NUM_STRIPES} needs at least {cfg.MODEL.NUM_STRIPES} rows in the layer4 "
+            f"map, which has {rows} (DATA.HEIGHT {cfg.DATA.HEIGHT}, MODEL.LAST_STRIDE {cfg.MODEL.LAST_STRIDE}: "
+            f"ceil(HEIGHT / {16 * cfg.MODEL.LAST_STRIDE}) rows); the stripe pooling would repeat rows. Use at most "
+            f"{rows} stripes or a taller input"
+        )
 
 
 def _pcb_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, base: dict):
@@ -260,6 +292,10 @@ def _avsl_options(cfg: CfgNode) -> dict:
     )
 
 
+def _avsl_check(cfg: CfgNode) -> None:
+    _check_padding(cfg, cfg.AVSL.LEVELS[-1])  # the trunk runs up to the top level only
+
+
 def _avsl_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, base: dict):
     from reid.engine.avsl import AVSLEngine
 
@@ -279,9 +315,9 @@ def _avsl_classes(state: dict) -> int:
 
 
 MODEL_RECIPES: dict[str, ModelRecipe] = {
-    "pcb": ModelRecipe(_pcb_options, _pcb_engine, _pcb_classes, similarity_mining=True),
+    "pcb": ModelRecipe(_pcb_options, _pcb_engine, _pcb_classes, similarity_mining=True, check_config=_pcb_check),
     "avsl": ModelRecipe(
-        _avsl_options, _avsl_engine, _avsl_classes,
+        _avsl_options, _avsl_engine, _avsl_classes, check_config=_avsl_check,
         export_refusal=(
             "its test distance d_hat is computed by the model's similarity graph from pairs of images "
             "(reliabilities and top-down rectification), not by a distance between per-image embeddings, "
@@ -302,6 +338,7 @@ def model_recipe(cfg: CfgNode) -> ModelRecipe:
     if cfg.SAM.ENABLED and not recipe.similarity_mining:
         trains = sorted(n for n, r in MODEL_RECIPES.items() if r.similarity_mining)
         raise ConfigError(f"SAM.ENABLED needs MODEL.NAME {' or '.join(trains)}, got {name!r}")
+    recipe.check_config(cfg)
     return recipe
 
 
