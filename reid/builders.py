@@ -208,6 +208,9 @@ class ModelRecipe:
         export_refusal: why the model cannot be exported as an embedding network (empty: it can).
         check_config: config -> None; raises ConfigError for values the model cannot work with
             (the input size against its feature maps, ...); called by :func:`model_recipe`.
+        model_keys: the config keys the model's weights depend on (its architecture and what its
+            weights compute); weights are loaded only under a config whose values of these keys
+            (and of ``reid.config.WEIGHTS_INPUT_KEYS``) equal those of the checkpoint's config.
     """
 
     model_options: Callable[[CfgNode], dict]
@@ -216,6 +219,7 @@ class ModelRecipe:
     similarity_mining: bool = False
     export_refusal: str = ""
     check_config: Callable[[CfgNode], None] = lambda cfg: None
+    model_keys: tuple[str, ...] = ("MODEL.NAME",)
 
 
 def _check_padding(cfg: CfgNode, stage: str) -> tuple[int, int]:
@@ -314,10 +318,18 @@ def _avsl_classes(state: dict) -> int:
     return int(proxies.shape[0]) if proxies is not None else 1
 
 
+# The model keys of every trunk: the architecture and the padding its weights were trained with.
+_TRUNK_KEYS = ("MODEL.NAME", "MODEL.BACKBONE", "MODEL.LAST_STRIDE", "MODEL.PADDING_MODE")
+
 MODEL_RECIPES: dict[str, ModelRecipe] = {
-    "pcb": ModelRecipe(_pcb_options, _pcb_engine, _pcb_classes, similarity_mining=True, check_config=_pcb_check),
+    "pcb": ModelRecipe(
+        _pcb_options, _pcb_engine, _pcb_classes, similarity_mining=True, check_config=_pcb_check,
+        model_keys=(*_TRUNK_KEYS, "MODEL.NUM_STRIPES", "MODEL.REDUCED_DIM"),
+    ),
     "avsl": ModelRecipe(
         _avsl_options, _avsl_engine, _avsl_classes, check_config=_avsl_check,
+        # AVSL.LOSS: proxy_anchor adds the proxies to the weights
+        model_keys=(*_TRUNK_KEYS, "AVSL.LEVELS", "AVSL.EMBED_DIM", "AVSL.TOPK", "AVSL.LOSS"),
         export_refusal=(
             "its test distance d_hat is computed by the model's similarity graph from pairs of images "
             "(reliabilities and top-down rectification), not by a distance between per-image embeddings, "
@@ -357,8 +369,18 @@ def build_model_for_state(cfg: CfgNode, state: dict) -> nn.Module:
     recipe = model_recipe(cfg)
     options = {**recipe.model_options(cfg), "pretrained": False}
     model = create_model(cfg.MODEL.NAME, num_classes=recipe.num_classes_in_state(state), **options)
-    model.load_state_dict(state)
+    load_state_strict(model, state)
     return model.eval()
+
+
+def load_state_strict(model: nn.Module, state: dict) -> None:
+    """``model.load_state_dict(state)`` (strict); ValueError with torch's reasons (missing and
+    unexpected keys, shape mismatches) shortened to a line when the state does not fit."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip()[:300] for line in str(exc).splitlines() if line.strip()]
+        raise ValueError(f"the weights do not fit {type(model).__name__}: {' | '.join(lines[:4])}") from exc
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:

@@ -13,6 +13,7 @@ import ast
 import difflib
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import yaml
@@ -251,6 +252,35 @@ _C.DIST.TIMEOUT_MIN = 60
 # RandomIdentitySampler epoch by about images-per-identity / K; the training log prints the
 # value that matches it (to keep OPTIM.MAX_EPOCH and OPTIM.STEPSIZE meaning the same).
 _C.DIST.ID_PASSES = 1
+
+# ---------------------------------------------------------------------------------------------
+# What may differ from a checkpoint's config (the checkpoint stores it under "config"; see
+# config_differences and model_differences below, and docs/configuration.md).
+#
+# `reid train --resume`: the checkpoint's config is the run's config. These keys may change (each
+# change is logged), because they change neither the model nor the optimisation state (weights,
+# optimiser and schedule state, what is trained on and how): where the run reads, writes and
+# runs, how often it logs, evaluates and checkpoints, how it evaluates, and how long it runs
+# (OPTIM.MAX_EPOCH, except with the cosine schedule, which anneals over the first MAX_EPOCH and
+# keeps that length in its restored state). MODEL.PRETRAINED(_PATH) only choose the initial
+# weights, which the checkpoint replaces. A name without a dot stands for its whole group. Every
+# other differing key is refused, with the list of differences.
+RESUME_SAFE_KEYS = (
+    "OUTPUT_DIR", "DEVICE", "NUM_THREADS",
+    "DATA.ROOT", "DATA.TARGETS", "DATA.WORKERS", "DATA.ON_BAD_IMAGE",
+    "SAMPLER.BATCH_SIZE_TEST",
+    "MODEL.PRETRAINED", "MODEL.PRETRAINED_PATH",
+    "AVSL.EVAL_CHUNK_SIZE",
+    "OPTIM.MAX_EPOCH",
+    "TEST",
+    "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ", "TRAIN.CHANNELS_LAST",
+    "DIST.BACKEND", "DIST.TIMEOUT_MIN",
+)
+# `reid test`, `explain`, `eval-explanations` and `export` with --weights: the model keys of the
+# model's recipe (reid/builders.py, ModelRecipe.model_keys: the keys its weights depend on) and
+# these input keys (the images the weights were trained on) must equal the checkpoint's; every
+# other difference (evaluation, data, output, MODEL.TEST_FEATURE, ...) is allowed and logged.
+WEIGHTS_INPUT_KEYS = ("DATA.HEIGHT", "DATA.WIDTH", "DATA.NORM_MEAN", "DATA.NORM_STD")
 
 
 def get_default_config() -> CN:
@@ -640,3 +670,98 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
 def config_to_dict(cfg: CN) -> dict:
     """Plain nested dict of ``cfg`` (for metrics.json and checkpoints)."""
     return {k: config_to_dict(v) if isinstance(v, CN) else v for k, v in cfg.items()}
+
+
+class _Absent:
+    """The value of a key that one of two compared configs does not have."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+NOT_IN_CHECKPOINT = _Absent("(not in the checkpoint's config)")
+NO_LONGER_A_KEY = _Absent("(no longer a config key)")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One key whose value differs between a checkpoint's config (``old``) and the run's (``new``);
+    ``str()`` gives ``KEY old -> new`` (and why, when there is a note)."""
+
+    key: str
+    old: Any
+    new: Any
+    note: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.key} {self.old!r} -> {self.new!r}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _all_differences(saved: dict, cfg: CN) -> list[Difference]:
+    """Every key whose value differs between ``saved`` (a checkpoint's plain config dict) and
+    ``cfg``, sorted by key; a key only one of them has is a difference too."""
+    old = {key: _plain(value) for key, value in _flatten(saved)}
+    new = {key: _plain(value) for key, value in _flatten(config_to_dict(cfg))}
+    differences = []
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key, NOT_IN_CHECKPOINT), new.get(key, NO_LONGER_A_KEY)
+        if before != after:
+            differences.append(Difference(key, before, after))
+    return differences
+
+
+def _matches(key: str, names: Iterable[str]) -> bool:
+    return any(key == name or key.startswith(name + ".") for name in names)
+
+
+def config_differences(saved: dict, cfg: CN) -> tuple[list[Difference], list[Difference]]:
+    """``(refused, allowed)``: how ``cfg`` differs from a checkpoint's config ``saved`` when a run
+    resumes from it (``reid train --resume``).
+
+    Allowed: the keys of :data:`RESUME_SAFE_KEYS` (``OPTIM.MAX_EPOCH`` not with the cosine
+    schedule), and keys that only one of the two configs has (a key added or removed since the
+    checkpoint was written: nothing to compare). Refused: every other difference, as it changes the
+    model or the optimisation state.
+    """
+    refused, allowed = [], []
+    for difference in _all_differences(saved, cfg):
+        key = difference.key
+        absent = isinstance(difference.old, _Absent) or isinstance(difference.new, _Absent)
+        if key == "OPTIM.MAX_EPOCH" and cfg.OPTIM.SCHEDULER == "cosine":
+            refused.append(Difference(
+                key, difference.old, difference.new,
+                "the cosine schedule anneals over OPTIM.MAX_EPOCH epochs, and the restored schedule keeps "
+                "the checkpoint's length",
+            ))
+        elif absent or _matches(key, RESUME_SAFE_KEYS):
+            allowed.append(difference)
+        else:
+            refused.append(difference)
+    return refused, allowed
+
+
+def model_differences(
+    saved: dict, cfg: CN, model_keys: Iterable[str]
+) -> tuple[list[Difference], list[Difference]]:
+    """``(refused, allowed)``: how ``cfg`` differs from a checkpoint's config ``saved`` when its
+    weights are loaded into the configured model (``reid test``, ``explain``,
+    ``eval-explanations``, ``export``).
+
+    Refused: a key of ``model_keys`` (the model recipe's, see ``reid.builders.ModelRecipe``) or
+    of :data:`WEIGHTS_INPUT_KEYS` that both configs have with different values. Allowed: every
+    other difference.
+    """
+    keys = {*model_keys, *WEIGHTS_INPUT_KEYS}
+    refused, allowed = [], []
+    for difference in _all_differences(saved, cfg):
+        absent = isinstance(difference.old, _Absent) or isinstance(difference.new, _Absent)
+        (refused if difference.key in keys and not absent else allowed).append(difference)
+    return refused, allowed

@@ -242,3 +242,21 @@ def test_feature_map_size_matches_the_trunk():
                 for stage in STAGES:
                     x = getattr(trunk, stage)(x)
                     assert feature_map_size(height, width, last_stride, stage) == tuple(x.shape[-2:]), stage
+
+
+def test_model_keys_of_the_recipes_are_config_keys_their_options_read():
+    """Each recipe's model keys (compared with a checkpoint's config before its weights are loaded)
+    exist, and each one but MODEL.NAME changes the options its model is built with."""
+    from reid.builders import MODEL_RECIPES
+
+    changed = {"MODEL.BACKBONE": "resnet34", "MODEL.LAST_STRIDE": 2, "MODEL.PADDING_MODE": "replicate",
+               "MODEL.NUM_STRIPES": 3, "MODEL.REDUCED_DIM": 8, "AVSL.LEVELS": ["layer3", "layer4"],
+               "AVSL.EMBED_DIM": 32, "AVSL.TOPK": 8, "AVSL.LOSS": "proxy_anchor"}
+    for name, recipe in MODEL_RECIPES.items():
+        assert recipe.model_keys[0] == "MODEL.NAME"
+        for key in recipe.model_keys[1:]:
+            cfg = get_default_config()
+            before = recipe.model_options(cfg)
+            group, leaf = key.split(".")
+            cfg[group][leaf] = changed[key]
+            assert recipe.model_options(cfg) != before, (name, key)

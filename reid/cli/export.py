@@ -31,7 +31,7 @@ import os
 
 import torch
 
-from reid.cli.common import new_parser, config_or_exit, parse_with_overrides
+from reid.cli.common import check_weights_config, config_or_exit, new_parser, parse_with_overrides
 from reid.builders import build_model_for_state, model_recipe, setup_logging
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 
@@ -76,7 +76,9 @@ def load_model(cfg, weights: str) -> torch.nn.Module:
             f"{cfg.MODEL.NAME.upper()} export is not supported: {recipe.export_refusal}; "
             f"export a model whose test distance is one between embeddings"
         )
-    state = model_state_from_checkpoint(load_checkpoint(weights, map_location="cpu"))
+    checkpoint = load_checkpoint(weights, map_location="cpu")
+    check_weights_config(cfg, checkpoint, weights, logger)
+    state = model_state_from_checkpoint(checkpoint)
     try:
         return build_model_for_state(cfg, state)
     except ValueError as exc:
