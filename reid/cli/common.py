@@ -10,6 +10,11 @@ import sys
 from reid.config import ConfigError, load_config
 
 
+class CheckFailed(SystemExit):
+    """A check the command ran failed (not a usage error): the message, exit status 1
+    (``reid.cli.main.run_command``)."""
+
+
 def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parses the command's options anywhere on the line; every other token is a config override.
 
@@ -48,6 +53,10 @@ def new_parser(command: str, doc: str | None, weights: bool = False) -> argparse
     parser.add_argument("--config", required=True, help="YAML config file (overrides the defaults of reid/config.py)")
     if weights:
         parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="print the traceback of an error too (a usage error prints one line and exits with status 2)",
+    )
     return parser
 
 
