@@ -210,6 +210,11 @@ class ModelRecipe:
         similarity_mining: the model trains with ``SAM.ENABLED`` (similarity mining needs an
             embedding whose head map it can explain).
         export_refusal: why the model cannot be exported as an embedding network (empty: it can).
+        check_config: config -> None; raises ConfigError for values the model cannot work with
+            (the input size against its feature maps, ...); called by :func:`model_recipe`.
+        model_keys: the config keys the model's weights depend on (its architecture and what its
+            weights compute); weights are loaded only under a config whose values of these keys
+            (and of ``reid.config.WEIGHTS_INPUT_KEYS``) equal those of the checkpoint's config.
     """
 
     model_options: Callable[[CfgNode], dict]
@@ -217,6 +222,24 @@ class ModelRecipe:
     num_classes_in_state: Callable[[dict], int]
     similarity_mining: bool = False
     export_refusal: str = ""
+    check_config: Callable[[CfgNode], None] = lambda cfg: None
+    model_keys: tuple[str, ...] = ("MODEL.NAME",)
+
+
+def _check_padding(cfg: CfgNode, stage: str) -> tuple[int, int]:
+    """The trunk's map at ``stage`` (the deepest one the model runs) for the configured input;
+    ConfigError when reflect padding cannot pad it (a padded map must be larger than the padding)."""
+    from reid.config import ConfigError
+    from reid.models.trunks import feature_map_size
+
+    rows, cols = feature_map_size(cfg.DATA.HEIGHT, cfg.DATA.WIDTH, cfg.MODEL.LAST_STRIDE, stage)
+    if cfg.MODEL.PADDING_MODE == "reflect" and min(rows, cols) < 2:
+        raise ConfigError(
+            f"MODEL.PADDING_MODE reflect needs a {stage} map of at least 2 x 2, but DATA.HEIGHT "
+            f"{cfg.DATA.HEIGHT} x DATA.WIDTH {cfg.DATA.WIDTH} with MODEL.LAST_STRIDE {cfg.MODEL.LAST_STRIDE} gives "
+            f"{rows} x {cols}; use a larger input, MODEL.LAST_STRIDE 1 or another padding mode"
+        )
+    return rows, cols
 
 
 def _pcb_options(cfg: CfgNode) -> dict:
@@ -226,6 +249,19 @@ def _pcb_options(cfg: CfgNode) -> dict:
         pretrained=cfg.MODEL.PRETRAINED, pretrained_path=cfg.MODEL.PRETRAINED_PATH,
         padding_mode=cfg.MODEL.PADDING_MODE,
     )
+
+
+def _pcb_check(cfg: CfgNode) -> None:
+    from reid.config import ConfigError
+
+    rows, _ = _check_padding(cfg, "layer4")
+    if cfg.MODEL.NUM_STRIPES > rows:
+        raise ConfigError(
+            f"MODEL.NUM_STRIPES {cfg.MODEL.NUM_STRIPES} needs at least {cfg.MODEL.NUM_STRIPES} rows in the layer4 "
+            f"map, which has {rows} (DATA.HEIGHT {cfg.DATA.HEIGHT}, MODEL.LAST_STRIDE {cfg.MODEL.LAST_STRIDE}: "
+            f"ceil(HEIGHT / {16 * cfg.MODEL.LAST_STRIDE}) rows); the stripe pooling would repeat rows. Use at most "
+            f"{rows} stripes or a taller input"
+        )
 
 
 def _pcb_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, base: dict):
@@ -264,6 +300,10 @@ def _avsl_options(cfg: CfgNode) -> dict:
     )
 
 
+def _avsl_check(cfg: CfgNode) -> None:
+    _check_padding(cfg, cfg.AVSL.LEVELS[-1])  # the trunk runs up to the top level only
+
+
 def _avsl_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, base: dict):
     from reid.engine.avsl import AVSLEngine
 
@@ -282,10 +322,18 @@ def _avsl_classes(state: dict) -> int:
     return int(proxies.shape[0]) if proxies is not None else 1
 
 
+# The model keys of every trunk: the architecture and the padding its weights were trained with.
+_TRUNK_KEYS = ("MODEL.NAME", "MODEL.BACKBONE", "MODEL.LAST_STRIDE", "MODEL.PADDING_MODE")
+
 MODEL_RECIPES: dict[str, ModelRecipe] = {
-    "pcb": ModelRecipe(_pcb_options, _pcb_engine, _pcb_classes, similarity_mining=True),
+    "pcb": ModelRecipe(
+        _pcb_options, _pcb_engine, _pcb_classes, similarity_mining=True, check_config=_pcb_check,
+        model_keys=(*_TRUNK_KEYS, "MODEL.NUM_STRIPES", "MODEL.REDUCED_DIM"),
+    ),
     "avsl": ModelRecipe(
-        _avsl_options, _avsl_engine, _avsl_classes,
+        _avsl_options, _avsl_engine, _avsl_classes, check_config=_avsl_check,
+        # AVSL.LOSS: proxy_anchor adds the proxies to the weights
+        model_keys=(*_TRUNK_KEYS, "AVSL.LEVELS", "AVSL.EMBED_DIM", "AVSL.TOPK", "AVSL.LOSS"),
         export_refusal=(
             "its test distance d_hat is computed by the model's similarity graph from pairs of images "
             "(reliabilities and top-down rectification), not by a distance between per-image embeddings, "
@@ -306,6 +354,7 @@ def model_recipe(cfg: CfgNode) -> ModelRecipe:
     if cfg.SAM.ENABLED and not recipe.similarity_mining:
         trains = sorted(n for n, r in MODEL_RECIPES.items() if r.similarity_mining)
         raise ConfigError(f"SAM.ENABLED needs MODEL.NAME {' or '.join(trains)}, got {name!r}")
+    recipe.check_config(cfg)
     return recipe
 
 
@@ -324,8 +373,18 @@ def build_model_for_state(cfg: CfgNode, state: dict) -> nn.Module:
     recipe = model_recipe(cfg)
     options = {**recipe.model_options(cfg), "pretrained": False}
     model = create_model(cfg.MODEL.NAME, num_classes=recipe.num_classes_in_state(state), **options)
-    model.load_state_dict(state)
+    load_state_strict(model, state)
     return model.eval()
+
+
+def load_state_strict(model: nn.Module, state: dict) -> None:
+    """``model.load_state_dict(state)`` (strict); ValueError with torch's reasons (missing and
+    unexpected keys, shape mismatches) shortened to a line when the state does not fit."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip()[:300] for line in str(exc).splitlines() if line.strip()]
+        raise ValueError(f"the weights do not fit {type(model).__name__}: {' | '.join(lines[:4])}") from exc
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import ast
 import difflib
-from typing import Any, Iterable, Sequence
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -250,6 +253,35 @@ _C.DIST.TIMEOUT_MIN = 60
 # value that matches it (to keep OPTIM.MAX_EPOCH and OPTIM.STEPSIZE meaning the same).
 _C.DIST.ID_PASSES = 1
 
+# ---------------------------------------------------------------------------------------------
+# What may differ from a checkpoint's config (the checkpoint stores it under "config"; see
+# config_differences and model_differences below, and docs/configuration.md).
+#
+# `reid train --resume`: the checkpoint's config is the run's config. These keys may change (each
+# change is logged), because they change neither the model nor the optimisation state (weights,
+# optimiser and schedule state, what is trained on and how): where the run reads, writes and
+# runs, how often it logs, evaluates and checkpoints, how it evaluates, and how long it runs
+# (OPTIM.MAX_EPOCH, except with the cosine schedule, which anneals over the first MAX_EPOCH and
+# keeps that length in its restored state). MODEL.PRETRAINED(_PATH) only choose the initial
+# weights, which the checkpoint replaces. A name without a dot stands for its whole group. Every
+# other differing key is refused, with the list of differences.
+RESUME_SAFE_KEYS = (
+    "OUTPUT_DIR", "DEVICE", "NUM_THREADS",
+    "DATA.ROOT", "DATA.TARGETS", "DATA.WORKERS", "DATA.ON_BAD_IMAGE",
+    "SAMPLER.BATCH_SIZE_TEST",
+    "MODEL.PRETRAINED", "MODEL.PRETRAINED_PATH",
+    "AVSL.EVAL_CHUNK_SIZE",
+    "OPTIM.MAX_EPOCH",
+    "TEST",
+    "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ", "TRAIN.CHANNELS_LAST",
+    "DIST.BACKEND", "DIST.TIMEOUT_MIN",
+)
+# `reid test`, `explain`, `eval-explanations` and `export` with --weights: the model keys of the
+# model's recipe (reid/builders.py, ModelRecipe.model_keys: the keys its weights depend on) and
+# these input keys (the images the weights were trained on) must equal the checkpoint's; every
+# other difference (evaluation, data, output, MODEL.TEST_FEATURE, ...) is allowed and logged.
+WEIGHTS_INPUT_KEYS = ("DATA.HEIGHT", "DATA.WIDTH", "DATA.NORM_MEAN", "DATA.NORM_STD")
+
 
 def get_default_config() -> CN:
     """Returns a fresh, unfrozen copy of the defaults."""
@@ -402,27 +434,171 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
     }
 
 
-def validate(cfg: CN) -> None:
-    """Checks values that a type alone does not constrain; raises :class:`ConfigError`."""
-    for key, choices in allowed_values().items():
-        node, leaf = _lookup(cfg, key, "the config")
-        if node[leaf] not in choices:
-            raise ConfigError(f"{key} must be one of {list(choices)}, got {node[leaf]!r}")
+# torchreid's build_transforms (torchreid/reid/data/transforms.py) applies these training
+# augmentations, matched in lower case, and silently ignores any other name: DATA.TRANSFORMS is
+# checked against them (tests/test_config.py reads the list back from torchreid's source).
+TORCHREID_TRANSFORMS = ("random_flip", "random_crop", "random_patch", "color_jitter", "random_erase")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_at_least(low: int, note: str = "") -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}{note}"
+
+
+_POSITIVE_INT = _int_at_least(1)
+_NON_NEGATIVE_INT = _int_at_least(0)
+_POSITIVE = (lambda v: _is_number(v) and v > 0), "a finite number > 0"
+_NON_NEGATIVE = (lambda v: _is_number(v) and v >= 0), "a finite number >= 0"
+_PROBABILITY = (lambda v: _is_number(v) and 0 <= v < 1), "a number in [0, 1)"
+
+# The range of every numeric key (the type is checked when the value is merged): key -> (check,
+# what is allowed). Sizes are positive, weights and margins non-negative, probabilities and
+# momenta in [0, 1). Keys that depend on each other are checked in `validate` below.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "SEED": ((lambda v: _is_int(v) and 0 <= v < 2**32), "an integer in [0, 2**32)"),
+    "NUM_THREADS": _int_at_least(0, " (0: torch's default)"),
+    "DATA.HEIGHT": _POSITIVE_INT,
+    "DATA.WIDTH": _POSITIVE_INT,
+    "DATA.WORKERS": _NON_NEGATIVE_INT,
+    "DATA.SYNTHETIC.SEED": _NON_NEGATIVE_INT,
+    "SAMPLER.NUM_INSTANCES": _POSITIVE_INT,
+    "SAMPLER.BATCH_SIZE_TRAIN": _POSITIVE_INT,
+    "SAMPLER.BATCH_SIZE_TEST": _POSITIVE_INT,
+    "MODEL.NUM_STRIPES": _POSITIVE_INT,
+    "MODEL.REDUCED_DIM": _POSITIVE_INT,
+    "MODEL.DROPOUT": _PROBABILITY,
+    "MODEL.LAST_STRIDE": ((lambda v: v in (1, 2)), "1 or 2"),
+    "LOSS.ID_WEIGHT": _NON_NEGATIVE,
+    "LOSS.LABEL_SMOOTH": _PROBABILITY,
+    "LOSS.TRIPLET_WEIGHT": _NON_NEGATIVE,
+    "LOSS.TRIPLET_MARGIN": _NON_NEGATIVE,
+    "SAM.GAMMA": _NON_NEGATIVE,
+    "SAM.OMEGA": _POSITIVE,
+    "SAM.SIGMA": ((lambda v: _is_number(v) and 0 <= v <= 1), "a number in [0, 1] (a threshold of the normalised map)"),
+    "SAM.MAX_TUPLES": _int_at_least(0, " (0: every mined tuple)"),
+    "AVSL.EMBED_DIM": _POSITIVE_INT,
+    "AVSL.MOMENTUM": _PROBABILITY,
+    "AVSL.MARGIN": _NON_NEGATIVE,
+    "AVSL.OVERALL_WEIGHT": _NON_NEGATIVE,
+    "AVSL.PROXY_ALPHA": _POSITIVE,
+    "AVSL.PROXY_POS_MARGIN": _NON_NEGATIVE,
+    "AVSL.PROXY_NEG_MARGIN": _NON_NEGATIVE,
+    "AVSL.EVAL_CHUNK_SIZE": _int_at_least(0, " (0: automatic)"),
+    "OPTIM.LR": _POSITIVE,
+    "OPTIM.TRUNK_LR_MULT": _NON_NEGATIVE,
+    "OPTIM.WEIGHT_DECAY": _NON_NEGATIVE,
+    "OPTIM.MOMENTUM": _PROBABILITY,
+    "OPTIM.GAMMA": ((lambda v: _is_number(v) and 0 < v <= 1), "a number in (0, 1]"),
+    "OPTIM.MAX_EPOCH": _NON_NEGATIVE_INT,
+    "TEST.EVAL_FREQ": _int_at_least(0, " (0: only after the last epoch)"),
+    "TRAIN.PRINT_FREQ": _POSITIVE_INT,
+    "TRAIN.CHECKPOINT_FREQ": _POSITIVE_INT,
+    "DIST.TIMEOUT_MIN": _POSITIVE_INT,
+    "DIST.ID_PASSES": _POSITIVE_INT,
+}
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _get(cfg: CN, key: str) -> Any:
+    node, leaf = _lookup(cfg, key, "the config")
+    return node[leaf]
+
+
+def _check_lists(cfg: CN) -> None:
+    """The keys whose value is a list: length, element types and ranges."""
+    for key in ("DATA.SOURCES", "DATA.TARGETS"):
+        if not all(isinstance(name, str) and name for name in _get(cfg, key)):
+            raise ConfigError(f"{key} must be a list of dataset names, got {_get(cfg, key)!r}")
     if not cfg.DATA.SOURCES:
         raise ConfigError("DATA.SOURCES must name at least one dataset")
+    transforms = cfg.DATA.TRANSFORMS
+    unknown = [t for t in transforms if not isinstance(t, str) or t.lower() not in TORCHREID_TRANSFORMS]
+    if unknown:
+        raise ConfigError(
+            f"DATA.TRANSFORMS: unknown transform(s) {unknown} in {list(transforms)}; torchreid knows "
+            f"{list(TORCHREID_TRANSFORMS)} (and would silently skip any other name)"
+        )
+    if len(cfg.DATA.NORM_MEAN) != 3 or not all(_is_number(v) for v in cfg.DATA.NORM_MEAN):
+        raise ConfigError(f"DATA.NORM_MEAN must be 3 finite numbers, got {list(cfg.DATA.NORM_MEAN)}")
+    std = cfg.DATA.NORM_STD
+    if len(std) != 3 or not all(_is_number(v) and v > 0 for v in std):
+        raise ConfigError(f"DATA.NORM_STD must be 3 finite numbers > 0, got {list(std)}")
+    betas = cfg.OPTIM.ADAM_BETAS
+    if len(betas) != 2 or not all(_is_number(v) and 0 <= v < 1 for v in betas):
+        raise ConfigError(f"OPTIM.ADAM_BETAS must be 2 numbers in [0, 1), got {list(betas)}")
+    ranks = cfg.TEST.RANKS
+    if not ranks or not all(_is_int(r) and r >= 1 for r in ranks):
+        raise ConfigError(f"TEST.RANKS must be a non-empty list of integers >= 1, got {list(ranks)}")
+    weights = cfg.AVSL.LEVEL_WEIGHTS
+    if not all(_is_number(w) and w >= 0 for w in weights):
+        raise ConfigError(f"AVSL.LEVEL_WEIGHTS must be finite numbers >= 0, got {list(weights)}")
+    steps, scheduler = list(cfg.OPTIM.STEPSIZE), cfg.OPTIM.SCHEDULER
+    epochs_ok = all(_is_int(s) and s >= 1 for s in steps)
+    if scheduler == "single_step" and (len(steps) != 1 or not epochs_ok):
+        raise ConfigError(
+            f"OPTIM.STEPSIZE must hold one epoch for OPTIM.SCHEDULER single_step, got {steps} (an integer "
+            f">= 1: the rate is multiplied by OPTIM.GAMMA every that many epochs; multi_step takes a list)"
+        )
+    if scheduler == "multi_step" and (not steps or not epochs_ok or steps != sorted(set(steps))):
+        raise ConfigError(
+            f"OPTIM.STEPSIZE must be increasing epochs >= 1 for OPTIM.SCHEDULER multi_step, got {steps}"
+        )
+
+
+def _check_synthetic(cfg: CN) -> None:
+    """The synthetic set's own limits (``SyntheticConfig``), when a dataset of the config is it."""
+    if "synthetic" not in (*cfg.DATA.SOURCES, *cfg.DATA.TARGETS):
+        return
+    from reid.data.synthetic import SyntheticConfig
+
+    syn = cfg.DATA.SYNTHETIC
+    try:
+        SyntheticConfig(
+            num_ids=syn.NUM_IDS, num_cams=syn.NUM_CAMS, images_per_id=syn.IMAGES_PER_ID,
+            height=syn.IMG_HEIGHT, width=syn.IMG_WIDTH, seed=syn.SEED,
+        )
+    except ValueError as exc:
+        text = str(exc)
+        for field_name, key in (("num_ids", "NUM_IDS"), ("num_cams", "NUM_CAMS"), ("images_per_id", "IMAGES_PER_ID")):
+            text = text.replace(field_name, f"DATA.SYNTHETIC.{key}")
+        if text == str(exc):
+            text = f"DATA.SYNTHETIC (IMG_HEIGHT {syn.IMG_HEIGHT}, IMG_WIDTH {syn.IMG_WIDTH}): {text}"
+        raise ConfigError(text) from exc
+
+
+def validate(cfg: CN) -> None:
+    """Checks values that a type alone does not constrain; raises :class:`ConfigError` naming the
+    key, the value and what is allowed.
+
+    What the model itself cannot do (e.g. more PCB stripes than its map has rows) is checked by
+    its recipe (``reid.builders.model_recipe``), which every command calls after this.
+    """
+    for key, choices in allowed_values().items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+    for key, (ok, allowed) in _RANGES.items():
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+    if not _DEVICE.fullmatch(cfg.DEVICE):
+        raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, got {cfg.DEVICE!r}")
+    _check_lists(cfg)
+    _check_synthetic(cfg)
     if cfg.SAMPLER.BATCH_SIZE_TRAIN % cfg.SAMPLER.NUM_INSTANCES:
         raise ConfigError(
             f"SAMPLER.BATCH_SIZE_TRAIN ({cfg.SAMPLER.BATCH_SIZE_TRAIN}) must be a multiple of "
             f"SAMPLER.NUM_INSTANCES ({cfg.SAMPLER.NUM_INSTANCES})"
         )
-    if cfg.MODEL.NUM_STRIPES < 1:
-        raise ConfigError("MODEL.NUM_STRIPES must be at least 1")
-    if cfg.OPTIM.MAX_EPOCH < 0:
-        raise ConfigError("OPTIM.MAX_EPOCH must be >= 0")
     if cfg.SAM.SECOND_ORDER and not cfg.SAM.MAP_GRADIENT:
         raise ConfigError("SAM.SECOND_ORDER needs SAM.MAP_GRADIENT true (detached maps have no alpha gradient)")
-    if cfg.SAM.MAX_TUPLES < 0:
-        raise ConfigError("SAM.MAX_TUPLES must be >= 0 (0: every mined tuple)")
     avsl = cfg.AVSL
     from reid.models.avsl import check_levels
 
@@ -434,23 +610,20 @@ def validate(cfg: CN) -> None:
         raise ConfigError(
             f"AVSL.LEVEL_WEIGHTS needs one weight per level ({len(avsl.LEVELS)}), got {avsl.LEVEL_WEIGHTS}"
         )
-    if avsl.EMBED_DIM < 1 or not 1 <= avsl.TOPK <= avsl.EMBED_DIM:
+    if not 1 <= avsl.TOPK <= avsl.EMBED_DIM:
         raise ConfigError(
             f"AVSL.TOPK must be in [1, AVSL.EMBED_DIM]; got TOPK {avsl.TOPK}, EMBED_DIM {avsl.EMBED_DIM}"
         )
-    if not 0.0 <= avsl.MOMENTUM < 1.0:
-        raise ConfigError(f"AVSL.MOMENTUM must be in [0, 1), got {avsl.MOMENTUM}")
-    if avsl.EVAL_CHUNK_SIZE < 0:
-        raise ConfigError("AVSL.EVAL_CHUNK_SIZE must be >= 0 (0: automatic)")
+    if avsl.PROXY_NEG_MARGIN < avsl.PROXY_POS_MARGIN:
+        raise ConfigError(
+            f"AVSL.PROXY_NEG_MARGIN ({avsl.PROXY_NEG_MARGIN}) must be >= AVSL.PROXY_POS_MARGIN "
+            f"({avsl.PROXY_POS_MARGIN}): negatives are pushed beyond the positives' margin"
+        )
     if cfg.TRAIN.AMP == "fp16" and cfg.DEVICE == "cpu":
         raise ConfigError(
             "TRAIN.AMP fp16 needs a CUDA device (float16 autocast with a loss scaler); "
             "use TRAIN.AMP bf16 on the CPU"
         )
-    if cfg.DIST.TIMEOUT_MIN < 1:
-        raise ConfigError(f"DIST.TIMEOUT_MIN must be >= 1, got {cfg.DIST.TIMEOUT_MIN}")
-    if cfg.DIST.ID_PASSES < 1:
-        raise ConfigError(f"DIST.ID_PASSES must be >= 1, got {cfg.DIST.ID_PASSES}")
 
 
 def validate_world_size(cfg: CN, world_size: int) -> None:
@@ -497,3 +670,98 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
 def config_to_dict(cfg: CN) -> dict:
     """Plain nested dict of ``cfg`` (for metrics.json and checkpoints)."""
     return {k: config_to_dict(v) if isinstance(v, CN) else v for k, v in cfg.items()}
+
+
+class _Absent:
+    """The value of a key that one of two compared configs does not have."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+NOT_IN_CHECKPOINT = _Absent("(not in the checkpoint's config)")
+NO_LONGER_A_KEY = _Absent("(no longer a config key)")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One key whose value differs between a checkpoint's config (``old``) and the run's (``new``);
+    ``str()`` gives ``KEY old -> new`` (and why, when there is a note)."""
+
+    key: str
+    old: Any
+    new: Any
+    note: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.key} {self.old!r} -> {self.new!r}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _all_differences(saved: dict, cfg: CN) -> list[Difference]:
+    """Every key whose value differs between ``saved`` (a checkpoint's plain config dict) and
+    ``cfg``, sorted by key; a key only one of them has is a difference too."""
+    old = {key: _plain(value) for key, value in _flatten(saved)}
+    new = {key: _plain(value) for key, value in _flatten(config_to_dict(cfg))}
+    differences = []
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key, NOT_IN_CHECKPOINT), new.get(key, NO_LONGER_A_KEY)
+        if before != after:
+            differences.append(Difference(key, before, after))
+    return differences
+
+
+def _matches(key: str, names: Iterable[str]) -> bool:
+    return any(key == name or key.startswith(name + ".") for name in names)
+
+
+def config_differences(saved: dict, cfg: CN) -> tuple[list[Difference], list[Difference]]:
+    """``(refused, allowed)``: how ``cfg`` differs from a checkpoint's config ``saved`` when a run
+    resumes from it (``reid train --resume``).
+
+    Allowed: the keys of :data:`RESUME_SAFE_KEYS` (``OPTIM.MAX_EPOCH`` not with the cosine
+    schedule), and keys that only one of the two configs has (a key added or removed since the
+    checkpoint was written: nothing to compare). Refused: every other difference, as it changes the
+    model or the optimisation state.
+    """
+    refused, allowed = [], []
+    for difference in _all_differences(saved, cfg):
+        key = difference.key
+        absent = isinstance(difference.old, _Absent) or isinstance(difference.new, _Absent)
+        if key == "OPTIM.MAX_EPOCH" and cfg.OPTIM.SCHEDULER == "cosine":
+            refused.append(Difference(
+                key, difference.old, difference.new,
+                "the cosine schedule anneals over OPTIM.MAX_EPOCH epochs, and the restored schedule keeps "
+                "the checkpoint's length",
+            ))
+        elif absent or _matches(key, RESUME_SAFE_KEYS):
+            allowed.append(difference)
+        else:
+            refused.append(difference)
+    return refused, allowed
+
+
+def model_differences(
+    saved: dict, cfg: CN, model_keys: Iterable[str]
+) -> tuple[list[Difference], list[Difference]]:
+    """``(refused, allowed)``: how ``cfg`` differs from a checkpoint's config ``saved`` when its
+    weights are loaded into the configured model (``reid test``, ``explain``,
+    ``eval-explanations``, ``export``).
+
+    Refused: a key of ``model_keys`` (the model recipe's, see ``reid.builders.ModelRecipe``) or
+    of :data:`WEIGHTS_INPUT_KEYS` that both configs have with different values. Allowed: every
+    other difference.
+    """
+    keys = {*model_keys, *WEIGHTS_INPUT_KEYS}
+    refused, allowed = [], []
+    for difference in _all_differences(saved, cfg):
+        absent = isinstance(difference.old, _Absent) or isinstance(difference.new, _Absent)
+        (refused if difference.key in keys and not absent else allowed).append(difference)
+    return refused, allowed

@@ -108,3 +108,155 @@ def test_model_capabilities_are_checked_by_the_builder_registry():
         model_recipe(cfg)
     with pytest.raises(ConfigError, match="AVSL.LEVELS: levels must be distinct and bottom-up"):
         load_config(None, ["AVSL.LEVELS", "[layer3, layer2]", "AVSL.LEVEL_WEIGHTS", "[1.0, 1.0]"])
+
+
+# -- every value is checked at load, with the key, the value and what is allowed -----------------
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        # the probes of the issue
+        (["DATA.TRANSFORMS", "['random_flipp','color_jiter']"],
+         r"DATA.TRANSFORMS: unknown transform\(s\) \['random_flipp', 'color_jiter'\].*random_flip.*color_jitter"),
+        (["SAMPLER.NUM_INSTANCES", "0"], r"SAMPLER.NUM_INSTANCES must be an integer >= 1, got 0"),
+        (["OPTIM.STEPSIZE", "[]"], r"OPTIM.STEPSIZE must hold one epoch for OPTIM.SCHEDULER single_step, got \[\]"),
+        (["OPTIM.LR", "-1"], r"OPTIM.LR must be a finite number > 0, got -1.0"),
+        (["DATA.HEIGHT", "-5"], r"DATA.HEIGHT must be an integer >= 1, got -5"),
+        (["SAMPLER.BATCH_SIZE_TEST", "0"], r"SAMPLER.BATCH_SIZE_TEST must be an integer >= 1, got 0"),
+        (["TEST.RANKS", "[0, 5]"], r"TEST.RANKS must be a non-empty list of integers >= 1, got \[0, 5\]"),
+        (["TEST.RANKS", "[]"], r"TEST.RANKS must be a non-empty list of integers >= 1, got \[\]"),
+        # every other numeric key: sizes positive, weights non-negative, probabilities in [0, 1)
+        (["SEED", "-1"], r"SEED must be an integer in \[0, 2\*\*32\), got -1"),
+        (["NUM_THREADS", "-2"], r"NUM_THREADS must be an integer >= 0 \(0: torch's default\), got -2"),
+        (["DEVICE", "gpu"], r"DEVICE must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["DATA.WIDTH", "0"], r"DATA.WIDTH must be an integer >= 1, got 0"),
+        (["DATA.WORKERS", "-1"], r"DATA.WORKERS must be an integer >= 0"),
+        (["DATA.NORM_STD", "[0.2, 0.0, 0.2]"], r"DATA.NORM_STD must be 3 finite numbers > 0, got \[0.2, 0.0, 0.2\]"),
+        (["DATA.NORM_MEAN", "[0.5, 0.5]"], r"DATA.NORM_MEAN must be 3 finite numbers, got \[0.5, 0.5\]"),
+        (["DATA.SOURCES", "[1]"], r"DATA.SOURCES must be a list of dataset names"),
+        (["DATA.SYNTHETIC.NUM_CAMS", "1"], r"DATA.SYNTHETIC.NUM_CAMS must be in 2..9, got 1"),
+        (["DATA.SYNTHETIC.NUM_IDS", "0"], r"DATA.SYNTHETIC.NUM_IDS must be in 8..9999"),
+        (["DATA.SYNTHETIC.SEED", "-3"], r"DATA.SYNTHETIC.SEED must be an integer >= 0, got -3"),
+        (["SAMPLER.BATCH_SIZE_TRAIN", "0"], r"SAMPLER.BATCH_SIZE_TRAIN must be an integer >= 1, got 0"),
+        (["MODEL.REDUCED_DIM", "0"], r"MODEL.REDUCED_DIM must be an integer >= 1, got 0"),
+        (["MODEL.DROPOUT", "1.0"], r"MODEL.DROPOUT must be a number in \[0, 1\), got 1.0"),
+        (["MODEL.LAST_STRIDE", "3"], r"MODEL.LAST_STRIDE must be 1 or 2, got 3"),
+        (["LOSS.ID_WEIGHT", "-0.5"], r"LOSS.ID_WEIGHT must be a finite number >= 0, got -0.5"),
+        (["LOSS.LABEL_SMOOTH", "1.5"], r"LOSS.LABEL_SMOOTH must be a number in \[0, 1\), got 1.5"),
+        (["LOSS.TRIPLET_WEIGHT", ".nan"], r"LOSS.TRIPLET_WEIGHT must be a finite number >= 0, got nan"),
+        (["LOSS.TRIPLET_MARGIN", "-0.1"], r"LOSS.TRIPLET_MARGIN must be a finite number >= 0"),
+        (["SAM.GAMMA", "-1"], r"SAM.GAMMA must be a finite number >= 0"),
+        (["SAM.OMEGA", "0"], r"SAM.OMEGA must be a finite number > 0"),
+        (["SAM.SIGMA", "1.5"], r"SAM.SIGMA must be a number in \[0, 1\].*, got 1.5"),
+        (["AVSL.MARGIN", "-1"], r"AVSL.MARGIN must be a finite number >= 0"),
+        (["AVSL.LEVEL_WEIGHTS", "[1.0, -1.0, 1.0]"], r"AVSL.LEVEL_WEIGHTS must be finite numbers >= 0"),
+        (["AVSL.OVERALL_WEIGHT", "-1"], r"AVSL.OVERALL_WEIGHT must be a finite number >= 0"),
+        (["AVSL.PROXY_ALPHA", "0"], r"AVSL.PROXY_ALPHA must be a finite number > 0"),
+        (["AVSL.PROXY_POS_MARGIN", "-1"], r"AVSL.PROXY_POS_MARGIN must be a finite number >= 0"),
+        (["AVSL.PROXY_NEG_MARGIN", "1.0"], r"AVSL.PROXY_NEG_MARGIN \(1.0\) must be >= AVSL.PROXY_POS_MARGIN \(1.8\)"),
+        (["OPTIM.TRUNK_LR_MULT", "-0.1"], r"OPTIM.TRUNK_LR_MULT must be a finite number >= 0"),
+        (["OPTIM.WEIGHT_DECAY", "-1e-4"], r"OPTIM.WEIGHT_DECAY must be a finite number >= 0"),
+        (["OPTIM.MOMENTUM", "1.0"], r"OPTIM.MOMENTUM must be a number in \[0, 1\), got 1.0"),
+        (["OPTIM.ADAM_BETAS", "[0.9, 1.0]"], r"OPTIM.ADAM_BETAS must be 2 numbers in \[0, 1\), got \[0.9, 1.0\]"),
+        (["OPTIM.STEPSIZE", "[0]"], r"OPTIM.STEPSIZE must hold one epoch for OPTIM.SCHEDULER single_step, got \[0\]"),
+        (["OPTIM.STEPSIZE", "[10, 20]"], r"OPTIM.STEPSIZE must hold one epoch for OPTIM.SCHEDULER single_step"),
+        (["OPTIM.SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "[20, 10]"],
+         r"OPTIM.STEPSIZE must be increasing epochs >= 1 for OPTIM.SCHEDULER multi_step, got \[20, 10\]"),
+        (["OPTIM.GAMMA", "0"], r"OPTIM.GAMMA must be a number in \(0, 1\], got 0.0"),
+        (["TEST.EVAL_FREQ", "-1"], r"TEST.EVAL_FREQ must be an integer >= 0"),
+        (["TRAIN.PRINT_FREQ", "0"], r"TRAIN.PRINT_FREQ must be an integer >= 1, got 0"),
+        (["TRAIN.CHECKPOINT_FREQ", "0"], r"TRAIN.CHECKPOINT_FREQ must be an integer >= 1, got 0"),
+        (["AVSL.EMBED_DIM", "0"], r"AVSL.EMBED_DIM must be an integer >= 1, got 0"),
+        (["AVSL.TOPK", "600"], r"AVSL.TOPK must be in \[1, AVSL.EMBED_DIM\]"),
+    ],
+)
+def test_values_are_range_checked(opts, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, opts)
+
+
+def test_transform_names_are_torchreids_and_case_insensitive():
+    """torchreid's build_transforms ignores names it does not know: the config refuses them, with the
+    list read from torchreid's own source kept in sync by this test."""
+    import inspect
+    import re
+
+    from torchreid.reid.data.transforms import build_transforms
+
+    from reid.config import TORCHREID_TRANSFORMS
+
+    known = set(re.findall(r"'(\w+)' in transforms", inspect.getsource(build_transforms)))
+    assert set(TORCHREID_TRANSFORMS) == known
+    cfg = load_config(None, ["DATA.TRANSFORMS", "['Random_Flip', 'random_erase']"])
+    assert cfg.DATA.TRANSFORMS == ["Random_Flip", "random_erase"]
+    assert load_config(None, ["DATA.TRANSFORMS", "[]"]).DATA.TRANSFORMS == []
+
+
+def test_scheduler_specific_stepsize():
+    assert load_config(None, ["OPTIM.SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "[10, 20]"]).OPTIM.STEPSIZE == [10, 20]
+    assert load_config(None, ["OPTIM.SCHEDULER", "cosine", "OPTIM.STEPSIZE", "[]"]).OPTIM.STEPSIZE == []
+
+
+def test_synthetic_keys_are_checked_only_when_the_synthetic_set_is_used():
+    load_config(None, ["DATA.SOURCES", "[dukemtmc_reid]", "DATA.SYNTHETIC.NUM_CAMS", "1"])
+    with pytest.raises(ConfigError, match="DATA.SYNTHETIC.NUM_CAMS"):
+        load_config(None, ["DATA.SOURCES", "[dukemtmc_reid]", "DATA.TARGETS", "[synthetic]",
+                           "DATA.SYNTHETIC.NUM_CAMS", "1"])
+
+
+def test_input_size_against_the_trunk_map():
+    """The layer4 map has ceil(HEIGHT / 16) rows with LAST_STRIDE 1 and ceil(HEIGHT / 32) with 2;
+    reflect padding needs every padded map to be at least 2 x 2; PCB needs a row per stripe."""
+    from reid.cli.common import load_checked_config
+
+    reflect = ["MODEL.PADDING_MODE", "reflect", "DATA.HEIGHT", "64", "DATA.WIDTH", "32", "MODEL.LAST_STRIDE", "2",
+               "MODEL.NUM_STRIPES", "2"]
+    with pytest.raises(ConfigError, match=r"MODEL.PADDING_MODE reflect needs a layer4 map of at least 2 x 2.*"
+                                          r"DATA.HEIGHT 64 x DATA.WIDTH 32.*MODEL.LAST_STRIDE 2.*2 x 1"):
+        load_checked_config(None, reflect)
+    load_checked_config(None, [*reflect[:1], "replicate", *reflect[2:]])
+    # AVSL runs the trunk up to its top level only: layer3's map of 64 x 32 is 4 x 2
+    load_checked_config(None, [*reflect, "MODEL.NAME", "avsl", "AVSL.LEVELS", "[layer2, layer3]",
+                               "AVSL.LEVEL_WEIGHTS", "[1.0, 1.0]"])
+    with pytest.raises(ConfigError, match=r"MODEL.PADDING_MODE reflect needs a layer4 map"):
+        load_checked_config(None, [*reflect, "MODEL.NAME", "avsl"])
+    with pytest.raises(ConfigError, match=r"MODEL.NUM_STRIPES 12 needs at least 12 rows in the layer4 map, which "
+                                          r"has 6 \(DATA.HEIGHT 96, MODEL.LAST_STRIDE 1: ceil\(HEIGHT / 16\) rows\)"):
+        load_checked_config(None, ["DATA.HEIGHT", "96", "MODEL.NUM_STRIPES", "12"])
+    assert load_checked_config(None, ["DATA.HEIGHT", "96", "MODEL.NUM_STRIPES", "6"]).MODEL.NUM_STRIPES == 6
+    # AVSL has no stripes: the key is not its business
+    load_checked_config(None, ["MODEL.NAME", "avsl", "DATA.HEIGHT", "64", "MODEL.NUM_STRIPES", "12"])
+
+
+def test_feature_map_size_matches_the_trunk():
+    import torch
+
+    from reid.models.trunks import STAGES, build_trunk, feature_map_size
+
+    for last_stride in (1, 2):
+        trunk = build_trunk("resnet18", last_stride, False, "").eval()
+        for height, width in ((17, 33), (64, 32), (96, 48), (100, 65)):
+            with torch.no_grad():
+                x = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(torch.zeros(1, 3, height, width)))))
+                for stage in STAGES:
+                    x = getattr(trunk, stage)(x)
+                    assert feature_map_size(height, width, last_stride, stage) == tuple(x.shape[-2:]), stage
+
+
+def test_model_keys_of_the_recipes_are_config_keys_their_options_read():
+    """Each recipe's model keys (compared with a checkpoint's config before its weights are loaded)
+    exist, and each one but MODEL.NAME changes the options its model is built with."""
+    from reid.builders import MODEL_RECIPES
+
+    changed = {"MODEL.BACKBONE": "resnet34", "MODEL.LAST_STRIDE": 2, "MODEL.PADDING_MODE": "replicate",
+               "MODEL.NUM_STRIPES": 3, "MODEL.REDUCED_DIM": 8, "AVSL.LEVELS": ["layer3", "layer4"],
+               "AVSL.EMBED_DIM": 32, "AVSL.TOPK": 8, "AVSL.LOSS": "proxy_anchor"}
+    for name, recipe in MODEL_RECIPES.items():
+        assert recipe.model_keys[0] == "MODEL.NAME"
+        for key in recipe.model_keys[1:]:
+            cfg = get_default_config()
+            before = recipe.model_options(cfg)
+            group, leaf = key.split(".")
+            cfg[group][leaf] = changed[key]
+            assert recipe.model_options(cfg) != before, (name, key)

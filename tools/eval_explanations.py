@@ -1,10 +1,14 @@
 #!/usr/bin/env python
 """``python tools/eval_explanations.py [options] [KEY VALUE ...]`` runs ``reid eval-explanations`` (see :mod:`reid.cli.eval_explanations`).
 
-Kept so that existing commands keep working; ``reid eval-explanations --help`` describes the options.
+Kept so that existing commands keep working; ``reid eval-explanations --help`` describes the options. It runs
+through the same runner as ``reid`` (``reid.cli.main.run_command``): a usage error prints one
+line and exits with status 2 (``--debug`` shows the traceback).
 """
 
-from reid.cli.eval_explanations import main
+import sys
+
+from reid.cli.main import run_command
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("eval-explanations"))

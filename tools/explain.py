@@ -1,10 +1,14 @@
 #!/usr/bin/env python
 """``python tools/explain.py [options] [KEY VALUE ...]`` runs ``reid explain`` (see :mod:`reid.cli.explain`).
 
-Kept so that existing commands keep working; ``reid explain --help`` describes the options.
+Kept so that existing commands keep working; ``reid explain --help`` describes the options. It runs
+through the same runner as ``reid`` (``reid.cli.main.run_command``): a usage error prints one
+line and exits with status 2 (``--debug`` shows the traceback).
 """
 
-from reid.cli.explain import main
+import sys
+
+from reid.cli.main import run_command
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("explain"))

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from reid.config import ConfigError, load_config
+
+
+class CheckFailed(SystemExit):
+    """A check the command ran failed (not a usage error): the message, exit status 1
+    (``reid.cli.main.run_command``)."""
 
 
 def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -47,6 +53,10 @@ def new_parser(command: str, doc: str | None, weights: bool = False) -> argparse
     parser.add_argument("--config", required=True, help="YAML config file (overrides the defaults of reid/config.py)")
     if weights:
         parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="print the traceback of an error too (a usage error prints one line and exits with status 2)",
+    )
     return parser
 
 
@@ -71,17 +81,98 @@ def config_or_exit(args: argparse.Namespace):
         raise SystemExit(f"config error: {exc}") from exc
 
 
+def check_weights_config(cfg, checkpoint: dict, weights: str, log: logging.Logger) -> None:
+    """Checks ``cfg`` against the config stored in ``checkpoint`` (read from ``weights``) before its
+    weights are loaded into the configured model (``reid.config.model_differences``).
+
+    Logs the differences that do not change the model; logs that a plain state dict (no config)
+    is not compared.
+
+    Raises:
+        ConfigError: a key the weights depend on differs (each one named, old -> new).
+    """
+    from reid.builders import model_recipe
+    from reid.config import model_differences
+
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict) or not saved:
+        log.info("%s holds no config (a plain state dict): the config is not compared with it", weights)
+        return
+    refused, allowed = model_differences(saved, cfg, model_recipe(cfg).model_keys)
+    if refused:
+        raise ConfigError(
+            f"the config differs from the one {weights} was trained with in keys its weights depend on: "
+            f"{', '.join(map(str, refused))}; use the checkpoint's values"
+        )
+    if allowed:
+        log.info(
+            "the config differs from the checkpoint's (%s) in keys that do not change its model: %s",
+            weights, ", ".join(map(str, allowed)),
+        )
+
+
+def check_resume_config(cfg, log: logging.Logger) -> None:
+    """``--resume``: checks ``cfg`` against the config stored in the checkpoint the run resumes
+    from (``OUTPUT_DIR/checkpoints/``), before anything is built (``reid.config.config_differences``).
+
+    Logs the safe differences (the run uses their new values); nothing to check without a
+    checkpoint (the engine then starts from scratch) or without a config in it (logged).
+
+    Raises:
+        ConfigError: a key that changes the model or the optimisation state differs (each one named,
+            old -> new).
+    """
+    from reid.config import config_differences
+    from reid.engine.base import CHECKPOINT_NAME
+    from reid.engine.checkpoint import load_checkpoint
+
+    path = os.path.join(cfg.OUTPUT_DIR, "checkpoints", CHECKPOINT_NAME)
+    if not os.path.isfile(path):
+        return
+    saved = load_checkpoint(path, map_location="cpu").get("config")
+    if not isinstance(saved, dict) or not saved:
+        log.warning("--resume: %s holds no config: the run's config is not compared with it", path)
+        return
+    refused, allowed = config_differences(saved, cfg)
+    if refused:
+        raise ConfigError(
+            f"--resume: the config differs from the checkpoint's ({path}) in keys that change the model or "
+            f"the optimisation state: {', '.join(map(str, refused))}; resume with the checkpoint's values, or "
+            "start a new run in another OUTPUT_DIR"
+        )
+    if allowed:
+        log.info(
+            "--resume: the config differs from the checkpoint's (%s) in keys that are safe to change: %s",
+            path, ", ".join(map(str, allowed)),
+        )
+
+
+def load_weights(model, state: dict, weights: str, cfg) -> None:
+    """Loads ``state`` into ``model`` strictly; exits with a short reason when it does not fit."""
+    from reid.builders import load_state_strict
+
+    try:
+        load_state_strict(model, state)
+    except ValueError as exc:
+        raise SystemExit(
+            f"{weights} (MODEL.NAME {cfg.MODEL.NAME}, MODEL.BACKBONE {cfg.MODEL.BACKBONE}): {exc}"
+        ) from exc
+
+
 def engine_with_weights(cfg, weights: str, log_name: str, progress: bool = True):
     """Logging to ``OUTPUT_DIR/<log_name>.log``, the configured engine, and ``weights`` loaded into
-    its model (our checkpoint or a plain state dict, read with ``weights_only=True``)."""
+    its model (our checkpoint or a plain state dict, read with ``weights_only=True``), after the
+    config was checked against the checkpoint's (:func:`check_weights_config`)."""
     from reid.builders import build_engine, setup_logging
     from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 
     setup_logging(cfg.OUTPUT_DIR, log_name)
+    log = logging.getLogger(log_name)
+    checkpoint = load_checkpoint(weights, map_location="cpu")
+    check_weights_config(cfg, checkpoint, weights, log)
     engine = build_engine(cfg, progress=progress)
-    state = model_state_from_checkpoint(load_checkpoint(weights, map_location=engine.device))
-    engine.model.load_state_dict(state)
-    logging.getLogger(log_name).info("loaded weights from %s", weights)
+    load_weights(engine.model, model_state_from_checkpoint(checkpoint), weights, cfg)
+    log.info("loaded weights from %s", weights)
     return engine
 
 

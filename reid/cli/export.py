@@ -31,7 +31,7 @@ import os
 
 import torch
 
-from reid.cli.common import new_parser, config_or_exit, parse_with_overrides
+from reid.cli.common import CheckFailed, check_weights_config, config_or_exit, new_parser, parse_with_overrides
 from reid.builders import build_model_for_state, model_recipe, setup_logging
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 
@@ -76,7 +76,9 @@ def load_model(cfg, weights: str) -> torch.nn.Module:
             f"{cfg.MODEL.NAME.upper()} export is not supported: {recipe.export_refusal}; "
             f"export a model whose test distance is one between embeddings"
         )
-    state = model_state_from_checkpoint(load_checkpoint(weights, map_location="cpu"))
+    checkpoint = load_checkpoint(weights, map_location="cpu")
+    check_weights_config(cfg, checkpoint, weights, logger)
+    state = model_state_from_checkpoint(checkpoint)
     try:
         return build_model_for_state(cfg, state)
     except ValueError as exc:
@@ -113,7 +115,7 @@ def compare_with_onnxruntime(model: torch.nn.Module, path: str, images: torch.Te
     with torch.no_grad():
         torch_out = model(images)
     if tuple(onnx_out.shape) != tuple(torch_out.shape):
-        raise SystemExit(f"ONNX output shape {onnx_out.shape} differs from PyTorch's {tuple(torch_out.shape)}")
+        raise CheckFailed(f"ONNX output shape {onnx_out.shape} differs from PyTorch's {tuple(torch_out.shape)}")
     return float((torch.from_numpy(onnx_out) - torch_out).abs().max()), int(torch_out.shape[1])
 
 
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         difference, args.tolerance,
     )
     if not difference <= args.tolerance:
-        raise SystemExit(
+        raise CheckFailed(
             f"ONNX and PyTorch embeddings differ by {difference:.3g} > tolerance {args.tolerance:.3g}: "
             f"do not use {output}"
         )

@@ -1,9 +1,27 @@
-"""``reid``: one console script for every command (``reid --help`` lists them)."""
+"""``reid``: one console script for every command (``reid --help`` lists them).
+
+Every command runs through :func:`run_command` (the console script, ``python -m reid`` and the
+``tools/`` shims alike), which turns the errors a user can fix into one line on stderr and exit
+status 2 (see ``docs/training.md``, "Exit status and --debug"):
+
+- 0: the command succeeded;
+- 1: a check the command ran failed (``reid check-data`` found a dataset error, ``reid export``
+  found ONNX and PyTorch disagree), or an unexpected error (its traceback is printed);
+- 2: a usage error: bad options or config values (``ConfigError``), a dataset on disk that does
+  not have the expected layout (``DatasetError``), an unreadable image (``ImageReadError``), a
+  missing input file or folder (``FileNotFoundError``, ``NotADirectoryError``), or a command that
+  stops with a message (``SystemExit("...")``).
+
+``--debug`` (every command accepts it) prints the traceback of a usage error as well; when the
+command had set up its log file, the traceback is written there in any case.
+"""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+import traceback
 
 # command -> (module under reid.cli, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +49,72 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+USAGE_ERROR = 2
+CHECK_FAILED = 1
+
+
+def _user_error_prefix(exc: BaseException) -> str | None:
+    """How a usage error's line starts (``config error``, ``data error``, ``error``), None when
+    ``exc`` is not a usage error."""
+    from reid.config import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return "config error"
+    # the data errors' modules are loaded when one of them was raised; importing them otherwise
+    # would load torchreid for nothing
+    data_errors = tuple(
+        getattr(sys.modules[module], name)
+        for module, name in (("reid.data.validation", "DatasetError"), ("reid.data.base", "ImageReadError"))
+        if module in sys.modules
+    )
+    if data_errors and isinstance(exc, data_errors):
+        return "data error"
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return "error"
+    return None
+
+
+def _report(message: str, exc: BaseException, debug: bool) -> None:
+    """``message`` on stderr (after the traceback with ``--debug``); the traceback in the log files."""
+    text = "".join(traceback.format_exception(exc))
+    if debug:
+        print(text, file=sys.stderr, end="")
+    print(message, file=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.makeLogRecord(
+                {"name": "reid.cli", "levelno": logging.ERROR, "levelname": "ERROR", "msg": "%s\n%s",
+                 "args": (message, text.rstrip())}
+            ))
+
+
+def run_command(command: str, argv: list[str] | None = None) -> int:
+    """Runs ``reid <command> argv...`` and returns its exit status (see the module docstring).
+
+    Usage errors print one line on stderr and return 2; a failed check returns 1; argparse's own
+    exits (``--help``, bad options) and unexpected errors propagate.
+    """
+    from reid.cli.common import CheckFailed
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    module = importlib.import_module(f"reid.cli.{COMMANDS[command][0]}")
+    try:
+        result = module.main(argv)
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):  # argparse (--help, bad options), sys.exit(n)
+            raise
+        _report(exc.code, exc, debug)
+        return CHECK_FAILED if isinstance(exc, CheckFailed) else USAGE_ERROR
+    except Exception as exc:
+        prefix = _user_error_prefix(exc)
+        if prefix is None:
+            raise
+        _report(f"{prefix}: {exc}", exc, debug)
+        return USAGE_ERROR
+    return result if isinstance(result, int) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs ``reid <command> ...``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -41,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"reid: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"reid.cli.{COMMANDS[command][0]}")
-    result = module.main(rest)
-    return result if isinstance(result, int) else 0
+    return run_command(command, rest)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from reid.cli.common import load_checked_config, new_parser, parse_with_overrides
+from reid.cli.common import check_resume_config, load_checked_config, new_parser, parse_with_overrides
 from reid.config import ConfigError, validate_world_size
 from reid.builders import build_engine, resolve_device, setup_logging
 from reid.engine.distributed import destroy_distributed, init_distributed, world_from_env
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"config error: {exc}") from exc
     setup_logging(cfg.OUTPUT_DIR, "train", main_process=world.is_main)
     logger.info("config:\n%s", cfg.dump())
+    if args.resume:
+        check_resume_config(cfg, logger)
     if world.is_distributed:
         device = resolve_device(cfg.DEVICE, world.local_rank)
         init_distributed(world, device, backend=cfg.DIST.BACKEND, timeout_min=cfg.DIST.TIMEOUT_MIN)

@@ -162,6 +162,8 @@ def ranking_metrics(
     """rank-k, mAP and mINP (fractions in [0, 1]) of a distance matrix, and the CMC curve.
 
     The CMC goes up to rank 50 (or the largest requested rank, or the gallery size if smaller).
+    A requested rank beyond the CMC (a gallery smaller than the rank) is not reported: a warning
+    names it.
     """
     result = evaluate(
         distmat, query.pids, gallery.pids, query.camids, gallery.camids,
@@ -170,6 +172,12 @@ def ranking_metrics(
     out = RankMetrics()
     out.cmc = np.asarray(result.cmc, dtype=np.float64)
     out |= {f"rank{r}": float(result.cmc[r - 1]) for r in ranks if r <= len(result.cmc)}
+    beyond = [r for r in ranks if r > len(result.cmc)]
+    if beyond:
+        logger.warning(
+            "ranks %s are not reported: the CMC has %d ranks (%d gallery images); lower TEST.RANKS",
+            beyond, len(result.cmc), distmat.shape[1],
+        )
     out["mAP"] = float(result.mAP)
     if result.mINP is not None:
         out["mINP"] = float(result.mINP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 
 import torch
@@ -47,6 +48,23 @@ def stage_channels(backbone: str, stage: str = LAST_STAGE) -> int:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
     return _STAGE_CHANNELS[backbone][STAGES.index(stage)]
+
+
+# Downsampling of each stage's output relative to the input (layer4's is multiplied by its stride).
+_STAGE_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 16}
+
+
+def feature_map_size(height: int, width: int, last_stride: int = 1, stage: str = LAST_STAGE) -> tuple[int, int]:
+    """``(rows, columns)`` of ``stage``'s output map for a ``height x width`` input.
+
+    Every strided layer of the trunk (stem convolution, max pooling, the first block of
+    ``layer2``..``layer4``) rounds up, so the map is ``ceil(size / stride)`` with stride 4, 8, 16
+    and ``16 x last_stride`` for ``layer1`` .. ``layer4`` (the same for every backbone).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    stride = _STAGE_STRIDES[stage] * (last_stride if stage == "layer4" else 1)
+    return math.ceil(height / stride), math.ceil(width / stride)
 
 
 def find_pretrained_weights(backbone: str, path: str = "") -> str | None:

@@ -46,7 +46,7 @@ def test_check_data_exit_status_passes_through(tmp_path):
 
 def test_config_errors_are_one_line():
     done = run("-m", "reid", "train", "--config", "configs/synthetic_avsl.yaml", "SAM.ENABLED", "True")
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == "config error: SAM.ENABLED needs MODEL.NAME pcb, got 'avsl'"
     assert "Traceback" not in done.stderr
 
@@ -64,3 +64,65 @@ def test_every_subcommand_needs_a_config(command, capsys):
         main([command])
     assert stop.value.code == 2
     assert "--config" in capsys.readouterr().err
+
+
+# -- user errors: one line on stderr and exit status 2; --debug shows the traceback ----------------
+
+
+def test_user_errors_are_one_line_with_status_2_and_debug_shows_the_traceback(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    argv = ["train", "--config", "configs/synthetic_pcb.yaml", "DATA.ROOT", str(not_a_folder),
+            "OUTPUT_DIR", str(tmp_path / "out")]
+    done = run("-m", "reid", *argv)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"error: DATA.ROOT is not a folder: {not_a_folder}"
+    assert "Traceback" not in done.stderr
+    # the traceback is in the run's log
+    assert "Traceback" in (tmp_path / "out" / "train.log").read_text()
+    debug = run("-m", "reid", *argv, "--debug")
+    assert debug.returncode == 2
+    assert "Traceback" in debug.stderr and "NotADirectoryError" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == f"error: DATA.ROOT is not a folder: {not_a_folder}"
+
+
+@pytest.mark.parametrize(
+    "argv, last_line",
+    [
+        (["SAMPLER.NUM_INSTANCES", "0"], "config error: SAMPLER.NUM_INSTANCES must be an integer >= 1, got 0"),
+        (["DATA.SOURCES", "[dukemtmc_reid]"], "Expected layout:"),  # a dataset error, with its layout
+    ],
+)
+def test_config_and_data_errors_in_process(argv, last_line, tmp_path, capsys):
+    status = main(["train", "--config", "configs/synthetic_pcb.yaml", "DATA.ROOT", str(tmp_path / "data"),
+                   "OUTPUT_DIR", str(tmp_path / "out"), *argv])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert last_line in err and "Traceback" not in err
+    if "DATA.SOURCES" in argv:
+        assert "\ndata error: DukeMTMC-reID: not found: " in err  # after the run's log lines
+
+
+def test_missing_weights_are_one_line(tmp_path, capsys):
+    missing = tmp_path / "missing.pth"
+    status = main(["test", "--config", "configs/synthetic_pcb.yaml", "--weights", str(missing),
+                   "OUTPUT_DIR", str(tmp_path)])
+    assert status == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: checkpoint not found: {missing}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_subcommand_accepts_debug(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "--debug" in capsys.readouterr().out
+
+
+def test_tools_shims_report_user_errors_and_pass_the_status_through(tmp_path):
+    done = run(os.path.join("tools", "train.py"), "--config", "configs/synthetic_avsl.yaml", "SAM.ENABLED", "True")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "config error: SAM.ENABLED needs MODEL.NAME pcb, got 'avsl'"
+    done = run(os.path.join("tools", "check_data.py"), "--config", "configs/synthetic_pcb.yaml",
+               "DATA.SOURCES", "[dukemtmc_reid]", "DATA.ROOT", str(tmp_path))
+    assert done.returncode == 1  # a check result, not a usage error
+    assert "0 of 1 dataset(s) OK" in done.stdout

@@ -103,3 +103,14 @@ def test_reflect_padding_exports_with_dynamo_and_torchscript_is_refused(random_p
              "--exporter", "torchscript", "OUTPUT_DIR", str(tmp_path), *reflect]
         )
     assert not (tmp_path / "t.onnx").exists()
+
+
+def test_a_failed_comparison_exits_with_status_1(random_pcb, tmp_path, capsys):
+    """A check that fails is not a usage error: the runner exits with 1 (usage errors: 2)."""
+    from reid.cli.main import main
+
+    _, weights = random_pcb
+    status = main(["export", "--config", CONFIG, "--weights", str(weights), "--output", str(tmp_path / "m.onnx"),
+                   "--exporter", "torchscript", "--tolerance", "-1", "OUTPUT_DIR", str(tmp_path), *SIZE])
+    assert status == 1
+    assert "ONNX and PyTorch embeddings differ by" in capsys.readouterr().err.strip().splitlines()[-1]
