@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from reid.io import atomic_write
 
 from .distributed import DistributedContext, gather_objects
 
@@ -26,20 +27,14 @@ logger = logging.getLogger(__name__)
 
 
 def save_checkpoint(state: dict[str, Any], path: str) -> None:
-    """Writes ``state`` to ``path`` atomically (temporary file in the same folder + rename)."""
+    """Writes ``state`` to ``path`` atomically (:func:`reid.io.atomic_write`: a temporary file in
+    the same folder, then a rename; mode ``0o666`` minus the umask). On an error (a full disk) the
+    previous checkpoint is left as it was, no partial file remains, and the error is logged and
+    raised again."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, binary=True) as handle:
+        torch.save(state, handle)
     logger.info("checkpoint written to %s", path)
 
 
