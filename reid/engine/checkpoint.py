@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -38,15 +39,51 @@ def save_checkpoint(state: dict[str, Any], path: str) -> None:
     logger.info("checkpoint written to %s", path)
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of this project: random bytes, a truncated or overwritten
+    file, or one holding other objects than the safe loader reads."""
+
+
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Loads a checkpoint with ``weights_only=True``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        CheckpointError: ``path`` is not a checkpoint of this project (it says so, naming the file,
+            instead of torch's advice to load it with ``weights_only=False``, which could run
+            code from the file).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except torch.OutOfMemoryError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, ImportError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project, or it is damaged (truncated or "
+            f"overwritten): {_load_error_reason(exc)}"
+        ) from None  # torch's message advises weights_only=False: unsafe for an unknown file
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project: it holds a {type(state).__name__}, not a dict"
+        )
+    return state
+
+
+def _load_error_reason(exc: BaseException) -> str:
+    """The first sentence of what ``torch.load`` says is wrong, without its advice."""
+    message = str(exc)
+    if "WeightsUnpickler error:" in message:
+        message = message.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reason = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    if not reason or "weights_only" in reason:
+        reason = "torch.load could not read it"
+    if isinstance(exc, EOFError):
+        reason = "the file ends before the data does (empty or truncated)"
+    return f"{type(exc).__name__}: {reason}"
 
 
 def model_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -52,7 +52,7 @@ def test_model_state_from_various_layouts():
     assert model_state_from_checkpoint(state) == state
 
 
-# -- faults: a full disk, file modes -----------------------------------------------------------------
+# -- faults: a full disk, file modes, a file that is not a checkpoint -----------------------------
 
 
 def test_disk_full_while_writing_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch, caplog):
@@ -90,3 +90,18 @@ def test_checkpoint_mode_follows_the_umask(tmp_path, umask):
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
 
+
+def test_random_bytes_are_not_a_checkpoint_of_this_project(tmp_path):
+    path = tmp_path / "random.pth"
+    path.write_bytes(random.Random(0).randbytes(4096))
+    truncated = tmp_path / "truncated.pth"
+    save_checkpoint({"x": torch.ones(100)}, str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.ones(2), tensor)
+    for bad in (path, truncated, tensor):
+        with pytest.raises(ValueError) as info:
+            load_checkpoint(str(bad))
+        message = str(info.value)
+        assert f"{bad} is not a checkpoint of this project" in message
+        assert "weights_only" not in message and "\n" not in message
