@@ -6,8 +6,8 @@ Files are written atomically (:func:`atomic_write`): into a temporary file besid
 named ``.tmp-<name>.<random>`` (:data:`TEMPORARY_PREFIX`), flushed to the disk, then renamed over
 the target, so that a reader sees the old file or the new one, never half of one. An error (a full
 disk) removes the temporary file and leaves the old file as it was; only a killed process can
-leave a temporary file behind. The temporary file is created like any other file, with mode
-``0o666`` minus the process's umask.
+leave a temporary file behind, which :func:`remove_temporary_files` recognises and removes. The
+temporary file is created like any other file, with mode ``0o666`` minus the process's umask.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ import secrets
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ["TEMPORARY_PREFIX", "atomic_write", "write_json"]
+__all__ = ["TEMPORARY_PREFIX", "atomic_write", "remove_temporary_files", "write_json"]
 
 logger = logging.getLogger(__name__)
 
 TEMPORARY_PREFIX = ".tmp-"
 """How the name of an unfinished file of :func:`atomic_write` starts."""
+
+LEGACY_TEMPORARY_SUFFIX = ".json.tmp"
+"""How the temporary files of earlier versions of :func:`write_json` ended (``metrics.json.tmp``)."""
 
 
 @contextlib.contextmanager
@@ -85,3 +88,24 @@ def write_json(path: str, content: dict[str, Any]) -> None:
     with atomic_write(path) as handle:
         json.dump(content, handle, indent=2)
 
+
+def remove_temporary_files(folder: str) -> list[str]:
+    """Removes the unfinished files that an interrupted :func:`atomic_write` left in ``folder``
+    (not in its subfolders): ``.tmp-*``, and ``*.json.tmp`` of earlier versions.
+
+    Only call it when no other process is writing into ``folder``.
+
+    Returns:
+        The paths removed, sorted.
+    """
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            orphan = entry.name.startswith(TEMPORARY_PREFIX) or entry.name.endswith(LEGACY_TEMPORARY_SUFFIX)
+            if orphan and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+                    removed.append(entry.path)
+    return sorted(removed)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from reid.losses import as_floats, combine
 
 from .amp import autocast_context, check_amp, to_float32
-from .checkpoint import restore_training_state
+from .checkpoint import remove_orphan_files, restore_training_state
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
 from .evaluation import EvalOptions, evaluate_targets, rank_features
@@ -164,6 +164,7 @@ class ReidEngine(TorchreidEngine):
         check_run_arguments(max_epoch, torchreid_options)
         if self.dist.is_main:
             os.makedirs(self.output_dir, exist_ok=True)
+            remove_orphan_files(self.output_dir)  # temporary files of a killed run's writes
         self.start_epoch = restore_training_state(self) if resume else 0
         self.max_epoch, self.results = max_epoch, None
         self._active_hooks = [*self.default_hooks(eval_freq, checkpoint_freq), *self.hooks]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from reid.io import atomic_write
+from reid.io import atomic_write, remove_temporary_files
 
 from .distributed import DistributedContext, gather_objects
 
@@ -37,6 +37,26 @@ def save_checkpoint(state: dict[str, Any], path: str) -> None:
     with atomic_write(path, binary=True) as handle:
         torch.save(state, handle)
     logger.info("checkpoint written to %s", path)
+
+
+def remove_orphan_files(output_dir: str) -> list[str]:
+    """Removes the temporary files that a killed run's atomic writes left in ``output_dir`` and
+    its ``checkpoints`` folder (``.tmp-*``, and ``*.json.tmp`` of earlier versions; see
+    :func:`reid.io.remove_temporary_files`), and logs them in one line.
+
+    Call it only when no other process writes into ``output_dir`` (at the start of a run).
+
+    Returns:
+        The paths removed.
+    """
+    removed = [*remove_temporary_files(output_dir),
+               *remove_temporary_files(os.path.join(output_dir, "checkpoints"))]
+    if removed:
+        logger.info(
+            "removed %d orphan temporary file(s) left by an interrupted write: %s",
+            len(removed), ", ".join(removed),
+        )
+    return removed
 
 
 class CheckpointError(ValueError):
