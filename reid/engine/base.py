@@ -114,6 +114,7 @@ class ReidEngine(TorchreidEngine):
         self.hooks: list[Hook] = []  # extra hooks of run(), after the default ones
         self.results: dict[str, dict[str, float]] | None = None  # the run's last evaluation
         self.start_epoch = self.max_epoch = self.num_batches = self.batch_idx = 0
+        self.saved_epoch: int | None = None  # the epoch of the checkpoint on disk, once known
         self._active_hooks: list[Hook] = []
         self.register_model("model", self.model, optimizer, scheduler)
 
@@ -165,6 +166,7 @@ class ReidEngine(TorchreidEngine):
         if self.dist.is_main:
             os.makedirs(self.output_dir, exist_ok=True)
             remove_orphan_files(self.output_dir)  # temporary files of a killed run's writes
+        self.saved_epoch = None
         self.start_epoch = restore_training_state(self) if resume else 0
         self.max_epoch, self.results = max_epoch, None
         self._active_hooks = [*self.default_hooks(eval_freq, checkpoint_freq), *self.hooks]
@@ -254,12 +256,50 @@ class ReidEngine(TorchreidEngine):
 
     def optimise(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimiser step on ``L = sum_k weights[k] * terms[k]`` (``self.weights``, set by
-        the subclass); returns the terms and the total ``loss`` as floats, for the log."""
+        the subclass); returns the terms and the total ``loss`` as floats, for the log.
+
+        Raises:
+            FloatingPointError: ``L`` is NaN or infinite (on any process), before the backward
+                pass: the weights stay those before this step (:meth:`check_finite_loss`).
+        """
         loss = combine(terms, self.weights)
-        self.backward_step(loss)
         logged = as_floats(terms)
         logged["loss"] = float(loss.detach())
+        self.check_finite_loss(logged)
+        self.backward_step(loss)
         return logged
+
+    def check_finite_loss(self, terms: dict[str, float]) -> None:
+        """Stops the run in the step where the loss stops being finite, before the step changes
+        the weights, with a message (also logged) naming the epoch, the step and every term.
+
+        In a distributed job every process learns whether the loss is finite on all of them
+        (one scalar all-reduce), so that they stop together.
+
+        Raises:
+            FloatingPointError: ``terms["loss"]`` is NaN or infinite here or on another process.
+        """
+        total = terms["loss"]
+        if self.dist.is_distributed:
+            total = mean_over_processes({"loss": total}, self.dist, self.device, check_keys=False)["loss"]
+        if math.isfinite(total):
+            return
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in terms.items())
+        elsewhere = " (finite on this process, not on another)" if math.isfinite(terms["loss"]) else ""
+        message = (
+            f"loss is not finite at epoch {self.epoch + 1}/{self.max_epoch}, step "
+            f"{self.batch_idx + 1}/{self.num_batches}: {shown}{elsewhere}; the run stops before "
+            f"this step changes the weights, and {self.checkpoint_status()} (lower the learning "
+            f"rate, or look for broken images or labels)"
+        )
+        logger.error(message)
+        raise FloatingPointError(message)
+
+    def checkpoint_status(self) -> str:
+        """Where this run's last checkpoint stands, for error messages."""
+        if self.saved_epoch is None:
+            return f"this run wrote no checkpoint ({self.checkpoint_path})"
+        return f"the checkpoint {self.checkpoint_path} holds epoch {self.saved_epoch}, unchanged"
 
     def backward_step(self, loss: torch.Tensor) -> None:
         """Zeroes the gradients, back-propagates ``loss`` (scaled for fp16), averages the

@@ -154,9 +154,15 @@ def save_training_state(engine: ReidEngine, epoch: int) -> None:
     model, optimiser, scheduler, epoch, history, RNG states, config (and the fp16 loss scaler).
 
     Rank 0 writes; every process must call this, as it gathers every process's RNG state.
+
+    Raises:
+        FloatingPointError: a weight, buffer or optimiser state holds NaN or inf; nothing is
+            written (every process holds the same model, so every process raises).
     """
+    check_finite_state(engine, epoch)
     rng = gather_objects(capture_rng_state(), engine.dist)
     if not engine.dist.is_main:
+        engine.saved_epoch = epoch
         return
     state = {
         "model": engine.model.state_dict(),
@@ -172,6 +178,39 @@ def save_training_state(engine: ReidEngine, epoch: int) -> None:
     if engine.scaler.is_enabled():
         state["scaler"] = engine.scaler.state_dict()
     save_checkpoint(state, engine.checkpoint_path)
+    engine.saved_epoch = epoch
+
+
+def non_finite_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the model's parameters and buffers, and of the parameters whose optimiser
+    state, that hold NaN or inf."""
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    names = {id(param): name for name, param in model.named_parameters()}
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(f"optimizer {key} of {names.get(id(param), 'a parameter')}")
+    return bad
+
+
+def check_finite_state(engine: ReidEngine, epoch: int) -> None:
+    """Refuses to checkpoint a model or an optimiser that holds NaN or inf (a loss that stayed
+    finite can still produce them).
+
+    Raises:
+        FloatingPointError: naming the epoch, the tensors and the checkpoint that stays as it was.
+    """
+    bad = non_finite_tensors(engine.model, engine.optimizer)
+    if not bad:
+        return
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    message = (
+        f"NaN or inf in the state after epoch {epoch}: {shown}; no checkpoint is written for this "
+        f"epoch, and {engine.checkpoint_status()} (lower the learning rate)"
+    )
+    logger.error(message)
+    raise FloatingPointError(message)
 
 
 def restore_training_state(engine: ReidEngine) -> int:
@@ -190,6 +229,7 @@ def restore_training_state(engine: ReidEngine) -> int:
     if engine.scaler.is_enabled() and "scaler" in state:
         engine.scaler.load_state_dict(state["scaler"])
     restore_process_rng(state, engine.dist)
+    engine.saved_epoch = int(state["epoch"])
     logger.info("resumed from %s after epoch %d", path, state["epoch"])
     return int(state["epoch"])
 
