@@ -115,6 +115,7 @@ class ReidEngine(TorchreidEngine):
         self.results: dict[str, dict[str, float]] | None = None  # the run's last evaluation
         self.start_epoch = self.max_epoch = self.num_batches = self.batch_idx = 0
         self.saved_epoch: int | None = None  # the epoch of the checkpoint on disk, once known
+        self.evaluation_pending = False  # that checkpoint was written before its evaluation
         self._active_hooks: list[Hook] = []
         self.register_model("model", self.model, optimizer, scheduler)
 
@@ -166,7 +167,7 @@ class ReidEngine(TorchreidEngine):
         if self.dist.is_main:
             os.makedirs(self.output_dir, exist_ok=True)
             remove_orphan_files(self.output_dir)  # temporary files of a killed run's writes
-        self.saved_epoch = None
+        self.saved_epoch, self.evaluation_pending = None, False
         self.start_epoch = restore_training_state(self) if resume else 0
         self.max_epoch, self.results = max_epoch, None
         self._active_hooks = [*self.default_hooks(eval_freq, checkpoint_freq), *self.hooks]
@@ -315,13 +316,37 @@ class ReidEngine(TorchreidEngine):
     # -- evaluation ------------------------------------------------------------------------------
 
     def evaluate_on_main(self) -> dict[str, dict[str, float]]:
-        """:meth:`evaluate` on rank 0 while the other processes wait (``{}`` on those); the
-        hooks' ``after_evaluate`` sees the results, which become :attr:`results`."""
-        results = self.evaluate() if self.dist.is_main else {}
+        """:meth:`evaluate` on rank 0 while the other processes wait (``{}`` on those), after the
+        hooks' ``before_evaluate`` (which writes a due checkpoint first); the hooks'
+        ``after_evaluate`` sees the results, which become :attr:`results`. A failed evaluation is
+        logged in one line (the epoch, the target, the error, the checkpoint) and raised again."""
+        self.call_hooks("before_evaluate")
+        try:
+            results = self.evaluate() if self.dist.is_main else {}
+        except Exception as exc:
+            self.log_failed_evaluation(exc)
+            raise
         self.call_hooks("after_evaluate", results)
         barrier(self.dist)
         self.results = results
         return results
+
+    def log_failed_evaluation(self, exc: Exception) -> None:
+        """One error line for an evaluation that raised ``exc``: where, why, and what to do."""
+        epoch = self.epoch + 1
+        where = " ".join(getattr(exc, "__notes__", []))  # evaluate_targets names the target
+        if self.saved_epoch == epoch:
+            then = (
+                f"the checkpoint {self.checkpoint_path} holds epoch {epoch}, written before this "
+                f"evaluation: fix the cause and resume the run (reid train ... --resume), which "
+                f"evaluates epoch {epoch} first"
+            )
+        else:
+            then = f"{self.checkpoint_status()}: fix the cause and resume the run (reid train ... --resume)"
+        logger.error(
+            "evaluation after epoch %d failed%s: %s: %s; %s", epoch, f" {where}" if where else "",
+            type(exc).__name__, exc, then,
+        )
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Evaluates on every target (:func:`evaluate_targets` with :meth:`score`); returns

@@ -149,9 +149,12 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(engine: ReidEngine, epoch: int) -> None:
+def save_training_state(engine: ReidEngine, epoch: int, evaluation_pending: bool = False) -> None:
     """Writes ``engine``'s resumable state after ``epoch`` epochs to ``engine.checkpoint_path``:
     model, optimiser, scheduler, epoch, history, RNG states, config (and the fp16 loss scaler).
+
+    ``evaluation_pending``: the state is written before the evaluation of ``epoch`` (whose
+    results are not in the history yet); a run resumed from it evaluates that epoch first.
 
     Rank 0 writes; every process must call this, as it gathers every process's RNG state.
 
@@ -169,6 +172,7 @@ def save_training_state(engine: ReidEngine, epoch: int) -> None:
         "optimizer": engine.optimizer.state_dict(),
         "scheduler": engine.scheduler.state_dict(),
         "epoch": epoch,
+        "evaluation_pending": evaluation_pending,
         "history": engine.history,
         "rng": rng[0],
         "config": engine.config,
@@ -215,8 +219,8 @@ def check_finite_state(engine: ReidEngine, epoch: int) -> None:
 
 def restore_training_state(engine: ReidEngine) -> int:
     """Loads ``engine.checkpoint_path`` into ``engine`` (model, optimiser, scheduler, history,
-    loss scaler, RNG states) and returns the number of epochs it had done; 0, with a warning,
-    when there is no checkpoint."""
+    loss scaler, RNG states, whether its evaluation is pending) and returns the number of epochs
+    it had done; 0, with a warning, when there is no checkpoint."""
     path = engine.checkpoint_path
     if not os.path.isfile(path):
         logger.warning("--resume: no checkpoint at %s, starting from scratch", path)
@@ -230,7 +234,12 @@ def restore_training_state(engine: ReidEngine) -> int:
         engine.scaler.load_state_dict(state["scaler"])
     restore_process_rng(state, engine.dist)
     engine.saved_epoch = int(state["epoch"])
-    logger.info("resumed from %s after epoch %d", path, state["epoch"])
+    engine.evaluation_pending = bool(state.get("evaluation_pending", False)) and bool(engine.history)
+    logger.info(
+        "resumed from %s after epoch %d%s", path, state["epoch"],
+        " (written before its evaluation, which did not complete: it runs first)"
+        if engine.evaluation_pending else "",
+    )
     return int(state["epoch"])
 
 
