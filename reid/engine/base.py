@@ -35,7 +35,7 @@ from tqdm import tqdm
 from reid.losses import as_floats, combine
 
 from .amp import autocast_context, check_amp, to_float32
-from .checkpoint import remove_orphan_files, restore_training_state
+from .checkpoint import CHECKPOINT_NAME, checkpoint_path, remove_orphan_files, restore_training_state
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
 from .evaluation import EvalOptions, evaluate_targets, rank_features
@@ -46,8 +46,6 @@ from .torchreid_compat import TorchreidEngine, check_run_arguments
 logger = logging.getLogger(__name__)
 
 __all__ = ["CHECKPOINT_NAME", "EvalOptions", "ReidEngine", "to_float32"]
-
-CHECKPOINT_NAME = "checkpoint_last.pth"
 
 
 class ReidEngine(TorchreidEngine):
@@ -124,7 +122,7 @@ class ReidEngine(TorchreidEngine):
     @property
     def checkpoint_path(self) -> str:
         """Where the last checkpoint of this run lives."""
-        return os.path.join(self.output_dir, "checkpoints", CHECKPOINT_NAME)
+        return checkpoint_path(self.output_dir)
 
     def register_hooks(self, hooks: Iterable[Hook]) -> None:
         """Adds ``hooks`` to every later :meth:`run`, called after the default ones in this order."""

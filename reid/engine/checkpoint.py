@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +26,73 @@ if TYPE_CHECKING:
     from .base import ReidEngine
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint_last.pth"
+"""The checkpoint of a run: ``<output_dir>/checkpoints/checkpoint_last.pth``."""
+
+RUN_OUTPUTS = (
+    "checkpoints", "metrics.json", "cmc.png", "tensorboard", "train.log", "test.log",
+    "test_metrics.json", "test_cmc.png", "explanations", "explanation_quality.json", "model.onnx",
+)
+"""What the commands write into ``OUTPUT_DIR`` about its model (docs/training.md, "Commands and
+outputs"): moved aside together when a new run replaces the previous one."""
+
+
+class ExistingRunError(FileExistsError):
+    """``OUTPUT_DIR`` holds a previous run and neither resuming nor overwriting was asked for."""
+
+
+def checkpoint_path(output_dir: str) -> str:
+    """Where the checkpoint of the run in ``output_dir`` lives."""
+    return os.path.join(output_dir, "checkpoints", CHECKPOINT_NAME)
+
+
+def prepare_output_dir(output_dir: str, resume: bool, overwrite: bool, main_process: bool = True) -> str | None:
+    """Checks that a new run may write into ``output_dir``, before anything is built or written.
+
+    A folder holding a previous run (its checkpoint) is refused unless the run continues it
+    (``resume``) or replaces it (``overwrite``): then the previous run's files (:data:`RUN_OUTPUTS`)
+    are moved, whole, into a new folder ``<output_dir>/replaced-<date>-<time>``, so that no stale
+    ``metrics.json``, ``cmc.png``, TensorBoard events or checkpoint stay beside the new run's.
+
+    Args:
+        output_dir: the run's ``OUTPUT_DIR``.
+        resume: the run continues the previous one (``--resume``).
+        overwrite: the run replaces the previous one (``--overwrite``).
+        main_process: only the main process moves files (the others only check).
+
+    Returns:
+        A line for the log saying what was moved where, or None when nothing was.
+
+    Raises:
+        ExistingRunError: a previous run without ``resume`` or ``overwrite``, or both asked for;
+            its message is one line that says what to do.
+    """
+    if resume and overwrite:
+        raise ExistingRunError("--resume and --overwrite exclude each other: continue the run or replace it")
+    path = checkpoint_path(output_dir)
+    if resume or not os.path.isfile(path):
+        return None
+    if not overwrite:
+        raise ExistingRunError(
+            f"{output_dir} already holds a run ({path}): add --resume to continue it, or "
+            f"--overwrite to start a new one there (the previous run is then moved aside)"
+        )
+    if not main_process:
+        return None
+    aside = base = os.path.join(output_dir, time.strftime("replaced-%Y%m%d-%H%M%S"))
+    suffix = 1
+    while os.path.lexists(aside):  # two replacements within a second
+        suffix += 1
+        aside = f"{base}-{suffix}"
+    os.makedirs(aside)
+    moved = []
+    for name in RUN_OUTPUTS:
+        source = os.path.join(output_dir, name)
+        if os.path.lexists(source):
+            os.replace(source, os.path.join(aside, name))
+            moved.append(name)
+    return f"--overwrite: moved the previous run's {', '.join(moved)} to {aside}"
 
 
 def save_checkpoint(state: dict[str, Any], path: str) -> None:

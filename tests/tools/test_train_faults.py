@@ -1,5 +1,7 @@
-"""``reid train`` under faults (tiny synthetic set, CPU)."""
+"""``reid train`` under faults: a failed evaluation, an existing run in OUTPUT_DIR, a NaN loss
+(tiny synthetic set, CPU)."""
 
+import json
 import os
 import re
 
@@ -8,6 +10,7 @@ import torch
 
 from reid.cli import train as train_tool
 from reid.engine import evaluation as evaluation_module
+from reid.engine.checkpoint import save_checkpoint
 from tests.conftest import tiny_overrides
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
@@ -57,6 +60,55 @@ def test_failed_evaluation_keeps_the_checkpoint_and_resume_matches_an_uninterrup
     assert a["history"] == b["history"] == reference["history"]
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def previous_run(out):
+    """The files of a finished 4-epoch run."""
+    save_checkpoint({"model": {}, "epoch": 4}, str(out / "checkpoints" / "checkpoint_last.pth"))
+    (out / "metrics.json").write_text('{"epoch": 4}')
+    (out / "cmc.png").write_bytes(b"\x89PNG old")
+    (out / "train.log").write_text("old log\n")
+    (out / "tensorboard").mkdir()
+    (out / "tensorboard" / "events.out.tfevents.old").write_bytes(b"old")
+
+
+def tree(folder):
+    return {
+        os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+        for d, _, files in os.walk(folder) for f in files
+    }
+
+
+def test_existing_run_is_refused_without_resume_or_overwrite(tmp_path):
+    out = tmp_path / "run"
+    previous_run(out)
+    before = tree(out)
+    with pytest.raises(SystemExit) as info:  # refused before the data is read (there is none)
+        train_tool.main(train_args(tmp_path / "no-data", out))
+    message = str(info.value.code)
+    assert str(out) in message and "--resume" in message and "--overwrite" in message
+    assert "\n" not in message
+    assert tree(out) == before  # untouched, the log included
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="--resume.*--overwrite|--overwrite.*--resume"):
+        train_tool.main(train_args(tmp_path / "no-data", tmp_path / "run", 1, "--resume", "--overwrite"))
+
+
+def test_overwrite_moves_the_previous_run_aside(tiny_data_root, tmp_path):
+    out = tmp_path / "run"
+    previous_run(out)
+    before = tree(out)
+    metrics = train_tool.main(train_args(tiny_data_root, out, 1, "--overwrite"))
+    (aside,) = [p for p in out.iterdir() if p.name.startswith("replaced-")]
+    assert tree(aside) == before  # the previous run, whole
+    assert json.loads((out / "metrics.json").read_text()) == metrics and metrics["epoch"] == 1
+    assert load(out / "checkpoints" / "checkpoint_last.pth")["epoch"] == 1
+    assert not (out / "tensorboard" / "events.out.tfevents.old").exists()
+    log = (out / "train.log").read_text()
+    assert "old log" not in log and aside.name in log
+    assert (out / "cmc.png").read_bytes() != b"\x89PNG old"
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_data_root, tmp_path):
