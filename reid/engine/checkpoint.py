@@ -1,9 +1,12 @@
-"""Checkpoints written atomically and loadable with ``weights_only=True``.
+"""Checkpoints written atomically and loadable with ``weights_only=True``, and the run's folder.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads under
-PyTorch's safe loader. It carries the RNG states needed for a resumed run to match an
-uninterrupted one: :func:`save_training_state` writes an engine's resumable state,
-:func:`restore_training_state` reads it back (``--resume``).
+PyTorch's safe loader (a file that is not one is refused with :class:`CheckpointError`). It
+carries the RNG states needed for a resumed run to match an uninterrupted one:
+:func:`save_training_state` writes an engine's resumable state (never one holding NaN or inf),
+:func:`restore_training_state` reads it back (``--resume``). :func:`prepare_output_dir` refuses
+to start a new run over a previous one unless told to continue or replace it, and
+:func:`remove_orphan_files` removes what a killed write left behind.
 """
 
 from __future__ import annotations
@@ -254,8 +257,8 @@ def save_training_state(engine: ReidEngine, epoch: int, evaluation_pending: bool
 
 
 def non_finite_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """The names of the model's parameters and buffers, and of the parameters whose optimiser
-    state, that hold NaN or inf."""
+    """The names of the model's parameters and buffers that hold NaN or inf, and of the
+    parameters whose optimiser state does."""
     bad = [name for name, tensor in model.state_dict().items()
            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
     names = {id(param): name for name, param in model.named_parameters()}
