@@ -5,7 +5,9 @@ Reference measured against: the PCB baseline (``SAM.ENABLED false``). Both runs 
 ``tools/train.py``'s ``main(argv)`` with the SAME config file (``configs/synthetic_pcb_sam.yaml``
 by default), seed, data, model and epochs; they differ only in ``SAM.ENABLED`` and their
 ``OUTPUT_DIR`` (``<output-root>/pcb`` and ``<output-root>/pcb_sam``), so the budget in epochs is
-the same (a SAM step costs more time: see ``benchmarks/sam_overhead.py``).
+the same (a SAM step costs more time: see ``benchmarks/sam_overhead.py``). Each run starts afresh
+(``--overwrite``): the runs of an earlier benchmark in the same folders are moved aside into their
+``replaced-<date>-<time>`` subfolders.
 
 Usage (full demo size takes a while on a CPU; extra ``KEY VALUE`` overrides go to both runs)::
 
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def train(config: str, output_dir: str, seed: int, sam: bool, opts: list[str], progress: bool) -> dict:
-    argv = ["--config", config, *([] if progress else ["--no-progress"]), *opts,
+    argv = ["--config", config, "--overwrite", *([] if progress else ["--no-progress"]), *opts,
             "SEED", str(seed), "OUTPUT_DIR", output_dir, "SAM.ENABLED", str(sam)]
     return train_tool.main(argv)
 

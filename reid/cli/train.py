@@ -1,4 +1,7 @@
-"""Train a re-id model: ``reid train --config FILE [--resume] [KEY VALUE ...]``.
+"""Train a re-id model: ``reid train --config FILE [--resume | --overwrite] [KEY VALUE ...]``.
+
+An OUTPUT_DIR that holds a run (its checkpoint) is refused unless ``--resume`` continues it or
+``--overwrite`` replaces it (the previous run's files are moved to ``OUTPUT_DIR/replaced-<time>``).
 
 Distributed (one process per GPU): start it with ``torchrun``, e.g. on one node with 4 GPUs
 ``torchrun --nproc_per_node 4 tools/train.py --config FILE`` (or ``torchrun ... -m reid train``). The tool reads ``WORLD_SIZE``,
@@ -15,6 +18,7 @@ import logging
 from reid.cli.common import check_resume_config, load_checked_config, new_parser, parse_with_overrides
 from reid.config import ConfigError, validate_world_size
 from reid.builders import build_engine, resolve_device, setup_logging
+from reid.engine.checkpoint import ExistingRunError, prepare_output_dir
 from reid.engine.distributed import destroy_distributed, init_distributed, world_from_env
 
 logger = logging.getLogger("train")
@@ -23,6 +27,8 @@ logger = logging.getLogger("train")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = new_parser("train", __doc__)
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an OUTPUT_DIR that holds one (its files are moved aside first)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OPTIM.MAX_EPOCH 5")
     return parse_with_overrides(parser, argv)
@@ -36,7 +42,13 @@ def main(argv: list[str] | None = None) -> dict:
         validate_world_size(cfg, world.world_size)
     except (ConfigError, ValueError) as exc:
         raise SystemExit(f"config error: {exc}") from exc
+    try:
+        replaced = prepare_output_dir(cfg.OUTPUT_DIR, args.resume, args.overwrite, world.is_main)
+    except ExistingRunError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     setup_logging(cfg.OUTPUT_DIR, "train", main_process=world.is_main)
+    if replaced:
+        logger.info(replaced)
     logger.info("config:\n%s", cfg.dump())
     if args.resume:
         check_resume_config(cfg, logger)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from reid.losses import as_floats, combine
 
 from .amp import autocast_context, check_amp, to_float32
-from .checkpoint import restore_training_state
+from .checkpoint import CHECKPOINT_NAME, checkpoint_path, remove_orphan_files, restore_training_state
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
 from .evaluation import EvalOptions, evaluate_targets, rank_features
@@ -46,8 +46,6 @@ from .torchreid_compat import TorchreidEngine, check_run_arguments
 logger = logging.getLogger(__name__)
 
 __all__ = ["CHECKPOINT_NAME", "EvalOptions", "ReidEngine", "to_float32"]
-
-CHECKPOINT_NAME = "checkpoint_last.pth"
 
 
 class ReidEngine(TorchreidEngine):
@@ -114,6 +112,8 @@ class ReidEngine(TorchreidEngine):
         self.hooks: list[Hook] = []  # extra hooks of run(), after the default ones
         self.results: dict[str, dict[str, float]] | None = None  # the run's last evaluation
         self.start_epoch = self.max_epoch = self.num_batches = self.batch_idx = 0
+        self.saved_epoch: int | None = None  # the epoch of the checkpoint on disk, once known
+        self.evaluation_pending = False  # that checkpoint was written before its evaluation
         self._active_hooks: list[Hook] = []
         self.register_model("model", self.model, optimizer, scheduler)
 
@@ -122,7 +122,7 @@ class ReidEngine(TorchreidEngine):
     @property
     def checkpoint_path(self) -> str:
         """Where the last checkpoint of this run lives."""
-        return os.path.join(self.output_dir, "checkpoints", CHECKPOINT_NAME)
+        return checkpoint_path(self.output_dir)
 
     def register_hooks(self, hooks: Iterable[Hook]) -> None:
         """Adds ``hooks`` to every later :meth:`run`, called after the default ones in this order."""
@@ -164,6 +164,8 @@ class ReidEngine(TorchreidEngine):
         check_run_arguments(max_epoch, torchreid_options)
         if self.dist.is_main:
             os.makedirs(self.output_dir, exist_ok=True)
+            remove_orphan_files(self.output_dir)  # temporary files of a killed run's writes
+        self.saved_epoch, self.evaluation_pending = None, False
         self.start_epoch = restore_training_state(self) if resume else 0
         self.max_epoch, self.results = max_epoch, None
         self._active_hooks = [*self.default_hooks(eval_freq, checkpoint_freq), *self.hooks]
@@ -253,12 +255,50 @@ class ReidEngine(TorchreidEngine):
 
     def optimise(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimiser step on ``L = sum_k weights[k] * terms[k]`` (``self.weights``, set by
-        the subclass); returns the terms and the total ``loss`` as floats, for the log."""
+        the subclass); returns the terms and the total ``loss`` as floats, for the log.
+
+        Raises:
+            FloatingPointError: ``L`` is NaN or infinite (on any process), before the backward
+                pass: the weights stay those before this step (:meth:`check_finite_loss`).
+        """
         loss = combine(terms, self.weights)
-        self.backward_step(loss)
         logged = as_floats(terms)
         logged["loss"] = float(loss.detach())
+        self.check_finite_loss(logged)
+        self.backward_step(loss)
         return logged
+
+    def check_finite_loss(self, terms: dict[str, float]) -> None:
+        """Stops the run in the step where the loss stops being finite, before the step changes
+        the weights, with a message (also logged) naming the epoch, the step and every term.
+
+        In a distributed job every process learns whether the loss is finite on all of them
+        (one scalar all-reduce), so that they stop together.
+
+        Raises:
+            FloatingPointError: ``terms["loss"]`` is NaN or infinite here or on another process.
+        """
+        total = terms["loss"]
+        if self.dist.is_distributed:
+            total = mean_over_processes({"loss": total}, self.dist, self.device, check_keys=False)["loss"]
+        if math.isfinite(total):
+            return
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in terms.items())
+        elsewhere = " (finite on this process, not on another)" if math.isfinite(terms["loss"]) else ""
+        message = (
+            f"loss is not finite at epoch {self.epoch + 1}/{self.max_epoch}, step "
+            f"{self.batch_idx + 1}/{self.num_batches}: {shown}{elsewhere}; the run stops before "
+            f"this step changes the weights, and {self.checkpoint_status()} (lower the learning "
+            f"rate, or look for broken images or labels)"
+        )
+        logger.error(message)
+        raise FloatingPointError(message)
+
+    def checkpoint_status(self) -> str:
+        """Where this run's last checkpoint stands, for error messages."""
+        if self.saved_epoch is None:
+            return f"this run wrote no checkpoint ({self.checkpoint_path})"
+        return f"the checkpoint {self.checkpoint_path} holds epoch {self.saved_epoch}, unchanged"
 
     def backward_step(self, loss: torch.Tensor) -> None:
         """Zeroes the gradients, back-propagates ``loss`` (scaled for fp16), averages the
@@ -274,13 +314,37 @@ class ReidEngine(TorchreidEngine):
     # -- evaluation ------------------------------------------------------------------------------
 
     def evaluate_on_main(self) -> dict[str, dict[str, float]]:
-        """:meth:`evaluate` on rank 0 while the other processes wait (``{}`` on those); the
-        hooks' ``after_evaluate`` sees the results, which become :attr:`results`."""
-        results = self.evaluate() if self.dist.is_main else {}
+        """:meth:`evaluate` on rank 0 while the other processes wait (``{}`` on those), after the
+        hooks' ``before_evaluate`` (which writes a due checkpoint first); the hooks'
+        ``after_evaluate`` sees the results, which become :attr:`results`. A failed evaluation is
+        logged in one line (the epoch, the target, the error, the checkpoint) and raised again."""
+        self.call_hooks("before_evaluate")
+        try:
+            results = self.evaluate() if self.dist.is_main else {}
+        except Exception as exc:
+            self.log_failed_evaluation(exc)
+            raise
         self.call_hooks("after_evaluate", results)
         barrier(self.dist)
         self.results = results
         return results
+
+    def log_failed_evaluation(self, exc: Exception) -> None:
+        """One error line for an evaluation that raised ``exc``: where, why, and what to do."""
+        epoch = self.epoch + 1
+        where = " ".join(getattr(exc, "__notes__", []))  # evaluate_targets names the target
+        if self.saved_epoch == epoch:
+            then = (
+                f"the checkpoint {self.checkpoint_path} holds epoch {epoch}, written before this "
+                f"evaluation: fix the cause and resume the run (reid train ... --resume), which "
+                f"evaluates epoch {epoch} first"
+            )
+        else:
+            then = f"{self.checkpoint_status()}: fix the cause and resume the run (reid train ... --resume)"
+        logger.error(
+            "evaluation after epoch %d failed%s: %s: %s; %s", epoch, f" {where}" if where else "",
+            type(exc).__name__, exc, then,
+        )
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Evaluates on every target (:func:`evaluate_targets` with :meth:`score`); returns

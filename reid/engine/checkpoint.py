@@ -1,21 +1,27 @@
-"""Checkpoints written atomically and loadable with ``weights_only=True``.
+"""Checkpoints written atomically and loadable with ``weights_only=True``, and the run's folder.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads under
-PyTorch's safe loader. It carries the RNG states needed for a resumed run to match an
-uninterrupted one: :func:`save_training_state` writes an engine's resumable state,
-:func:`restore_training_state` reads it back (``--resume``).
+PyTorch's safe loader (a file that is not one is refused with :class:`CheckpointError`). It
+carries the RNG states needed for a resumed run to match an uninterrupted one:
+:func:`save_training_state` writes an engine's resumable state (never one holding NaN or inf),
+:func:`restore_training_state` reads it back (``--resume``). :func:`prepare_output_dir` refuses
+to start a new run over a previous one unless told to continue or replace it, and
+:func:`remove_orphan_files` removes what a killed write left behind.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
-import tempfile
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from reid.io import atomic_write, remove_temporary_files
 
 from .distributed import DistributedContext, gather_objects
 
@@ -24,23 +30,109 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_NAME = "checkpoint_last.pth"
+"""The checkpoint of a run: ``<output_dir>/checkpoints/checkpoint_last.pth``."""
+
+RUN_OUTPUTS = (
+    "checkpoints", "metrics.json", "cmc.png", "tensorboard", "train.log", "test.log",
+    "test_metrics.json", "test_cmc.png", "explanations", "explanation_quality.json", "model.onnx",
+)
+"""What the commands write into ``OUTPUT_DIR`` about its model (docs/training.md, "Commands and
+outputs"): moved aside together when a new run replaces the previous one."""
+
+
+class ExistingRunError(FileExistsError):
+    """``OUTPUT_DIR`` holds a previous run and neither resuming nor overwriting was asked for."""
+
+
+def checkpoint_path(output_dir: str) -> str:
+    """Where the checkpoint of the run in ``output_dir`` lives."""
+    return os.path.join(output_dir, "checkpoints", CHECKPOINT_NAME)
+
+
+def prepare_output_dir(output_dir: str, resume: bool, overwrite: bool, main_process: bool = True) -> str | None:
+    """Checks that a new run may write into ``output_dir``, before anything is built or written.
+
+    A folder holding a previous run (its checkpoint) is refused unless the run continues it
+    (``resume``) or replaces it (``overwrite``): then the previous run's files (:data:`RUN_OUTPUTS`)
+    are moved, whole, into a new folder ``<output_dir>/replaced-<date>-<time>``, so that no stale
+    ``metrics.json``, ``cmc.png``, TensorBoard events or checkpoint stay beside the new run's.
+
+    Args:
+        output_dir: the run's ``OUTPUT_DIR``.
+        resume: the run continues the previous one (``--resume``).
+        overwrite: the run replaces the previous one (``--overwrite``).
+        main_process: only the main process moves files (the others only check).
+
+    Returns:
+        A line for the log saying what was moved where, or None when nothing was.
+
+    Raises:
+        ExistingRunError: a previous run without ``resume`` or ``overwrite``, or both asked for;
+            its message is one line that says what to do.
+    """
+    if resume and overwrite:
+        raise ExistingRunError("--resume and --overwrite exclude each other: continue the run or replace it")
+    path = checkpoint_path(output_dir)
+    if resume or not os.path.isfile(path):
+        return None
+    if not overwrite:
+        raise ExistingRunError(
+            f"{output_dir} already holds a run ({path}): add --resume to continue it, or "
+            f"--overwrite to start a new one there (the previous run is then moved aside)"
+        )
+    if not main_process:
+        return None
+    aside = base = os.path.join(output_dir, time.strftime("replaced-%Y%m%d-%H%M%S"))
+    suffix = 1
+    while os.path.lexists(aside):  # two replacements within a second
+        suffix += 1
+        aside = f"{base}-{suffix}"
+    os.makedirs(aside)
+    moved = []
+    for name in RUN_OUTPUTS:
+        source = os.path.join(output_dir, name)
+        if os.path.lexists(source):
+            os.replace(source, os.path.join(aside, name))
+            moved.append(name)
+    return f"--overwrite: moved the previous run's {', '.join(moved)} to {aside}"
+
 
 def save_checkpoint(state: dict[str, Any], path: str) -> None:
-    """Writes ``state`` to ``path`` atomically (temporary file in the same folder + rename)."""
+    """Writes ``state`` to ``path`` atomically (:func:`reid.io.atomic_write`: a temporary file in
+    the same folder, then a rename; mode ``0o666`` minus the umask). On an error (a full disk) the
+    previous checkpoint is left as it was, no partial file remains, and the error is logged and
+    raised again."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, binary=True) as handle:
+        torch.save(state, handle)
     logger.info("checkpoint written to %s", path)
+
+
+def remove_orphan_files(output_dir: str) -> list[str]:
+    """Removes the temporary files that a killed run's atomic writes left in ``output_dir`` and
+    its ``checkpoints`` folder (``.tmp-*``, and ``*.json.tmp`` of earlier versions; see
+    :func:`reid.io.remove_temporary_files`), and logs them in one line.
+
+    Call it only when no other process writes into ``output_dir`` (at the start of a run).
+
+    Returns:
+        The paths removed.
+    """
+    removed = [*remove_temporary_files(output_dir),
+               *remove_temporary_files(os.path.join(output_dir, "checkpoints"))]
+    if removed:
+        logger.info(
+            "removed %d orphan temporary file(s) left by an interrupted write: %s",
+            len(removed), ", ".join(removed),
+        )
+    return removed
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of this project: random bytes, a truncated or overwritten
+    file, or one holding other objects than the safe loader reads."""
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -48,10 +140,41 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        CheckpointError: ``path`` is not a checkpoint of this project (it says so, naming the file,
+            instead of torch's advice to load it with ``weights_only=False``, which could run
+            code from the file).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except torch.OutOfMemoryError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, ImportError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project, or it is damaged (truncated or "
+            f"overwritten): {_load_error_reason(exc)}"
+        ) from None  # torch's message advises weights_only=False: unsafe for an unknown file
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project: it holds a {type(state).__name__}, not a dict"
+        )
+    return state
+
+
+def _load_error_reason(exc: BaseException) -> str:
+    """The first sentence of what ``torch.load`` says is wrong, without its advice."""
+    message = str(exc)
+    if "WeightsUnpickler error:" in message:
+        message = message.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reason = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    if not reason or "weights_only" in reason:
+        reason = "torch.load could not read it"
+    if isinstance(exc, EOFError):
+        reason = "the file ends before the data does (empty or truncated)"
+    return f"{type(exc).__name__}: {reason}"
 
 
 def model_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -97,20 +220,30 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(engine: ReidEngine, epoch: int) -> None:
+def save_training_state(engine: ReidEngine, epoch: int, evaluation_pending: bool = False) -> None:
     """Writes ``engine``'s resumable state after ``epoch`` epochs to ``engine.checkpoint_path``:
     model, optimiser, scheduler, epoch, history, RNG states, config (and the fp16 loss scaler).
 
+    ``evaluation_pending``: the state is written before the evaluation of ``epoch`` (whose
+    results are not in the history yet); a run resumed from it evaluates that epoch first.
+
     Rank 0 writes; every process must call this, as it gathers every process's RNG state.
+
+    Raises:
+        FloatingPointError: a weight, buffer or optimiser state holds NaN or inf; nothing is
+            written (every process holds the same model, so every process raises).
     """
+    check_finite_state(engine, epoch)
     rng = gather_objects(capture_rng_state(), engine.dist)
     if not engine.dist.is_main:
+        engine.saved_epoch = epoch
         return
     state = {
         "model": engine.model.state_dict(),
         "optimizer": engine.optimizer.state_dict(),
         "scheduler": engine.scheduler.state_dict(),
         "epoch": epoch,
+        "evaluation_pending": evaluation_pending,
         "history": engine.history,
         "rng": rng[0],
         "config": engine.config,
@@ -120,12 +253,45 @@ def save_training_state(engine: ReidEngine, epoch: int) -> None:
     if engine.scaler.is_enabled():
         state["scaler"] = engine.scaler.state_dict()
     save_checkpoint(state, engine.checkpoint_path)
+    engine.saved_epoch = epoch
+
+
+def non_finite_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the model's parameters and buffers that hold NaN or inf, and of the
+    parameters whose optimiser state does."""
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    names = {id(param): name for name, param in model.named_parameters()}
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(f"optimizer {key} of {names.get(id(param), 'a parameter')}")
+    return bad
+
+
+def check_finite_state(engine: ReidEngine, epoch: int) -> None:
+    """Refuses to checkpoint a model or an optimiser that holds NaN or inf (a loss that stayed
+    finite can still produce them).
+
+    Raises:
+        FloatingPointError: naming the epoch, the tensors and the checkpoint that stays as it was.
+    """
+    bad = non_finite_tensors(engine.model, engine.optimizer)
+    if not bad:
+        return
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    message = (
+        f"NaN or inf in the state after epoch {epoch}: {shown}; no checkpoint is written for this "
+        f"epoch, and {engine.checkpoint_status()} (lower the learning rate)"
+    )
+    logger.error(message)
+    raise FloatingPointError(message)
 
 
 def restore_training_state(engine: ReidEngine) -> int:
     """Loads ``engine.checkpoint_path`` into ``engine`` (model, optimiser, scheduler, history,
-    loss scaler, RNG states) and returns the number of epochs it had done; 0, with a warning,
-    when there is no checkpoint."""
+    loss scaler, RNG states, whether its evaluation is pending) and returns the number of epochs
+    it had done; 0, with a warning, when there is no checkpoint."""
     path = engine.checkpoint_path
     if not os.path.isfile(path):
         logger.warning("--resume: no checkpoint at %s, starting from scratch", path)
@@ -138,7 +304,13 @@ def restore_training_state(engine: ReidEngine) -> int:
     if engine.scaler.is_enabled() and "scaler" in state:
         engine.scaler.load_state_dict(state["scaler"])
     restore_process_rng(state, engine.dist)
-    logger.info("resumed from %s after epoch %d", path, state["epoch"])
+    engine.saved_epoch = int(state["epoch"])
+    engine.evaluation_pending = bool(state.get("evaluation_pending", False)) and bool(engine.history)
+    logger.info(
+        "resumed from %s after epoch %d%s", path, state["epoch"],
+        " (written before its evaluation, which did not complete: it runs first)"
+        if engine.evaluation_pending else "",
+    )
     return int(state["epoch"])
 
 

@@ -122,20 +122,27 @@ def evaluate_targets(
     Returns:
         ``{target: {rank1, ..., mAP, mINP}}`` and ``{target: CMC curve}`` (targets whose scores
         carry one).
+
+    Raises:
+        Exception: what extracting or scoring a target raised, with a note naming the target.
     """
     was_training = model.training
     model.eval()
     results, curves = {}, {}
     try:
         for name, loaders in test_loader.items():
-            query, gallery = (
-                extract_dataset_features(
-                    model, loaders[split], device, f"{name} {split}", progress, amp=amp,
-                    channels_last=channels_last,
+            try:
+                query, gallery = (
+                    extract_dataset_features(
+                        model, loaders[split], device, f"{name} {split}", progress, amp=amp,
+                        channels_last=channels_last,
+                    )
+                    for split in ("query", "gallery")
                 )
-                for split in ("query", "gallery")
-            )
-            scores = score(query, gallery)
+                scores = score(query, gallery)
+            except Exception as exc:
+                exc.add_note(f"while evaluating the target '{name}'")
+                raise
             cmc = getattr(scores, "cmc", None)
             if cmc is not None:
                 curves[name] = [float(x) for x in cmc]

@@ -50,3 +50,58 @@ def test_model_state_from_various_layouts():
     assert model_state_from_checkpoint({"model": state}) == state
     assert model_state_from_checkpoint({"state_dict": {"module.w": state["w"]}}) == state
     assert model_state_from_checkpoint(state) == state
+
+
+# -- faults: a full disk, file modes, a file that is not a checkpoint -----------------------------
+
+
+def test_disk_full_while_writing_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch, caplog):
+    import errno
+    import logging
+
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint({"x": torch.ones(2)}, str(path))
+
+    def full_disk(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with caplog.at_level(logging.ERROR), pytest.raises(OSError) as info:
+        save_checkpoint({"x": torch.zeros(2)}, str(path))
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["ckpt.pth"]  # no partial file
+    assert torch.equal(load_checkpoint(str(path))["x"], torch.ones(2))
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert str(path) in line and "No space left on device" in line and "previous" in line
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o027])
+def test_checkpoint_mode_follows_the_umask(tmp_path, umask):
+    import stat
+
+    path = tmp_path / "ckpt.pth"
+    old = os.umask(umask)
+    try:
+        save_checkpoint({"x": torch.ones(1)}, str(path))
+        save_checkpoint({"x": torch.ones(1)}, str(path))  # replacing an existing file too
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+
+
+def test_random_bytes_are_not_a_checkpoint_of_this_project(tmp_path):
+    path = tmp_path / "random.pth"
+    path.write_bytes(random.Random(0).randbytes(4096))
+    truncated = tmp_path / "truncated.pth"
+    save_checkpoint({"x": torch.ones(100)}, str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.ones(2), tensor)
+    for bad in (path, truncated, tensor):
+        with pytest.raises(ValueError) as info:
+            load_checkpoint(str(bad))
+        message = str(info.value)
+        assert f"{bad} is not a checkpoint of this project" in message
+        assert "weights_only" not in message and "\n" not in message
