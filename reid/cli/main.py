@@ -9,7 +9,8 @@ status 2 (see ``docs/training.md``, "Exit status and --debug"):
   found ONNX and PyTorch disagree), or an unexpected error (its traceback is printed);
 - 2: a usage error: bad options or config values (``ConfigError``), a dataset on disk that does
   not have the expected layout (``DatasetError``), an unreadable image (``ImageReadError``), a
-  missing input file or folder (``FileNotFoundError``, ``NotADirectoryError``), or a command that
+  missing input file or folder (``FileNotFoundError``, ``NotADirectoryError``), a weights file that
+  is not a checkpoint of this project (``CheckpointError``), or a command that
   stops with a message (``SystemExit("...")``).
 
 ``--debug`` (every command accepts it) prints the traceback of a usage error as well; when the
@@ -69,6 +70,9 @@ def _user_error_prefix(exc: BaseException) -> str | None:
     )
     if data_errors and isinstance(exc, data_errors):
         return "data error"
+    checkpoint = sys.modules.get("reid.engine.checkpoint")
+    if checkpoint is not None and isinstance(exc, checkpoint.CheckpointError):
+        return "weights error"
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         return "error"
     return None

@@ -126,3 +126,14 @@ def test_tools_shims_report_user_errors_and_pass_the_status_through(tmp_path):
                "DATA.SOURCES", "[dukemtmc_reid]", "DATA.ROOT", str(tmp_path))
     assert done.returncode == 1  # a check result, not a usage error
     assert "0 of 1 dataset(s) OK" in done.stdout
+
+
+def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(bytes(range(256)) * 4)
+    done = run("-m", "reid", "test", "--config", "configs/synthetic_pcb.yaml", "--weights", str(junk),
+               "OUTPUT_DIR", str(tmp_path / "out"))
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("weights error: ") and "junk.pth" in last and "is not a checkpoint" in last
+    assert "Traceback" not in done.stderr and "weights_only=False" not in done.stderr
