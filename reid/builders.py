@@ -62,23 +62,26 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
             ``cuda`` then mean ``cuda:local_rank`` (one GPU per process).
 
     Raises:
-        RuntimeError: CUDA asked for but absent, or fewer GPUs than processes on the node.
-        ValueError: ``cuda:N`` in a distributed job (every process would use GPU N).
+        ConfigError: CUDA asked for but absent, fewer GPUs than processes on the node, or
+            ``cuda:N`` in a distributed job (every process would use GPU N): the ``DEVICE`` key
+            does not fit this machine, a one-line user error of the commands.
     """
+    from reid.config import ConfigError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"DEVICE is {name!r} but CUDA is not available on this machine")
+        raise ConfigError(f"DEVICE is {name!r} but CUDA is not available on this machine")
     if local_rank is None or device.type != "cuda":
         return device
     if device.index is not None:
-        raise ValueError(
+        raise ConfigError(
             f"DEVICE {name!r} names one GPU, but a distributed job uses one GPU per process "
             "(cuda:LOCAL_RANK); set DEVICE auto or cuda"
         )
     if local_rank >= torch.cuda.device_count():
-        raise RuntimeError(
+        raise ConfigError(
             f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPU(s): start at "
             "most one process per GPU (torchrun --nproc_per_node)"
         )

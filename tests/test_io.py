@@ -11,6 +11,16 @@ import pytest
 from reid.io import write_json
 
 
+def assert_previous_kept_on_full_disk(error: OSError, path, caplog) -> None:
+    """After a write to ``path`` failed with a full disk: the error is ENOSPC, the folder holds the
+    previous file only (no partial file), and one error line names the file and says the previous
+    one was kept. Shared with the checkpoint test."""
+    assert error.errno == errno.ENOSPC
+    assert os.listdir(path.parent) == [path.name]
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert str(path) in line and "No space left on device" in line and "previous" in line
+
+
 def test_write_json_round_trip(tmp_path):
     path = tmp_path / "metrics.json"
     write_json(str(path), {"a": 1, "b": [0.5]})
@@ -30,11 +40,8 @@ def test_disk_full_keeps_the_previous_file_and_leaves_no_partial_one(tmp_path, m
     with caplog.at_level(logging.ERROR), pytest.raises(OSError) as info:
         write_json(str(path), {"epoch": 2})
     monkeypatch.undo()
-    assert info.value.errno == errno.ENOSPC
-    assert os.listdir(tmp_path) == ["metrics.json"]
+    assert_previous_kept_on_full_disk(info.value, path, caplog)
     assert json.loads(path.read_text()) == {"epoch": 1}
-    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert str(path) in line and "No space left on device" in line and "previous" in line
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])

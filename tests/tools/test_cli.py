@@ -137,3 +137,17 @@ def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("weights error: ") and "junk.pth" in last and "is not a checkpoint" in last
     assert "Traceback" not in done.stderr and "weights_only=False" not in done.stderr
+
+
+def test_a_device_this_machine_lacks_is_one_line(monkeypatch, capsys, tmp_path):
+    import torch
+
+    from reid.cli.main import run_command
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    status = run_command("train", ["--config", os.path.join(ROOT, "configs", "synthetic_pcb.yaml"), "DEVICE", "cuda",
+                                   "OUTPUT_DIR", str(tmp_path / "out"), "DATA.ROOT", str(tmp_path / "data")])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "config error: DEVICE is 'cuda' but CUDA is not available on this machine"
+    assert "Traceback" not in "\n".join(err)
