@@ -277,14 +277,18 @@ def _pcb_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, 
     )
     if not cfg.SAM.ENABLED:
         return PCBEngine(datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common)
+    from reid.config import ConfigError
     from reid.engine.sam import SAMEngine
 
-    return SAMEngine(
-        datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common,
-        form=cfg.SAM.FORM, gamma=cfg.SAM.GAMMA, omega=cfg.SAM.OMEGA, sigma=cfg.SAM.SIGMA,
-        layer=cfg.SAM.LAYER, bn_mode=cfg.SAM.BN_MODE, second_order=cfg.SAM.SECOND_ORDER,
-        max_tuples=cfg.SAM.MAX_TUPLES, map_gradient=cfg.SAM.MAP_GRADIENT,
-    )
+    try:
+        return SAMEngine(
+            datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common,
+            form=cfg.SAM.FORM, gamma=cfg.SAM.GAMMA, omega=cfg.SAM.OMEGA, sigma=cfg.SAM.SIGMA,
+            layer=cfg.SAM.LAYER, bn_mode=cfg.SAM.BN_MODE, second_order=cfg.SAM.SECOND_ORDER,
+            max_tuples=cfg.SAM.MAX_TUPLES, map_gradient=cfg.SAM.MAP_GRADIENT,
+        )
+    except ValueError as exc:  # SAM.LAYER names no module of the model (checked once it exists)
+        raise ConfigError(f"SAM.LAYER {cfg.SAM.LAYER!r}: {exc}") from exc
 
 
 def _pcb_classes(state: dict) -> int:

@@ -151,3 +151,16 @@ def test_a_device_this_machine_lacks_is_one_line(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "config error: DEVICE is 'cuda' but CUDA is not available on this machine"
     assert "Traceback" not in "\n".join(err)
+
+
+def test_a_sam_layer_the_model_lacks_is_one_line(tiny_data_root, tmp_path, capsys):
+    from reid.cli.main import run_command
+    from tests.conftest import tiny_overrides
+
+    status = run_command("train", [
+        "--config", os.path.join(ROOT, "configs", "synthetic_pcb_sam.yaml"), "--no-progress",
+        *tiny_overrides(tiny_data_root, tmp_path / "out"), "MODEL.PADDING_MODE", "zeros", "SAM.LAYER", "layer9",
+    ])
+    assert status == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("config error: SAM.LAYER 'layer9': ") and "layer9" in last[len("config error: SAM.LAYER"):]
