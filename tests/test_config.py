@@ -113,64 +113,15 @@ def test_model_capabilities_are_checked_by_the_builder_registry():
 # -- every value is checked at load, with the key, the value and what is allowed -----------------
 
 
-@pytest.mark.parametrize(
-    "opts, message",
-    [
-        # the probes of the issue
-        (["DATA.TRANSFORMS", "['random_flipp','color_jiter']"],
-         r"DATA.TRANSFORMS: unknown transform\(s\) \['random_flipp', 'color_jiter'\].*random_flip.*color_jitter"),
-        (["SAMPLER.NUM_INSTANCES", "0"], r"SAMPLER.NUM_INSTANCES must be an integer >= 1, got 0"),
-        (["OPTIM.STEPSIZE", "[]"], r"OPTIM.STEPSIZE must hold one epoch for OPTIM.SCHEDULER single_step, got \[\]"),
-        (["OPTIM.LR", "-1"], r"OPTIM.LR must be a finite number > 0, got -1.0"),
-        (["DATA.HEIGHT", "-5"], r"DATA.HEIGHT must be an integer >= 1, got -5"),
-        (["SAMPLER.BATCH_SIZE_TEST", "0"], r"SAMPLER.BATCH_SIZE_TEST must be an integer >= 1, got 0"),
-        (["TEST.RANKS", "[0, 5]"], r"TEST.RANKS must be a non-empty list of integers >= 1, got \[0, 5\]"),
-        (["TEST.RANKS", "[]"], r"TEST.RANKS must be a non-empty list of integers >= 1, got \[\]"),
-        # every other numeric key: sizes positive, weights non-negative, probabilities in [0, 1)
-        (["SEED", "-1"], r"SEED must be an integer in \[0, 2\*\*32\), got -1"),
-        (["NUM_THREADS", "-2"], r"NUM_THREADS must be an integer >= 0 \(0: torch's default\), got -2"),
-        (["DEVICE", "gpu"], r"DEVICE must be auto, cpu, cuda or cuda:N, got 'gpu'"),
-        (["DATA.WIDTH", "0"], r"DATA.WIDTH must be an integer >= 1, got 0"),
-        (["DATA.WORKERS", "-1"], r"DATA.WORKERS must be an integer >= 0"),
-        (["DATA.NORM_STD", "[0.2, 0.0, 0.2]"], r"DATA.NORM_STD must be 3 finite numbers > 0, got \[0.2, 0.0, 0.2\]"),
-        (["DATA.NORM_MEAN", "[0.5, 0.5]"], r"DATA.NORM_MEAN must be 3 finite numbers, got \[0.5, 0.5\]"),
-        (["DATA.SOURCES", "[1]"], r"DATA.SOURCES must be a list of dataset names"),
-        (["DATA.SYNTHETIC.NUM_CAMS", "1"], r"DATA.SYNTHETIC.NUM_CAMS must be in 2..9, got 1"),
-        (["DATA.SYNTHETIC.NUM_IDS", "0"], r"DATA.SYNTHETIC.NUM_IDS must be in 8..9999"),
-        (["DATA.SYNTHETIC.SEED", "-3"], r"DATA.SYNTHETIC.SEED must be an integer >= 0, got -3"),
-        (["SAMPLER.BATCH_SIZE_TRAIN", "0"], r"SAMPLER.BATCH_SIZE_TRAIN must be an integer >= 1, got 0"),
-        (["MODEL.REDUCED_DIM", "0"], r"MODEL.REDUCED_DIM must be an integer >= 1, got 0"),
-        (["MODEL.DROPOUT", "1.0"], r"MODEL.DROPOUT must be a number in \[0, 1\), got 1.0"),
-        (["MODEL.LAST_STRIDE", "3"], r"MODEL.LAST_STRIDE must be 1 or 2, got 3"),
-        (["LOSS.ID_WEIGHT", "-0.5"], r"LOSS.ID_WEIGHT must be a finite number >= 0, got -0.5"),
-        (["LOSS.LABEL_SMOOTH", "1.5"], r"LOSS.LABEL_SMOOTH must be a number in \[0, 1\), got 1.5"),
-        (["LOSS.TRIPLET_WEIGHT", ".nan"], r"LOSS.TRIPLET_WEIGHT must be a finite number >= 0, got nan"),
-        (["LOSS.TRIPLET_MARGIN", "-0.1"], r"LOSS.TRIPLET_MARGIN must be a finite number >= 0"),
-        (["SAM.GAMMA", "-1"], r"SAM.GAMMA must be a finite number >= 0"),
-        (["SAM.OMEGA", "0"], r"SAM.OMEGA must be a finite number > 0"),
-        (["SAM.SIGMA", "1.5"], r"SAM.SIGMA must be a number in \[0, 1\].*, got 1.5"),
-        (["AVSL.MARGIN", "-1"], r"AVSL.MARGIN must be a finite number >= 0"),
-        (["AVSL.LEVEL_WEIGHTS", "[1.0, -1.0, 1.0]"], r"AVSL.LEVEL_WEIGHTS must be finite numbers >= 0"),
-        (["AVSL.OVERALL_WEIGHT", "-1"], r"AVSL.OVERALL_WEIGHT must be a finite number >= 0"),
-        (["AVSL.PROXY_ALPHA", "0"], r"AVSL.PROXY_ALPHA must be a finite number > 0"),
-        (["AVSL.PROXY_POS_MARGIN", "-1"], r"AVSL.PROXY_POS_MARGIN must be a finite number >= 0"),
-        (["AVSL.PROXY_NEG_MARGIN", "1.0"], r"AVSL.PROXY_NEG_MARGIN \(1.0\) must be >= AVSL.PROXY_POS_MARGIN \(1.8\)"),
-        (["OPTIM.TRUNK_LR_MULT", "-0.1"], r"OPTIM.TRUNK_LR_MULT must be a finite number >= 0"),
-        (["OPTIM.WEIGHT_DECAY", "-1e-4"], r"OPTIM.WEIGHT_DECAY must be a finite number >= 0"),
-        (["OPTIM.MOMENTUM", "1.0"], r"OPTIM.MOMENTUM must be a number in \[0, 1\), got 1.0"),
-        (["OPTIM.ADAM_BETAS", "[0.9, 1.0]"], r"OPTIM.ADAM_BETAS must be 2 numbers in \[0, 1\), got \[0.9, 1.0\]"),
-        (["OPTIM.STEPSIZE", "[0]"], r"OPTIM.STEPSIZE must hold one epoch for OPTIM.SCHEDULER single_step, got \[0\]"),
-        (["OPTIM.STEPSIZE", "[10, 20]"], r"OPTIM.STEPSIZE must hold one epoch for OPTIM.SCHEDULER single_step"),
-        (["OPTIM.SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "[20, 10]"],
-         r"OPTIM.STEPSIZE must be increasing epochs >= 1 for OPTIM.SCHEDULER multi_step, got \[20, 10\]"),
-        (["OPTIM.GAMMA", "0"], r"OPTIM.GAMMA must be a number in \(0, 1\], got 0.0"),
-        (["TEST.EVAL_FREQ", "-1"], r"TEST.EVAL_FREQ must be an integer >= 0"),
-        (["TRAIN.PRINT_FREQ", "0"], r"TRAIN.PRINT_FREQ must be an integer >= 1, got 0"),
-        (["TRAIN.CHECKPOINT_FREQ", "0"], r"TRAIN.CHECKPOINT_FREQ must be an integer >= 1, got 0"),
-        (["AVSL.EMBED_DIM", "0"], r"AVSL.EMBED_DIM must be an integer >= 1, got 0"),
-        (["AVSL.TOPK", "600"], r"AVSL.TOPK must be in \[1, AVSL.EMBED_DIM\]"),
-    ],
-)
+def _refusals() -> list[tuple[list[str], str]]:
+    """The cases of tests/config_refusals.yaml: overrides and the expected message."""
+    import yaml
+
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config_refusals.yaml"), encoding="utf-8") as f:
+        return [(case["opts"], case["message"]) for case in yaml.safe_load(f)]
+
+
+@pytest.mark.parametrize("opts, message", _refusals())
 def test_values_are_range_checked(opts, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, opts)
