@@ -446,6 +446,6 @@ def build_engine(cfg: CfgNode, progress: bool = True, dist: DistributedContext |
     )
     base = dict(
         eval_options=eval_options, config=config_to_dict(cfg), progress=progress,
-        amp=cfg.TRAIN.AMP, channels_last=cfg.TRAIN.CHANNELS_LAST, dist=dist,
+        amp=cfg.TRAIN.AMP, channels_last=cfg.TRAIN.CHANNELS_LAST, deterministic=cfg.TRAIN.DETERMINISTIC, dist=dist,
     )
     return model_recipe(cfg).engine(cfg, datamanager, model, optimizer, scheduler, device, base)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from reid.losses import as_floats, combine
 
-from .amp import autocast_context, check_amp, to_float32
+from .amp import autocast_context, check_amp, deterministic_algorithms, to_float32
 from .checkpoint import CHECKPOINT_NAME, checkpoint_path, remove_orphan_files, restore_training_state
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
@@ -64,6 +64,8 @@ class ReidEngine(TorchreidEngine):
         amp: mixed precision: ``off`` (float32), ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA only,
             with ``torch.amp.GradScaler``).
         channels_last: weights and input images in channels_last memory format.
+        deterministic: on the CPU, :meth:`run` uses torch's deterministic algorithms, so the same
+            seed gives the same run (``TRAIN.DETERMINISTIC``; see :func:`reid.engine.amp.deterministic_algorithms`).
         dist: this process's place in a ``torchrun`` job (default: a single process).
 
     Raises:
@@ -87,6 +89,7 @@ class ReidEngine(TorchreidEngine):
         progress: bool = True,
         amp: str = "off",
         channels_last: bool = False,
+        deterministic: bool = True,
         dist: DistributedContext | None = None,
     ) -> None:
         check_amp(amp, device)
@@ -94,6 +97,7 @@ class ReidEngine(TorchreidEngine):
         self.device = device
         self.amp = amp
         self.channels_last = channels_last
+        self.deterministic = deterministic
         self.dist = dist or DistributedContext()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -171,19 +175,20 @@ class ReidEngine(TorchreidEngine):
         self._active_hooks = [*self.default_hooks(eval_freq, checkpoint_freq), *self.hooks]
         for hook in self._active_hooks:
             hook.engine = self
-        try:
-            self.call_hooks("before_train")
-            started = time.time()
-            for self.epoch in range(self.start_epoch, max_epoch):
-                self.call_hooks("before_epoch")
-                record = {"epoch": self.epoch + 1, **self.train_epoch(print_freq)}
-                self.history.append(record)
-                self.call_hooks("after_epoch", record)
-            logger.info("training took %.1f s", time.time() - started)
-            self.call_hooks("after_train")
-        finally:
-            self.call_hooks("close")
-            self._active_hooks = []
+        with deterministic_algorithms(self.deterministic and self.device.type == "cpu"):
+            try:
+                self.call_hooks("before_train")
+                started = time.time()
+                for self.epoch in range(self.start_epoch, max_epoch):
+                    self.call_hooks("before_epoch")
+                    record = {"epoch": self.epoch + 1, **self.train_epoch(print_freq)}
+                    self.history.append(record)
+                    self.call_hooks("after_epoch", record)
+                logger.info("training took %.1f s", time.time() - started)
+                self.call_hooks("after_train")
+            finally:
+                self.call_hooks("close")
+                self._active_hooks = []
         return metrics_content(self) if self.dist.is_main else {}
 
     def call_hooks(self, event: str, *args: Any) -> None:

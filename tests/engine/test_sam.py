@@ -278,3 +278,40 @@ def test_detached_maps_stop_l_sm_at_the_masked_pass():
     assert grad is not None and grad.abs().sum() > 0
     with pytest.raises(ValueError, match="second_order needs map_gradient"):
         make_engine(map_gradient=False, second_order=True)
+
+
+def test_same_seed_same_step_with_two_threads_under_deterministic_algorithms():
+    """With 2 threads some CPU kernels of the similarity-mining step accumulate in a thread-dependent
+    order (gradients differed by ~3e-6 between calls); TRAIN.DETERMINISTIC removes that."""
+    from reid.engine.amp import deterministic_algorithms
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            engine = make_engine(lr=0.0)
+            images, pids = tiny_batch()
+            torch.manual_seed(5)
+            with deterministic_algorithms(True):
+                engine.forward_backward({"img": images, "pid": pids})
+            grads.append([p.grad.clone() for p in engine.model.parameters() if p.grad is not None])
+    finally:
+        torch.set_num_threads(threads)
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
+
+
+def test_run_uses_deterministic_algorithms_on_the_cpu_and_restores_the_setting(tmp_path):
+    seen = []
+    engine = make_engine(lr=0.0)
+    engine.output_dir = str(tmp_path)
+    engine.datamanager.train_loader = []
+    engine.train_epoch = lambda print_freq=10: seen.append(torch.are_deterministic_algorithms_enabled()) or {}
+    engine.evaluate = lambda: {}
+    before = torch.are_deterministic_algorithms_enabled()
+    engine.run(max_epoch=1, eval_freq=0, checkpoint_freq=1)
+    assert seen == [True] and torch.are_deterministic_algorithms_enabled() == before
+    engine.deterministic, seen[:] = False, []
+    engine.run(max_epoch=2, eval_freq=0, checkpoint_freq=1, resume=True)
+    assert seen == [False]
