@@ -123,10 +123,9 @@ def check_resume_config(cfg, log: logging.Logger) -> None:
             old -> new).
     """
     from reid.config import config_differences
-    from reid.engine.base import CHECKPOINT_NAME
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.engine.checkpoint import checkpoint_path, load_checkpoint
 
-    path = os.path.join(cfg.OUTPUT_DIR, "checkpoints", CHECKPOINT_NAME)
+    path = checkpoint_path(cfg.OUTPUT_DIR)
     if not os.path.isfile(path):
         return
     saved = load_checkpoint(path, map_location="cpu").get("config")

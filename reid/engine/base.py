@@ -35,7 +35,7 @@ from tqdm import tqdm
 from reid.losses import as_floats, combine
 
 from .amp import autocast_context, check_amp, deterministic_algorithms, to_float32
-from .checkpoint import CHECKPOINT_NAME, checkpoint_path, remove_orphan_files, restore_training_state
+from .checkpoint import checkpoint_path, remove_orphan_files, restore_training_state
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
 from .evaluation import EvalOptions, evaluate_targets, rank_features
@@ -45,7 +45,7 @@ from .torchreid_compat import TorchreidEngine, check_run_arguments
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_NAME", "EvalOptions", "ReidEngine", "to_float32"]
+__all__ = ["EvalOptions", "ReidEngine", "to_float32"]
 
 
 class ReidEngine(TorchreidEngine):
