@@ -1,83 +1,361 @@
 #!/usr/bin/env python
-"""Rank-1 and mAP of PCB+SAM against the PCB baseline on the synthetic dataset.
+"""Multi-seed study: rank-1, mAP and mINP of each demo arm on the synthetic set, paired by seed.
 
-Reference measured against: the PCB baseline (``SAM.ENABLED false``). Both runs go through
-``tools/train.py``'s ``main(argv)`` with the SAME config file (``configs/synthetic_pcb_sam.yaml``
-by default), seed, data, model and epochs; they differ only in ``SAM.ENABLED`` and their
-``OUTPUT_DIR`` (``<output-root>/pcb`` and ``<output-root>/pcb_sam``), so the budget in epochs is
-the same (a SAM step costs more time: see ``benchmarks/sam_overhead.py``). Each run starts afresh
-(``--overwrite``): the runs of an earlier benchmark in the same folders are moved aside into their
-``replaced-<date>-<time>`` subfolders.
+Arms (``--arms``, all by default), each trained at the demo budget on the same synthetic data
+with each ``--seeds`` value as ``SEED``:
 
-Usage (full demo size takes a while on a CPU; extra ``KEY VALUE`` overrides go to both runs)::
+* ``pcb``: ``configs/synthetic_pcb.yaml`` through ``reid train``;
+* ``pcb_sam``: ``configs/synthetic_pcb_sam.yaml`` (the same config plus similarity mining);
+* ``avsl``: ``configs/synthetic_avsl.yaml``;
+* ``torchreid_resnet18``: the named reference. torchreid's own ``ImageTripletEngine`` (softmax +
+  triplet) and its ``resnet18`` (random weights), trained by torchreid's ``Engine.train`` epochs on the
+  same data manager, sampler, input size, optimiser, learning rate, schedule and epochs as
+  ``configs/synthetic_pcb.yaml``, then scored by the same evaluator as ours.
 
-    python benchmarks/synthetic_accuracy.py
-    python benchmarks/synthetic_accuracy.py --seeds 0 1 2
-    python benchmarks/synthetic_accuracy.py OPTIM.MAX_EPOCH 1 DATA.SYNTHETIC.NUM_IDS 16 \\
+Pairing: a seed fixes the initial weights and the identity sampler's order. ``pcb`` and
+``pcb_sam`` start from the same weights; once similarity mining draws its tuples (torch's RNG) the
+augmentation draws of the two arms differ. Each run trains with ``TRAIN.DETERMINISTIC`` (the
+default), so a seed reproduces its run on the same machine.
+
+Comparisons (``--compare A:B``, default ``pcb_sam:pcb``, ``avsl:pcb``, ``pcb:torchreid_resnet18``):
+the mean paired difference over the seeds both arms have, its 95% Student-t and bootstrap
+intervals, the wins and losses, and a verdict that says "no difference shown" when the t interval
+holds 0 (:mod:`reid.metrics.stats`).
+
+``--explanation-triplets N`` (0: off) also scores the explainers of every trained arm of ours on
+N controlled triplets (``reid eval-explanations``, the same triplets for every run); the table
+gives each explainer's mean over seeds with a two-level bootstrap interval (seeds, then images).
+
+The study resumes: ``<output-root>/study.json`` records every finished run; a new call skips
+them and trains the rest (a killed study picks up at the run it was in, which restarts afresh).
+A call whose arm settings (config file contents, overrides) differ from the recorded ones is
+refused: use another ``--output-root``. Each call rewrites ``study.json`` and ``study.md`` (the
+Markdown tables) after every run.
+
+Usage::
+
+    python benchmarks/synthetic_accuracy.py                         # 5 seeds x 4 arms (hours on 2 cores)
+    python benchmarks/synthetic_accuracy.py --arms pcb pcb_sam --seeds 0 1 2 3 4
+    python benchmarks/synthetic_accuracy.py --explanation-triplets 60 --explanation-curves 24
+    python benchmarks/synthetic_accuracy.py --seeds 0 1 OPTIM.MAX_EPOCH 1 DATA.SYNTHETIC.NUM_IDS 16 \\
         DATA.SYNTHETIC.IMAGES_PER_ID 6 DATA.HEIGHT 64 DATA.WIDTH 32 SAMPLER.BATCH_SIZE_TRAIN 8 \\
-        SAMPLER.NUM_INSTANCES 2                              # a smoke run (about a minute)
+        SAMPLER.NUM_INSTANCES 2                              # a smoke run (a few minutes)
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
 import os
-import statistics
+import sys
+import time
+from typing import Any, Callable
 
+import numpy as np
 
-from reid.cli import train as train_tool
+from reid.metrics.stats import bootstrap_interval, paired_comparison, summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRICS = ("rank1", "mAP")
+CONFIGS = {
+    "pcb": "configs/synthetic_pcb.yaml",
+    "pcb_sam": "configs/synthetic_pcb_sam.yaml",
+    "avsl": "configs/synthetic_avsl.yaml",
+    "torchreid_resnet18": "configs/synthetic_pcb.yaml",
+}
+ARMS = tuple(CONFIGS)
+DEFAULT_COMPARISONS = ("pcb_sam:pcb", "avsl:pcb", "pcb:torchreid_resnet18")
+METRICS = ("rank1", "rank5", "mAP", "mINP")
+EXPLANATION_COLUMNS = ("pointing_game", "energy_inside", "deletion_auc", "insertion_auc")
+STUDY_FILE, TABLE_FILE = "study.json", "study.md"
+
+logger = logging.getLogger("synthetic_accuracy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "synthetic_pcb_sam.yaml"),
-                        help="one config for both runs (SAM.ENABLED is set per run)")
+    from reid.cli.common import parse_with_overrides
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to train")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="SEED of each run")
+    parser.add_argument("--compare", nargs="*", default=list(DEFAULT_COMPARISONS), metavar="A:B",
+                        help="paired comparisons A minus B (arms of the study)")
     parser.add_argument("--output-root", default="output/synthetic_accuracy",
-                        help="runs go to <root>/[seed<N>/]pcb and <root>/[seed<N>/]pcb_sam")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="SEED of each pair of runs")
+                        help="runs go to <root>/<arm>/seed<N>; the study to <root>/study.json and study.md")
+    parser.add_argument("--explanation-triplets", type=int, default=0,
+                        help="score the explainers of each run of ours on N controlled triplets (0: off)")
+    parser.add_argument("--explanation-curves", type=int, default=24,
+                        help="of those, the triplets with deletion/insertion curves")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both runs")
-    return parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="KEY VALUE overrides for every arm")
+    args = parse_with_overrides(parser, argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct, got {args.seeds}")
+    if args.explanation_triplets < 0 or args.explanation_curves < 0:
+        parser.error("--explanation-triplets and --explanation-curves must be >= 0")
+    for pair in args.compare:
+        a, _, b = pair.partition(":")
+        if a not in ARMS or b not in ARMS or a == b:
+            parser.error(f"--compare takes A:B with two different arms of {', '.join(ARMS)}, got {pair!r}")
+    return args
 
 
-def train(config: str, output_dir: str, seed: int, sam: bool, opts: list[str], progress: bool) -> dict:
+# -- training one run ------------------------------------------------------------------------------
+
+
+def train_ours(config: str, output_dir: str, seed: int, opts: list[str], progress: bool) -> dict[str, float]:
+    """One run of ``reid train`` (afresh: an unfinished run in ``output_dir`` is moved aside)."""
+    from reid.cli import train as train_tool
+
     argv = ["--config", config, "--overwrite", *([] if progress else ["--no-progress"]), *opts,
-            "SEED", str(seed), "OUTPUT_DIR", output_dir, "SAM.ENABLED", str(sam)]
+            "SEED", str(seed), "OUTPUT_DIR", output_dir]
     return train_tool.main(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
+def train_torchreid(config: str, output_dir: str, seed: int, opts: list[str], progress: bool) -> dict[str, float]:
+    """torchreid's ``ImageTripletEngine`` with its ``resnet18`` at ``config``'s budget, scored by our
+    evaluator (module docstring)."""
+    import torch
+    import torch.nn.functional as F
+    from torchreid.reid.engine import ImageTripletEngine
+    from torchreid.reid.models import build_model
+    from torchreid.reid.optim import build_lr_scheduler, build_optimizer
+
+    from reid.builders import build_datamanager, resolve_device, seed_everything
+    from reid.config import load_config
+    from reid.engine.amp import deterministic_algorithms
+    from reid.engine.evaluation import EvalOptions, evaluate_targets, rank_features
+    from reid.metrics.distance import compute_distance_matrix
+
+    cfg = load_config(config, [*opts, "SEED", str(seed), "OUTPUT_DIR", output_dir])
+    if cfg.OPTIM.SCHEDULER != "single_step" or cfg.OPTIM.NAME != "adam":
+        raise SystemExit("the torchreid reference follows an adam + single_step config")
+    if cfg.NUM_THREADS > 0:
+        torch.set_num_threads(cfg.NUM_THREADS)
+    device = resolve_device(cfg.DEVICE)
+    seed_everything(seed)
+    datamanager = build_datamanager(cfg, device)
+    model = build_model("resnet18", datamanager.num_train_pids, loss="triplet", pretrained=False).to(device)
+    optimizer = build_optimizer(model, optim="adam", lr=cfg.OPTIM.LR, weight_decay=cfg.OPTIM.WEIGHT_DECAY)
+    scheduler = build_lr_scheduler(optimizer, lr_scheduler="single_step", stepsize=cfg.OPTIM.STEPSIZE[0],
+                                   gamma=cfg.OPTIM.GAMMA)
+    engine = ImageTripletEngine(
+        datamanager, model, optimizer, margin=cfg.LOSS.TRIPLET_MARGIN, weight_t=cfg.LOSS.TRIPLET_WEIGHT,
+        weight_x=cfg.LOSS.ID_WEIGHT, scheduler=scheduler, use_gpu=device.type == "cuda",
+        label_smooth=cfg.LOSS.LABEL_SMOOTH > 0,
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    options = EvalOptions(dist_metric=cfg.TEST.DIST_METRIC, normalize_feature=cfg.TEST.NORMALIZE_FEATURE,
+                          ranks=tuple(cfg.TEST.RANKS))
+
+    def distances(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+        if options.normalize_feature:
+            query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
+        return compute_distance_matrix(query, gallery, options.dist_metric)
+
+    with deterministic_algorithms(cfg.TRAIN.DETERMINISTIC and device.type == "cpu"):
+        # torchreid's own epoch (its loader loop, forward_backward and scheduler step), as its
+        # Engine.run calls it; run's final test is left out (its Python evaluator needs 50+ gallery
+        # images), our evaluator scores the model instead.
+        engine.max_epoch = cfg.OPTIM.MAX_EPOCH
+        for epoch in range(cfg.OPTIM.MAX_EPOCH):
+            engine.epoch = epoch
+            engine.train(print_freq=10_000)
+        torch.save(model.state_dict(), os.path.join(output_dir, "torchreid_resnet18.pth"))
+        results, _ = evaluate_targets(model, datamanager.test_loader,
+                                      lambda q, g: rank_features(q, g, options, distances), device, progress)
+    if len(results) != 1:
+        raise SystemExit(f"the torchreid reference scores one target, got {sorted(results)}")
+    return next(iter(results.values()))
+
+
+def explain_run(config: str, run_dir: str, seed_opts: list[str], triplets: int, curves: int) -> dict[str, Any]:
+    """``reid eval-explanations`` on a finished run's last checkpoint (triplets of seed 0 always)."""
+    from reid.cli import eval_explanations
+
+    weights = os.path.join(run_dir, "checkpoints", "checkpoint_last.pth")
+    result = eval_explanations.main([
+        "--config", config, "--weights", weights, "--num-triplets", str(triplets), "--num-curves", str(curves),
+        "--seed", "0", "--no-progress", *seed_opts, "OUTPUT_DIR", os.path.join(run_dir, "explanation_quality"),
+    ])
+    return {name: {key: result["values"][name][key] for key in EXPLANATION_COLUMNS}
+            for name in result["explainers"]}
+
+
+# -- the study file --------------------------------------------------------------------------------
+
+
+def arm_settings(arm: str, opts: list[str], explanation: tuple[int, int]) -> dict[str, Any]:
+    """What a recorded run of ``arm`` depends on (compared when a study resumes)."""
+    path = os.path.join(ROOT, CONFIGS[arm])
+    with open(path, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()[:16]
+    return {"config": CONFIGS[arm], "config_sha256": digest, "overrides": list(opts),
+            "explanation_triplets": explanation[0], "explanation_curves": explanation[1]}
+
+
+def load_study(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {"arms": {}, "runs": {}}
+    try:
+        with open(path) as handle:
+            study = json.load(handle)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"error: cannot read the study {path}: {exc}; move it aside to start afresh") from exc
+    if not isinstance(study, dict) or not isinstance(study.get("runs"), dict):
+        raise SystemExit(f"error: {path} is not a study file of this benchmark; use another --output-root")
+    return study
+
+
+def check_settings(study: dict[str, Any], arm: str, settings: dict[str, Any], path: str) -> None:
+    recorded = study["arms"].get(arm)
+    if recorded is not None and recorded != settings and study["runs"].get(arm):
+        changed = sorted(k for k in settings if recorded.get(k) != settings[k])
+        raise SystemExit(
+            f"error: the study in {path} ran '{arm}' with other settings ({', '.join(changed)}): "
+            "use another --output-root, or move that study aside"
+        )
+
+
+# -- tables ----------------------------------------------------------------------------------------
+
+
+def _cell(summary: dict[str, Any]) -> str:
+    spread = f" ± {summary['sd'] * 100:.1f}" if summary["sd"] is not None else ""
+    return f"{summary['mean'] * 100:.1f}{spread}"
+
+
+def _interval(interval: list[float] | None, scale: float = 100.0, digits: int = 1) -> str:
+    return "n/a" if interval is None else f"[{interval[0] * scale:+.{digits}f}, {interval[1] * scale:+.{digits}f}]"
+
+
+def summarize_study(study: dict[str, Any], comparisons: list[str]) -> dict[str, Any]:
+    """Per-arm summaries, paired comparisons and explanation intervals of the recorded runs."""
+    arms = {}
+    for arm, runs in study["runs"].items():
+        if not runs:
+            continue
+        arms[arm] = {
+            "seeds": sorted(int(s) for s in runs),
+            **{key: summarize([run["metrics"][key] for run in runs.values()]) for key in METRICS
+               if all(key in run["metrics"] for run in runs.values())},
+            "minutes": summarize([run["seconds"] / 60 for run in runs.values()]),
+        }
+    compared = {}
+    for pair in comparisons:
+        a, _, b = pair.partition(":")
+        runs_a, runs_b = study["runs"].get(a, {}), study["runs"].get(b, {})
+        if not (set(runs_a) & set(runs_b)):
+            continue
+        compared[pair] = {
+            key: paired_comparison({int(s): r["metrics"][key] for s, r in runs_a.items()},
+                                   {int(s): r["metrics"][key] for s, r in runs_b.items()})
+            for key in ("rank1", "mAP")
+        }
+    explanations = {}
+    for arm, runs in study["runs"].items():
+        scored = {s: r["explanations"] for s, r in runs.items() if r.get("explanations")}
+        if not scored:
+            continue
+        explainers = next(iter(scored.values()))
+        explanations[arm] = {"seeds": sorted(int(s) for s in scored)}
+        for name in explainers:
+            row = {}
+            for key in EXPLANATION_COLUMNS:
+                groups = [[v for v in r[name][key] if v == v] for r in scored.values() if name in r]
+                groups = [g for g in groups if g]
+                if groups:
+                    row[key] = {"mean": float(np.mean([np.mean(g) for g in groups])),
+                                "interval": list(bootstrap_interval(groups))}
+            explanations[arm][name] = row
+    return {"arms": arms, "comparisons": compared, "explanations": explanations}
+
+
+def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
+    lines = ["| arm | seeds | rank-1 (%) | rank-5 (%) | mAP (%) | mINP (%) | minutes per run |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for arm, row in summary["arms"].items():
+        cells = [_cell(row[key]) if key in row else "n/a" for key in METRICS]
+        lines.append(f"| {arm} | {len(row['seeds'])} ({', '.join(map(str, row['seeds']))}) | "
+                     + " | ".join(cells) + f" | {row['minutes']['mean']:.1f} |")
+    lines.append("")
+    lines.append("Mean ± sample standard deviation over the seeds.")
+    if summary["comparisons"]:
+        lines += ["", "| comparison (A - B, paired by seed) | pairs | metric | mean difference (points) | "
+                      "95% t interval | 95% bootstrap interval | A wins / losses | verdict |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for pair, by_metric in summary["comparisons"].items():
+            for key, c in by_metric.items():
+                verdict = c["verdict"].replace("a > b", "A > B").replace("a < b", "A < B")
+                lines.append(
+                    f"| {pair.replace(':', ' - ')} | {c['n']} | {key} | {c['mean_difference'] * 100:+.1f} | "
+                    f"{_interval(c['t_interval'])} | {_interval(c['bootstrap_interval'])} | "
+                    f"{c['wins']} / {c['losses']} | {verdict} |"
+                )
+    if summary["explanations"]:
+        lines += ["", "| arm | explainer | pointing game | energy inside | deletion AUC (low) | insertion AUC (high) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for arm, rows in summary["explanations"].items():
+            for name, row in rows.items():
+                if name == "seeds":
+                    continue
+                cells = [f"{row[k]['mean']:.3f} [{row[k]['interval'][0]:.3f}, {row[k]['interval'][1]:.3f}]"
+                         if k in row else "n/a" for k in EXPLANATION_COLUMNS]
+                lines.append(f"| {arm} | `{name}` | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("Mean over seeds, with the 95% two-level bootstrap interval (seeds, then images).")
+    lines += ["", "Settings: " + "; ".join(
+        f"{arm}: `{s['config']}` (sha256 {s['config_sha256']})" for arm, s in settings.items()
+    ) + (f"; overrides `{' '.join(next(iter(settings.values()))['overrides'])}`"
+         if settings and next(iter(settings.values()))["overrides"] else "")]
+    return "\n".join(lines) + "\n"
+
+
+def write_study(root: str, study: dict[str, Any], comparisons: list[str]) -> dict[str, Any]:
+    from reid.io import atomic_write, write_json
+
+    study["summary"] = summarize_study(study, comparisons)
+    write_json(os.path.join(root, STUDY_FILE), study)
+    with atomic_write(os.path.join(root, TABLE_FILE)) as handle:
+        handle.write(markdown(study["summary"], study["arms"]))
+    return study
+
+
+def main(argv: list[str] | None = None,
+         trainers: dict[str, Callable[..., dict[str, float]]] | None = None) -> dict[str, Any]:
+    """Runs the study (``trainers`` replaces how an arm trains, for tests of the bookkeeping)."""
     args = parse_args(argv)
-    results: dict[str, dict[str, list[float]]] = {
-        name: {key: [] for key in METRICS} for name in ("pcb", "pcb_sam")
-    }
-    for seed in args.seeds:
-        folder = args.output_root if len(args.seeds) == 1 else os.path.join(args.output_root, f"seed{seed}")
-        for name, sam in (("pcb", False), ("pcb_sam", True)):
-            metrics = train(args.config, os.path.join(folder, name), seed, sam, args.opts, args.progress)
-            for key in METRICS:
-                results[name][key].append(metrics[key])
-    print(f"config {args.config}, seeds {args.seeds}, overrides {' '.join(args.opts) or 'none'}")
-    print(f"{'model':<10}" + "".join(f"{key:>16}" for key in METRICS))
-    for name, values in results.items():
-        cells = []
-        for key in METRICS:
-            mean = statistics.mean(values[key])
-            spread = f" ±{statistics.stdev(values[key]):.1%}" if len(values[key]) > 1 else ""
-            cells.append(f"{mean:.1%}{spread}")
-        print(f"{name:<10}" + "".join(f"{cell:>16}" for cell in cells))
-    delta = {
-        key: statistics.mean(results["pcb_sam"][key]) - statistics.mean(results["pcb"][key])
-        for key in METRICS
-    }
-    print(f"{'SAM - PCB':<10}" + "".join(f"{value * 100:>+15.1f}p" for value in delta.values()))
-    return results
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = args.output_root
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, STUDY_FILE)
+    study = load_study(path)
+    explanation = (args.explanation_triplets, args.explanation_curves)
+    for arm in args.arms:
+        settings = arm_settings(arm, args.opts, explanation if arm != "torchreid_resnet18" else (0, 0))
+        check_settings(study, arm, settings, path)
+        study["arms"][arm] = settings
+        study["runs"].setdefault(arm, {})
+    trainers = trainers or {arm: (train_torchreid if arm == "torchreid_resnet18" else train_ours) for arm in ARMS}
+    todo = [(seed, arm) for seed in args.seeds for arm in args.arms if str(seed) not in study["runs"][arm]]
+    logger.info("study %s: %d runs to go of %d", path, len(todo), len(args.seeds) * len(args.arms))
+    for number, (seed, arm) in enumerate(todo, 1):
+        run_dir = os.path.join(root, arm, f"seed{seed}")
+        config = os.path.join(ROOT, CONFIGS[arm])
+        logger.info("[%d/%d] %s seed %d -> %s", number, len(todo), arm, seed, run_dir)
+        start = time.perf_counter()
+        metrics = trainers[arm](config, run_dir, seed, list(args.opts), args.progress)
+        record = {"metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+                  "seconds": time.perf_counter() - start}
+        if args.explanation_triplets and arm != "torchreid_resnet18":
+            record["explanations"] = explain_run(config, run_dir, list(args.opts), *explanation)
+        study["runs"][arm][str(seed)] = record
+        write_study(root, study, args.compare)
+    study = write_study(root, study, args.compare)
+    print(markdown(study["summary"], study["arms"]), end="")
+    return study
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main() else 1)

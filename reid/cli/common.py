@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 from reid.config import ConfigError, load_config
@@ -15,13 +16,18 @@ class CheckFailed(SystemExit):
     (``reid.cli.main.run_command``)."""
 
 
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*$")
+
+
 def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parses the command's options anywhere on the line; every other token is a config override.
 
     The parser declares its options and a positional ``opts`` (``nargs="*"``). Tokens that are
     one of its option strings (``--flag``, ``--key value``, ``--key=value``) are options, the
     rest are ``KEY VALUE`` overrides in order, so values such as ``-1e-3`` or ``[]`` pass through
-    untouched and ``--no-progress`` may come after the overrides.
+    untouched and ``--no-progress`` may come after the overrides. A list option
+    (``nargs="+"`` or ``"*"``) takes the tokens up to the next ``--option`` or upper-case config
+    ``KEY`` (``--seeds 0 1 OPTIM.MAX_EPOCH 1``).
     """
     tokens = list(sys.argv[1:] if argv is None else argv)
     actions = {name: action for action in parser._actions for name in action.option_strings}
@@ -35,7 +41,12 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
             overrides.append(token)
         else:
             options.append(token)
-            if action.nargs != 0 and "=" not in token and i + 1 < len(tokens):
+            if action.nargs in ("+", "*") and "=" not in token:
+                # a list option takes the tokens up to the next option or config KEY
+                while i + 1 < len(tokens) and not tokens[i + 1].startswith("--") and not _CONFIG_KEY.match(tokens[i + 1]):
+                    options.append(tokens[i + 1])
+                    i += 1
+            elif action.nargs != 0 and "=" not in token and i + 1 < len(tokens):
                 options.append(tokens[i + 1])
                 i += 1
         i += 1

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "top_nodes": args.top_nodes, "input_size": [cfg.DATA.HEIGHT, cfg.DATA.WIDTH],
             "image_size": measured["image_size"],
         },
-        **{key: measured[key] for key in ("explainers", "table", "floors", "positive_pairs",
+        **{key: measured[key] for key in ("explainers", "table", "values", "floors", "positive_pairs",
                                           "pointing_game_by_attribute", "triplets")},
         "config": config_to_dict(cfg),
     }

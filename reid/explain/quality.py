@@ -53,6 +53,7 @@ from reid.data.controlled import ControlledTriplet, build_controlled_triplets
 from reid.data.synthetic import is_complete
 from reid.metrics.explanation import baseline_images, curve_auc, deletion_curve, dilate_regions
 from reid.metrics.explanation import energy_inside, insertion_curve, pointing_game
+from reid.metrics.stats import bootstrap_interval
 
 from .baselines import (
     activation_maps,
@@ -309,12 +310,17 @@ def score_curves(model: nn.Module, maps: BatchMaps, names: Sequence[str], xa: to
         scores.add(name, "insertion_auc", curve_auc(insertion))
 
 
-def summarize_scores(scores: Scores, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Means per explainer (``None`` where nothing was measured)."""
+def summarize_scores(scores: Scores, names: Sequence[str], seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Means per explainer (``None`` where nothing was measured), and for each of the four columns
+    its 95% percentile bootstrap interval over the scored images (``<column>_interval``, seeded by
+    ``seed``; None where nothing was measured)."""
     table: dict[str, dict[str, Any]] = {}
     for name in names:
         values = scores.values[name]
         row = {key: _nanmean(values.get(key, [])) for key in (*COLUMNS, "pointing_game_anchor", "pointing_game_negative")}
+        for key in COLUMNS:
+            kept = [v for v in values.get(key, []) if not np.isnan(v)]
+            row[f"{key}_interval"] = list(bootstrap_interval(kept, seed=seed)) if kept else None
         row["energy_undefined"] = int(sum(np.isnan(v) for v in values.get("energy_inside", [])))
         row["constant_maps"] = int(sum(values.get("constant_maps", [])))
         row["num_localised"] = len(values.get("pointing_game", []))
@@ -329,13 +335,19 @@ def format_table(table: dict[str, dict[str, Any]], model: str | None = None) -> 
 
 
 def format_tables(tables: dict[str | None, dict[str, dict[str, Any]]]) -> str:
-    """One plain-text table over several models' tables (model column unless the only key is None)."""
+    """One plain-text table over several models' tables (model column unless the only key is None);
+    each mean is followed by its bootstrap interval where the row has one."""
     with_model = list(tables) != [None]
     header = [*(["model"] if with_model else []), "explainer", "pointing game", "energy inside",
               "deletion AUC (low)", "insertion AUC (high)"]
+    def cell(row: dict[str, Any], key: str) -> str:
+        if row[key] is None:
+            return "n/a"
+        interval = row.get(f"{key}_interval")
+        return f"{row[key]:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
     rows = [
-        [*([str(model)] if with_model else []), name,
-         *("n/a" if row[key] is None else f"{row[key]:.3f}" for key in COLUMNS)]
+        [*([str(model)] if with_model else []), name, *(cell(row, key) for key in COLUMNS)]
         for model, table in tables.items() for name, row in table.items()
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -383,8 +395,10 @@ def evaluate_explanations(
         bar: wraps an iterable in a progress bar (``bar(items, desc, total=None)``).
 
     Returns:
-        ``explainers``, ``table``, ``floors``, ``positive_pairs``, ``pointing_game_by_attribute``,
-        ``triplets`` (records), ``num_curves`` and ``image_size``.
+        ``explainers``, ``table`` (means with bootstrap intervals), ``values`` (every scored
+        image's value per explainer and column, NaN where energy inside is undefined),
+        ``floors``, ``positive_pairs``, ``pointing_game_by_attribute``, ``triplets`` (records),
+        ``num_curves`` and ``image_size``.
 
     Raises:
         ValueError: no controlled triplet could be built.
@@ -417,7 +431,8 @@ def evaluate_explanations(
     regions = torch.from_numpy(np.stack([t.region for t in triplets]))
     return {
         "explainers": list(names),
-        "table": summarize_scores(scores, names),
+        "table": summarize_scores(scores, names, options.seed),
+        "values": {name: {key: list(scores.values[name].get(key, [])) for key in COLUMNS} for name in names},
         "floors": {
             "region_area": float(regions.double().mean()),
             "dilated_region_area": float(dilate_regions(regions, options.tolerance).double().mean()),

@@ -164,3 +164,21 @@ def test_a_sam_layer_the_model_lacks_is_one_line(tiny_data_root, tmp_path, capsy
     assert status == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("config error: SAM.LAYER 'layer9': ") and "layer9" in last[len("config error: SAM.LAYER"):]
+
+
+def test_options_anywhere_and_list_options_stop_at_the_next_key():
+    import argparse
+
+    from reid.cli.common import parse_with_overrides
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("opts", nargs="*")
+    args = parse_with_overrides(parser, ["--seeds", "0", "1", "OPTIM.MAX_EPOCH", "1", "--lr", "-0.5",
+                                         "OPTIM.STEPSIZE", "[]", "--quiet", "SEED", "4"])
+    assert args.seeds == [0, 1] and args.lr == -0.5 and args.quiet
+    assert args.opts == ["OPTIM.MAX_EPOCH", "1", "OPTIM.STEPSIZE", "[]", "SEED", "4"]
+    args = parse_with_overrides(parser, ["SEED", "1", "--seeds", "3", "--quiet"])
+    assert args.seeds == [3] and args.opts == ["SEED", "1"]
