@@ -17,6 +17,10 @@ Pairing: a seed fixes the initial weights and the identity sampler's order. ``pc
 augmentation draws of the two arms differ. Each run trains with ``TRAIN.DETERMINISTIC`` (the
 default), so a seed reproduces its run on the same machine.
 
+Variants (``--variant "NAME=ARM KEY VALUE ..."``) add arms: ``ARM``'s config with extra overrides,
+e.g. ``--variant "pcb_sam_gamma1=pcb_sam SAM.GAMMA 1.0" --arms pcb pcb_sam_gamma1 --compare
+pcb_sam_gamma1:pcb``, for a sweep at the same protocol (same seeds, same data).
+
 Comparisons (``--compare A:B``, default ``pcb_sam:pcb``, ``avsl:pcb``, ``pcb:torchreid_resnet18``):
 the mean paired difference over the seeds both arms have, its 95% Student-t and bootstrap
 intervals, the wins and losses, and a verdict that says "no difference shown" when the t interval
@@ -77,7 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from reid.cli.common import parse_with_overrides
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to train")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS),
+                        help=f"arms to train: {', '.join(ARMS)} or a --variant's name")
+    parser.add_argument("--variant", action="append", default=[], type=parse_variant, metavar='"NAME=ARM KEY VALUE ..."',
+                        help="an extra arm: ARM with these overrides (e.g. \"pcb_sam_gamma1=pcb_sam SAM.GAMMA 1.0\")")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="SEED of each run")
     parser.add_argument("--compare", nargs="*", default=list(DEFAULT_COMPARISONS), metavar="A:B",
                         help="paired comparisons A minus B (arms of the study)")
@@ -90,15 +97,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides for every arm")
     args = parse_with_overrides(parser, argv)
+    args.variants = dict(args.variant)
+    known = (*ARMS, *args.variants)
+    unknown = [arm for arm in args.arms if arm not in known]
+    if unknown:
+        parser.error(f"unknown arms {unknown}: choose from {', '.join(known)}")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
     if args.explanation_triplets < 0 or args.explanation_curves < 0:
         parser.error("--explanation-triplets and --explanation-curves must be >= 0")
     for pair in args.compare:
         a, _, b = pair.partition(":")
-        if a not in ARMS or b not in ARMS or a == b:
-            parser.error(f"--compare takes A:B with two different arms of {', '.join(ARMS)}, got {pair!r}")
+        if a not in known or b not in known or a == b:
+            parser.error(f"--compare takes A:B with two different arms of {', '.join(known)}, got {pair!r}")
     return args
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, list[str]]]:
+    """``"NAME=ARM KEY VALUE ..."`` -> ``(NAME, (ARM, [KEY, VALUE, ...]))``."""
+    head, *opts = text.split()
+    name, _, arm = head.partition("=")
+    if not name or arm not in ARMS or name in ARMS:
+        raise argparse.ArgumentTypeError(f"a variant is NAME=ARM KEY VALUE ... with a new NAME and ARM one of "
+                                         f"{', '.join(ARMS)}, got {text!r}")
+    if not opts or len(opts) % 2:
+        raise argparse.ArgumentTypeError(f"a variant needs KEY VALUE overrides, got {text!r}")
+    return name, (arm, opts)
 
 
 # -- training one run ------------------------------------------------------------------------------
@@ -186,13 +210,18 @@ def explain_run(config: str, run_dir: str, seed_opts: list[str], triplets: int, 
 # -- the study file --------------------------------------------------------------------------------
 
 
-def arm_settings(arm: str, opts: list[str], explanation: tuple[int, int]) -> dict[str, Any]:
-    """What a recorded run of ``arm`` depends on (compared when a study resumes)."""
-    path = os.path.join(ROOT, CONFIGS[arm])
+def arm_settings(base: str, opts: list[str], explanation: tuple[int, int],
+                 variant: list[str] | None = None) -> dict[str, Any]:
+    """What a recorded run of an arm (``base``, or a variant of it) depends on (compared when a
+    study resumes)."""
+    path = os.path.join(ROOT, CONFIGS[base])
     with open(path, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()[:16]
-    return {"config": CONFIGS[arm], "config_sha256": digest, "overrides": list(opts),
-            "explanation_triplets": explanation[0], "explanation_curves": explanation[1]}
+    settings = {"config": CONFIGS[base], "config_sha256": digest, "overrides": list(opts),
+                "explanation_triplets": explanation[0], "explanation_curves": explanation[1]}
+    if variant is not None:
+        settings["variant_overrides"] = list(variant)
+    return settings
 
 
 def load_study(path: str) -> dict[str, Any]:
@@ -306,7 +335,9 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         lines.append("")
         lines.append("Mean over seeds, with the 95% two-level bootstrap interval (seeds, then images).")
     lines += ["", "Settings: " + "; ".join(
-        f"{arm}: `{s['config']}` (sha256 {s['config_sha256']})" for arm, s in settings.items()
+        f"{arm}: `{s['config']}` (sha256 {s['config_sha256']})"
+        + (f" with `{' '.join(s['variant_overrides'])}`" if s.get("variant_overrides") else "")
+        for arm, s in settings.items()
     ) + (f"; overrides `{' '.join(next(iter(settings.values()))['overrides'])}`"
          if settings and next(iter(settings.values()))["overrides"] else "")]
     return "\n".join(lines) + "\n"
@@ -332,8 +363,11 @@ def main(argv: list[str] | None = None,
     path = os.path.join(root, STUDY_FILE)
     study = load_study(path)
     explanation = (args.explanation_triplets, args.explanation_curves)
+    base_of = {arm: args.variants[arm][0] if arm in args.variants else arm for arm in args.arms}
+    extra = {arm: args.variants[arm][1] if arm in args.variants else [] for arm in args.arms}
     for arm in args.arms:
-        settings = arm_settings(arm, args.opts, explanation if arm != "torchreid_resnet18" else (0, 0))
+        explained = explanation if base_of[arm] != "torchreid_resnet18" else (0, 0)
+        settings = arm_settings(base_of[arm], args.opts, explained, args.variants[arm][1] if arm in args.variants else None)
         check_settings(study, arm, settings, path)
         study["arms"][arm] = settings
         study["runs"].setdefault(arm, {})
@@ -342,14 +376,15 @@ def main(argv: list[str] | None = None,
     logger.info("study %s: %d runs to go of %d", path, len(todo), len(args.seeds) * len(args.arms))
     for number, (seed, arm) in enumerate(todo, 1):
         run_dir = os.path.join(root, arm, f"seed{seed}")
-        config = os.path.join(ROOT, CONFIGS[arm])
+        config = os.path.join(ROOT, CONFIGS[base_of[arm]])
+        opts = [*args.opts, *extra[arm]]
         logger.info("[%d/%d] %s seed %d -> %s", number, len(todo), arm, seed, run_dir)
         start = time.perf_counter()
-        metrics = trainers[arm](config, run_dir, seed, list(args.opts), args.progress)
+        metrics = trainers[base_of[arm]](config, run_dir, seed, opts, args.progress)
         record = {"metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
                   "seconds": time.perf_counter() - start}
-        if args.explanation_triplets and arm != "torchreid_resnet18":
-            record["explanations"] = explain_run(config, run_dir, list(args.opts), *explanation)
+        if args.explanation_triplets and base_of[arm] != "torchreid_resnet18":
+            record["explanations"] = explain_run(config, run_dir, opts, *explanation)
         study["runs"][arm][str(seed)] = record
         write_study(root, study, args.compare)
     study = write_study(root, study, args.compare)
