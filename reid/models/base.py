@@ -47,12 +47,17 @@ class Explainability:
             (:meth:`ReidModel.attribute`, e.g. AVSL's eq. 11).
         classifier: the model has identity logits on its head map
             (:meth:`ReidModel.identity_logits`, for classifier Grad-CAM).
+        decomposable_stripes: ``P > 0`` when the test embedding is the concatenation of the
+            L2-normalised averages of ``P`` horizontal stripes of the head map, so that a pair's
+            score splits exactly over stripes, cells and cell pairs
+            (:mod:`reid.explain.decomposition`); 0 when it does not.
     """
 
     head_layer: str = LAST_STAGE
     attention: bool = True
     attribution: bool = False
     classifier: bool = False
+    decomposable_stripes: int = 0
 
 
 class ReidModel(nn.Module):

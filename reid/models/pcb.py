@@ -84,6 +84,10 @@ class PCB(ReidModel):
         self.layer3, self.layer4 = trunk.layer3, trunk.layer4
         self.num_stripes = num_stripes
         self.test_feature = test_feature
+        # the pooled stripes split exactly; the reduced ones pass a ReLU, which does not
+        self.explainability = Explainability(
+            classifier=True, decomposable_stripes=num_stripes if test_feature == "pooled" else 0
+        )
         self.feature_dim = stage_channels(backbone)
         self.dropout = nn.Dropout(p=dropout)
         self.reductions = nn.ModuleList(
