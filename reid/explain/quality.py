@@ -10,7 +10,11 @@
    attention, Siamese weights: ``|fa - fn|`` for the negative pair, ``1 - |fa - fp|`` for the
    positive pair), ``sam_triplet`` (triplet weights, one map per image of ``(a, p, n)``),
    ``id_gradcam`` (Grad-CAM of the identity classifier for its predicted identity; models with
-   ``explainability.classifier``, e.g. PCB), ``dot_gradcam`` (Grad-CAM of ``f1 . f2``), ``actmap``
+   ``explainability.classifier``, e.g. PCB), ``dot_gradcam`` (Grad-CAM of ``f1 . f2``),
+   ``decomposition`` (models with ``explainability.decomposable_stripes``, e.g. PCB with pooled
+   features: the exact cell maps of :mod:`reid.explain.decomposition`; for the negative pair each
+   image's share of the squared Euclidean distance, for the positive pair the positive's share of
+   the cosine similarity; the metrics keep the positive part), ``actmap``
    (torchreid's ``visualize_actmap``: sum of squared head-map channels), ``avsl_nodes``
    (contribution-weighted CAMs of the top highest-level nodes; models with
    ``explainability.attribution``, i.e. AVSL), and the floors ``centre`` (Gaussian centre prior)
@@ -63,6 +67,7 @@ from .baselines import (
     dot_product_maps_features,
     random_maps,
 )
+from .decomposition import decompose_pair
 from .postprocess import resize_maps
 from .tuples import explain_pair, explain_pair_features, explain_triplet, explain_triplet_features
 
@@ -80,7 +85,9 @@ def explainer_names(explainability: Any, layer: str | None = None) -> tuple[str,
         *(("avsl_nodes",) if explainability.attribution else ()),
         "sam_siamese", "sam_triplet",
         *(("id_gradcam",) if explainability.classifier else ()),
-        "dot_gradcam", "actmap", "centre", "random",
+        "dot_gradcam",
+        *(("decomposition",) if explainability.decomposable_stripes else ()),
+        "actmap", "centre", "random",
         *layer_explainers(layer),
     )
 
@@ -194,6 +201,11 @@ def explain_batch(model: nn.Module, xa: torch.Tensor, xp: torch.Tensor, xn: torc
         ma, mn = avsl_node_maps(negative_pair, same=False, top_k=top_nodes)
         _, mp = avsl_node_maps(positive_pair, same=True, top_k=top_nodes)
         out.put("avsl_nodes", ma, mn, mp)
+    stripes = model.explainability.decomposable_stripes
+    if stripes:
+        apart = decompose_pair(fa, fn, stripes, "euclidean")
+        together = decompose_pair(fa, fp, stripes, "cosine")
+        out.put("decomposition", apart.query_cells, apart.gallery_cells, together.gallery_cells)
     if model.explainability.classifier:
         maps, _ = classifier_grad_cam_features(model.identity_logits, feats)
         ma, mp, mn = maps.split(count)

@@ -11,7 +11,8 @@ from reid.cli import eval_explanations
 from reid.explain import quality
 
 # What each model is measured with, in table order (explainer_names must give exactly these).
-PCB_EXPLAINERS = ("sam_siamese", "sam_triplet", "id_gradcam", "dot_gradcam", "actmap", "centre", "random")
+PCB_EXPLAINERS = ("sam_siamese", "sam_triplet", "id_gradcam", "dot_gradcam", "decomposition", "actmap", "centre",
+                  "random")
 AVSL_EXPLAINERS = ("avsl_nodes", "sam_siamese", "sam_triplet", "dot_gradcam", "actmap", "centre", "random")
 from reid.cli import train as train_tool
 
@@ -111,7 +112,10 @@ def test_explain_layer_at_layer4_equals_the_head_only_maps(tiny_data_root, check
 def test_explainer_names_follow_what_the_model_can_explain():
     from reid.models import AVSL, PCB
 
-    assert quality.explainer_names(PCB.explainability) == PCB_EXPLAINERS
+    pooled = PCB(num_classes=2, backbone="resnet18", num_stripes=2, pretrained=False)
+    reduced = PCB(num_classes=2, backbone="resnet18", num_stripes=2, pretrained=False, test_feature="reduced")
+    assert quality.explainer_names(pooled.explainability) == PCB_EXPLAINERS
+    assert "decomposition" not in quality.explainer_names(reduced.explainability)
     assert quality.explainer_names(AVSL.explainability) == AVSL_EXPLAINERS
     assert quality.explainer_names(PCB.explainability, "layer1")[-2:] == ("sam_siamese@layer1", "sam_triplet@layer1")
 
