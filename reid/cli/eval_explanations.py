@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline", choices=BASELINES, default="mean", help="value of removed pixels")
     parser.add_argument("--top-nodes", type=int, default=8, help="attribution nodes summed in avsl_nodes")
     parser.add_argument("--batch-size", type=int, default=32, help="triplets per batch")
+    parser.add_argument("--sanity-triplets", type=int, default=16,
+                        help="triplets of the cascading-randomisation sanity check (0: off)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OUTPUT_DIR out")
     args = parse_with_overrides(parser, argv)
@@ -63,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--num-triplets, --steps and --batch-size must be positive, --num-curves >= 0")
     if args.tolerance < 0:
         parser.error("--tolerance must be >= 0")
+    if args.sanity_triplets < 0:
+        parser.error("--sanity-triplets must be >= 0")
     if args.top_nodes < 1:
         parser.error("--top-nodes must be positive")
     return args
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     options = QualityOptions(
         num_triplets=args.num_triplets, seed=args.seed, num_curves=args.num_curves, steps=args.steps,
         tolerance=args.tolerance, baseline=args.baseline, top_nodes=args.top_nodes,
-        batch_size=args.batch_size, layer=layer,
+        batch_size=args.batch_size, layer=layer, sanity_triplets=args.sanity_triplets,
     )
 
     def bar(items: Any, desc: str = "", total: int | None = None) -> Any:
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "top_nodes": args.top_nodes, "input_size": [cfg.DATA.HEIGHT, cfg.DATA.WIDTH],
             "image_size": measured["image_size"],
         },
-        **{key: measured[key] for key in ("explainers", "table", "values", "floors", "positive_pairs",
+        **{key: measured[key] for key in ("explainers", "table", "sanity", "values", "floors", "positive_pairs",
                                           "pointing_game_by_attribute", "triplets")},
         "config": config_to_dict(cfg),
     }

@@ -89,6 +89,7 @@ from reid.io import write_json
 from reid.vis import Match, Panel, QueryResult, load_image, pair_panel, save_image, triplet_panel
 from reid.vis import attribution_panel, summarize_attribution, write_html_report
 
+from .decomposition import decompose_pair
 from .postprocess import normalize_maps, resize_maps
 from .tuples import explain_pair, explain_pair_features, explain_triplet, explain_triplet_features
 
@@ -314,6 +315,19 @@ class Explainer:
                 return explain_pair_features(model.embed_features, first, second, same_t)
             return explain_pair(model, self.setup.layer, first, second, same_t)
 
+    def stripe_terms(self, queries: Sequence[int], gallery: Sequence[int]) -> torch.Tensor | None:
+        """``(T, P)`` stripe terms of each pair's squared Euclidean embedding distance
+        (:mod:`reid.explain.decomposition`), or None when the model's score does not split."""
+        model = self.setup.model
+        stripes = model.explainability.decomposable_stripes
+        if not stripes:
+            return None
+        first, second = self._query_inputs(queries), self._gallery_inputs(gallery)
+        with torch.no_grad():
+            if not self.setup.head_path:
+                first, second = model.forward_features(first), model.forward_features(second)
+            return decompose_pair(first.float(), second.float(), stripes, "euclidean").stripes
+
     def attributions(self, queries: Sequence[int], gallery: Sequence[int]) -> "PairAttributions":
         """AVSL attribution of the pairs ``(query, gallery image)`` (full-model path)."""
         return attribute_pairs(self.setup.model, self._query_inputs(queries), self._gallery_inputs(gallery))
@@ -401,6 +415,7 @@ def dump_pairs(explainer: Explainer, dump: Dump, same_mode: str) -> None:
         correct = [bool(pids[j] == queries[qi].pid) for qi, _, j in chunk]
         same = correct if same_mode == "truth" else [True] * len(chunk)
         m_query, m_gallery = explainer.pairs([qi for qi, _, _ in chunk], [j for _, _, j in chunk], same)
+        terms = explainer.stripe_terms([qi for qi, _, _ in chunk], [j for _, _, j in chunk])
         n_query, n_gallery = normalize_maps(m_query).cpu().numpy(), normalize_maps(m_gallery).cpu().numpy()
         for t, (qi, rank, j) in enumerate(chunk):
             query, g_path, distance = queries[qi], tracker.paths[j], float(dist[qi, j])
@@ -419,6 +434,7 @@ def dump_pairs(explainer: Explainer, dump: Dump, same_mode: str) -> None:
                 "distance": distance, "rank": rank, "correct": correct[t], "same": same[t], "panel": panel,
                 "query_mask_fraction": q_frac, "gallery_mask_fraction": g_frac,
                 "query_mask_area": q_area, "gallery_mask_area": g_area,
+                **({} if terms is None else {"stripe_terms": [float(v) for v in terms[t].cpu()]}),
             })
             dump.matches.setdefault(qi, []).append(
                 Match(g_path, int(pids[j]), distance, rank, correct[t], os.path.join(dump.out_dir, panel))
@@ -580,12 +596,15 @@ def level_shares(dump: Dump) -> dict[str, float | None]:
 
 
 def summarize_dump(dump: Dump) -> dict[str, Any]:
-    """Counts and mean mask-mass fractions (both images of each pair pooled)."""
+    """Counts, mean mask-mass fractions (both images of each pair pooled) and, for decomposable
+    models, how often each stripe was the closest of a wrong top-1 match."""
 
     def fractions(correct: bool) -> list[float | None]:
         keys = ("query_mask_fraction", "gallery_mask_fraction")
         return [r.get(key) for r in dump.pairs if r["correct"] == correct for key in keys]
 
+    wrong_top1 = [r for r in dump.pairs if r["rank"] == 1 and not r["correct"] and "stripe_terms" in r]
+    closest = [int(np.argmin(r["stripe_terms"])) for r in wrong_top1]
     return {
         "num_pairs": len(dump.pairs),
         "num_triplets": len(dump.triplets),
@@ -593,6 +612,9 @@ def summarize_dump(dump: Dump) -> dict[str, Any]:
         "mean_mask_fraction_correct": _mean(fractions(True)),
         "mean_mask_fraction_wrong": _mean(fractions(False)),
         "mean_mask_area": _mean(r.get(k) for r in dump.pairs for k in ("query_mask_area", "gallery_mask_area")),
+        # wrong top-1 matches: how often each stripe (0 = top) was the impostor's closest
+        **({"wrong_top1_closest_stripe": [closest.count(s) for s in range(len(wrong_top1[0]["stripe_terms"]))]}
+           if wrong_top1 else {}),
     }
 
 

@@ -35,6 +35,14 @@
    PCB, ``-d_hat`` for AVSL). Area over ``[0, 1]``: lower deletion AUC and higher insertion AUC
    are better.
 
+5. **Sanity check** (Adebayo et al., NeurIPS 2018) on the first ``sanity_triplets`` triplets:
+   the model's blocks are re-initialised in cascade from the top (:mod:`reid.explain.sanity`:
+   the head, then the trunk stages last to first) and each explainer's anchor and negative maps
+   are compared with the trained model's by Spearman rank correlation
+   (:func:`reid.metrics.explanation.rank_correlation`). ``sanity_top`` is the correlation once the
+   top two blocks are random (the head and the last stage); above ``sanity_threshold`` (0.5) the
+   explainer is flagged: its maps barely depend on the weights that make the decision.
+
 The result (settings, the table, per-attribute pointing game, the triplets) is what
 ``explanation_quality.json`` holds; :func:`format_tables` prints the table.
 """
@@ -56,7 +64,7 @@ from torch import nn
 from reid.data.controlled import ControlledTriplet, build_controlled_triplets
 from reid.data.synthetic import is_complete
 from reid.metrics.explanation import baseline_images, curve_auc, deletion_curve, dilate_regions
-from reid.metrics.explanation import energy_inside, insertion_curve, pointing_game
+from reid.metrics.explanation import energy_inside, insertion_curve, pointing_game, rank_correlation
 from reid.metrics.stats import bootstrap_interval
 
 from .baselines import (
@@ -69,6 +77,7 @@ from .baselines import (
 )
 from .decomposition import decompose_pair
 from .postprocess import resize_maps
+from .sanity import cascade_blocks, randomized_copy
 from .tuples import explain_pair, explain_pair_features, explain_triplet, explain_triplet_features
 
 logger = logging.getLogger(__name__)
@@ -107,6 +116,10 @@ class QualityOptions:
         baseline: value of removed pixels, ``mean`` or ``blur``.
         top_nodes: attribution nodes summed in ``avsl_nodes``.
         batch_size: triplets per batch.
+        sanity_triplets: the first triplets whose maps are compared with the maps of the model
+            randomised in cascade (0: no sanity check).
+        sanity_threshold: an explainer whose rank correlation after randomising the top two
+            blocks is above this is flagged.
     """
 
     num_triplets: int = 200
@@ -118,8 +131,12 @@ class QualityOptions:
     baseline: str = "mean"
     top_nodes: int = 8
     batch_size: int = 32
+    sanity_triplets: int = 16
+    sanity_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.sanity_triplets < 0:
+            raise ValueError(f"sanity_triplets must be >= 0, got {self.sanity_triplets}")
         if min(self.num_triplets, self.steps, self.batch_size, self.top_nodes) < 1 or self.num_curves < 0:
             raise ValueError(
                 "num_triplets, steps, batch_size and top_nodes must be positive and num_curves >= 0, got "
@@ -350,8 +367,14 @@ def format_tables(tables: dict[str | None, dict[str, dict[str, Any]]]) -> str:
     """One plain-text table over several models' tables (model column unless the only key is None);
     each mean is followed by its bootstrap interval where the row has one."""
     with_model = list(tables) != [None]
+    sanity = any("sanity_top" in row for table in tables.values() for row in table.values())
     header = [*(["model"] if with_model else []), "explainer", "pointing game", "energy inside",
-              "deletion AUC (low)", "insertion AUC (high)"]
+              "deletion AUC (low)", "insertion AUC (high)",
+              *(["sanity: rank corr. after top randomised (low)"] if sanity else [])]
+    def sanity_cell(row: dict[str, Any]) -> str:
+        value = row.get("sanity_top")
+        return "n/a" if value is None else f"{value:.3f}" + (" FLAGGED" if row.get("sanity_flagged") else "")
+
     def cell(row: dict[str, Any], key: str) -> str:
         if row[key] is None:
             return "n/a"
@@ -359,7 +382,8 @@ def format_tables(tables: dict[str | None, dict[str, dict[str, Any]]]) -> str:
         return f"{row[key]:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
     rows = [
-        [*([str(model)] if with_model else []), name, *(cell(row, key) for key in COLUMNS)]
+        [*([str(model)] if with_model else []), name, *(cell(row, key) for key in COLUMNS),
+         *([sanity_cell(row)] if sanity else [])]
         for model, table in tables.items() for name, row in table.items()
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -387,6 +411,32 @@ def load_inputs(transform: Callable[[Image.Image], torch.Tensor], triplets: Sequ
     return xa.to(device), xp.to(device), xn.to(device)
 
 
+def sanity_check(model: nn.Module, names: Sequence[str], xa: torch.Tensor, xp: torch.Tensor, xn: torch.Tensor,
+                 top_nodes: int, layer: str | None, seed: int) -> dict[str, Any]:
+    """Cascading randomisation (:mod:`reid.explain.sanity`): each explainer's anchor and negative
+    maps on the trained model against its maps on the model with its top 1, 2, ... blocks
+    re-initialised; the mean rank correlation per depth. The ``centre`` floor does not depend on
+    the model (correlation 1 by construction); the ``random`` floor is two independent draws."""
+    blocks = [name for name, _ in cascade_blocks(model)]
+    size = tuple(xa.shape[-2:])
+    generator = torch.Generator().manual_seed(seed)
+
+    def maps_of(source: nn.Module) -> dict[str, torch.Tensor]:
+        batch = explain_batch(source, xa, xp, xn, top_nodes, layer)
+        return {name: torch.cat([maps_for_metric(batch.anchor[name], name, len(xa), size, generator),
+                                 maps_for_metric(batch.negative[name], name, len(xa), size, generator)])
+                for name in names}
+
+    trained = maps_of(model)
+    curves: dict[str, list[float | None]] = {name: [] for name in names}
+    for depth in range(1, len(blocks) + 1):
+        randomised = randomized_copy(model, depth, seed=seed + depth).eval()
+        maps = maps_of(randomised)
+        for name in names:
+            curves[name].append(_nanmean(rank_correlation(trained[name], maps[name]).tolist()))
+    return {"blocks": blocks, "correlation": curves}
+
+
 def evaluate_explanations(
     model: nn.Module,
     device: torch.device,
@@ -407,7 +457,9 @@ def evaluate_explanations(
         bar: wraps an iterable in a progress bar (``bar(items, desc, total=None)``).
 
     Returns:
-        ``explainers``, ``table`` (means with bootstrap intervals), ``values`` (every scored
+        ``explainers``, ``table`` (means with bootstrap intervals, and ``sanity_top`` /
+        ``sanity_flagged`` when the sanity check ran), ``sanity`` (the cascade: ``blocks`` and
+        each explainer's mean rank correlation per depth; None when off), ``values`` (every scored
         image's value per explainer and column, NaN where energy inside is undefined),
         ``floors``, ``positive_pairs``, ``pointing_game_by_attribute``, ``triplets`` (records),
         ``num_curves`` and ``image_size``.
@@ -440,10 +492,24 @@ def evaluate_explanations(
             score_curves(model, head, names, xa[:curved], xp[:curved], options.steps, options.baseline,
                          generator, scores)
 
+    table = summarize_scores(scores, names, options.seed)
+    sanity = None
+    if options.sanity_triplets:
+        chunk = triplets[: options.sanity_triplets]
+        xa, xp, xn = load_inputs(transform, chunk, device)
+        sanity = sanity_check(model, names, xa, xp, xn, options.top_nodes, layer, options.seed)
+        top = min(2, len(sanity["blocks"])) - 1
+        for name in names:
+            value = sanity["correlation"][name][top]
+            table[name]["sanity_top"] = value
+            table[name]["sanity_flagged"] = value is not None and value > options.sanity_threshold
+        sanity.update(num_triplets=len(chunk), threshold=options.sanity_threshold,
+                      top_blocks=sanity["blocks"][: top + 1])
     regions = torch.from_numpy(np.stack([t.region for t in triplets]))
     return {
         "explainers": list(names),
-        "table": summarize_scores(scores, names, options.seed),
+        "table": table,
+        "sanity": sanity,
         "values": {name: {key: list(scores.values[name].get(key, [])) for key in COLUMNS} for name in names},
         "floors": {
             "region_area": float(regions.double().mean()),

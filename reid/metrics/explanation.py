@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +51,7 @@ __all__ = [
     "insertion_curve",
     "perturbation_order",
     "pointing_game",
+    "rank_correlation",
     "step_counts",
 ]
 
@@ -316,3 +318,33 @@ def curve_auc(curves: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected curves of shape (B, K + 1) with K >= 1, got {tuple(curves.shape)}")
     steps = curves.shape[1] - 1
     return (curves[:, :-1] + curves[:, 1:]).sum(dim=1) / (2.0 * steps)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values``, tied values sharing the mean of their ranks."""
+    order = np.argsort(values, kind="stable")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(values.size)
+    ordered = values[order]
+    starts = np.r_[True, ordered[1:] != ordered[:-1]]
+    group = np.cumsum(starts)[inverse]  # 1-based tie group of each value
+    bounds = np.r_[np.nonzero(starts)[0], values.size]  # first position of each group, then n
+    return 0.5 * (bounds[group - 1] + bounds[group] - 1) + 1.0
+
+
+def rank_correlation(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Spearman's rank correlation of each pair of maps ``(B, h, w)`` (ties share their mean
+    rank); NaN where either map is constant (no ranking to compare).
+
+    The sanity-check statistic (Adebayo et al., NeurIPS 2018): how much a model's map still looks
+    like the map of the model with randomised weights.
+    """
+    a, b = _as_maps(first, "first"), _as_maps(second, "second")
+    if a.shape != b.shape:
+        raise ValueError(f"maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    out = []
+    for x, y in zip(a.flatten(1).double().cpu().numpy(), b.flatten(1).double().cpu().numpy()):
+        rx, ry = _average_ranks(x) - (x.size + 1) / 2, _average_ranks(y) - (y.size + 1) / 2
+        denominator = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+        out.append(float((rx * ry).sum() / denominator) if denominator > 0 else float("nan"))
+    return torch.tensor(out, dtype=torch.float64)

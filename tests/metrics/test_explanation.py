@@ -268,3 +268,26 @@ def test_random_floor_scores_the_area_fraction():
     energy = energy_inside(maps, regions)
     # energy of uniform noise: mean close to the area fraction (per-map sd < 0.1, 4000 maps)
     assert abs(energy.mean() - p.mean()).item() < 0.01
+
+
+def test_rank_correlation_by_hand_and_against_scipy():
+    from scipy import stats
+
+    from reid.metrics.explanation import rank_correlation
+
+    a = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    assert rank_correlation(a, a).item() == pytest.approx(1.0)
+    assert rank_correlation(a, -a).item() == pytest.approx(-1.0)
+    # ties share their mean rank: x = (0, 0, 1, 2) -> ranks (1.5, 1.5, 3, 4); y ranks (1, 2, 3, 4)
+    x, y = torch.tensor([[[0.0, 0.0], [1.0, 2.0]]]), torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    rx, ry = torch.tensor([1.5, 1.5, 3, 4]) - 2.5, torch.tensor([1.0, 2, 3, 4]) - 2.5
+    assert rank_correlation(x, y).item() == pytest.approx(float((rx * ry).sum() / (rx.norm() * ry.norm())))
+    torch.manual_seed(0)
+    first, second = torch.randn(5, 4, 3).relu(), torch.randn(5, 4, 3).relu()  # many tied zeros
+    ours = rank_correlation(first, second)
+    for i in range(5):
+        expected = stats.spearmanr(first[i].flatten().numpy(), second[i].flatten().numpy()).statistic
+        assert ours[i].item() == pytest.approx(expected, abs=1e-9)
+    assert torch.isnan(rank_correlation(torch.ones(1, 2, 2), a)).all()
+    with pytest.raises(ValueError, match="same shape"):
+        rank_correlation(a, torch.ones(1, 3, 2))

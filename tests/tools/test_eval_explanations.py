@@ -48,10 +48,22 @@ def test_eval_explanations_writes_every_explainer(tiny_data_root, checkpoint, tm
     assert centre["pointing_game_anchor"] == centre["pointing_game_negative"]
     assert 0.0 < on_disk["floors"]["region_area"] < on_disk["floors"]["dilated_region_area"] < 1.0
     assert on_disk["settings"]["num_triplets"] == len(on_disk["triplets"]) == 6
+    # the sanity check ran on the 6 triplets (default 16, capped by the triplets there are)
+    sanity = on_disk["sanity"]
+    assert sanity["blocks"] == ["head", "layer4", "layer3", "layer2", "layer1", "stem"]
+    assert sanity["num_triplets"] == 6 and sanity["top_blocks"] == ["head", "layer4"]
+    for name, row in on_disk["table"].items():
+        assert row["sanity_top"] == sanity["correlation"][name][1], name
+        assert row["sanity_flagged"] == (row["sanity_top"] > 0.5), name
+        # every image's value is kept, and the interval holds the mean
+        assert len(on_disk["values"][name]["pointing_game"]) == 12
+        low, high = row["pointing_game_interval"]
+        assert low <= row["pointing_game"] <= high
+    assert on_disk["table"]["centre"]["sanity_flagged"]  # a map that ignores the model
     printed = capsys.readouterr().out
     for name in (*PCB_EXPLAINERS, *layer_names):
         assert name in printed
-    assert "pointing game" in printed and "floors:" in printed
+    assert "pointing game" in printed and "floors:" in printed and "FLAGGED" in printed
 
 
 def test_non_synthetic_target_is_refused(tmp_path):

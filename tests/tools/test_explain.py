@@ -158,9 +158,17 @@ def test_dump_files_ranks_and_correct_flags(head_run, oracle):
             assert p["query_path"] == query.paths[qi] and p["query_pid"] == int(query.pids[qi])
             assert p["gallery_pid"] == int(gallery.pids[j])
             assert p["distance"] == pytest.approx(float(dist[qi, j]), rel=1e-4, abs=1e-6)
+            # PCB's pooled embedding: the stripe terms of the distance sum to the ranked distance
+            assert len(p["stripe_terms"]) == 2 and sum(p["stripe_terms"]) == pytest.approx(p["distance"], rel=1e-4, abs=1e-6)
             assert p["correct"] == (p["query_pid"] == p["gallery_pid"]) == p["same"]
             assert (report / p["panel"]).is_file() and not os.path.isabs(p["panel"])
         assert all(a["distance"] <= b["distance"] for a, b in zip(rows, rows[1:]))
+    wrong_top1 = [p for p in pairs if p["rank"] == 1 and not p["correct"]]
+    if wrong_top1:
+        closest = [int(np.argmin(p["stripe_terms"])) for p in wrong_top1]
+        assert summary["wrong_top1_closest_stripe"] == [closest.count(0), closest.count(1)]
+    else:
+        assert "wrong_top1_closest_stripe" not in summary
 
 
 def test_mask_fractions_in_unit_interval(head_run):
@@ -222,6 +230,7 @@ def test_full_model_path_gives_the_same_explanations(checkpoint, tiny_data_root,
     for p, h in zip(ours, head):
         for field in ("query_mask_fraction", "gallery_mask_fraction", "distance"):
             assert p[field] == pytest.approx(h[field], rel=1e-4, abs=1e-6), field
+        assert p["stripe_terms"] == pytest.approx(h["stripe_terms"], rel=1e-4, abs=1e-6)
 
 
 def test_same_model_treats_every_shown_match_as_a_match(checkpoint, tiny_data_root, tmp_path, head_run):
