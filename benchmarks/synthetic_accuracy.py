@@ -30,6 +30,9 @@ holds 0 (:mod:`reid.metrics.stats`).
 N controlled triplets (``reid eval-explanations``, the same triplets for every run); the table
 gives each explainer's mean over seeds with a two-level bootstrap interval (seeds, then images).
 
+``--rescore-explanations`` scores the recorded runs' checkpoints again (same triplets) when the
+explainers changed, keeping their accuracy records.
+
 The study resumes: ``<output-root>/study.json`` records every finished run; a new call skips
 them and trains the rest (a killed study picks up at the run it was in, which restarts afresh).
 A call whose arm settings (config file contents, overrides) differ from the recorded ones is
@@ -94,6 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="score the explainers of each run of ours on N controlled triplets (0: off)")
     parser.add_argument("--explanation-curves", type=int, default=24,
                         help="of those, the triplets with deletion/insertion curves")
+    parser.add_argument("--rescore-explanations", action="store_true",
+                        help="score the explanations of the recorded runs of --arms again (after the "
+                             "explainers changed); their accuracy records are kept")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides for every arm")
     args = parse_with_overrides(parser, argv)
@@ -203,7 +209,8 @@ def explain_run(config: str, run_dir: str, seed_opts: list[str], triplets: int, 
         "--config", config, "--weights", weights, "--num-triplets", str(triplets), "--num-curves", str(curves),
         "--seed", "0", "--no-progress", *seed_opts, "OUTPUT_DIR", os.path.join(run_dir, "explanation_quality"),
     ])
-    return {name: {key: result["values"][name][key] for key in EXPLANATION_COLUMNS}
+    return {name: {**{key: result["values"][name][key] for key in EXPLANATION_COLUMNS},
+                   "sanity_top": result["table"][name].get("sanity_top")}
             for name in result["explainers"]}
 
 
@@ -297,6 +304,10 @@ def summarize_study(study: dict[str, Any], comparisons: list[str]) -> dict[str, 
                 if groups:
                     row[key] = {"mean": float(np.mean([np.mean(g) for g in groups])),
                                 "interval": list(bootstrap_interval(groups))}
+            sanity = [r[name].get("sanity_top") for r in scored.values() if name in r]
+            sanity = [v for v in sanity if v is not None]
+            if sanity:
+                row["sanity_top"] = summarize(sanity)
             explanations[arm][name] = row
     return {"arms": arms, "comparisons": compared, "explanations": explanations}
 
@@ -323,17 +334,23 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
                     f"{c['wins']} / {c['losses']} | {verdict} |"
                 )
     if summary["explanations"]:
-        lines += ["", "| arm | explainer | pointing game | energy inside | deletion AUC (low) | insertion AUC (high) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| arm | explainer | pointing game | energy inside | deletion AUC (low) | insertion AUC (high) "
+                      "| sanity: rank corr. after top randomised (low) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for arm, rows in summary["explanations"].items():
             for name, row in rows.items():
                 if name == "seeds":
                     continue
                 cells = [f"{row[k]['mean']:.3f} [{row[k]['interval'][0]:.3f}, {row[k]['interval'][1]:.3f}]"
                          if k in row else "n/a" for k in EXPLANATION_COLUMNS]
-                lines.append(f"| {arm} | `{name}` | " + " | ".join(cells) + " |")
+                sanity = row.get("sanity_top")
+                sanity_cell = "n/a" if sanity is None else (
+                    f"{sanity['mean']:.2f}" + (f" ± {sanity['sd']:.2f}" if sanity["sd"] is not None else ""))
+                lines.append(f"| {arm} | `{name}` | " + " | ".join(cells) + f" | {sanity_cell} |")
         lines.append("")
-        lines.append("Mean over seeds, with the 95% two-level bootstrap interval (seeds, then images).")
+        lines.append("Mean over seeds, with the 95% two-level bootstrap interval (seeds, then images); "
+                     "sanity: mean ± sd over seeds of the rank correlation between the trained model's "
+                     "maps and those of the model with its head and last stage re-initialised.")
     lines += ["", "Settings: " + "; ".join(
         f"{arm}: `{s['config']}` (sha256 {s['config_sha256']})"
         + (f" with `{' '.join(s['variant_overrides'])}`" if s.get("variant_overrides") else "")
@@ -372,6 +389,17 @@ def main(argv: list[str] | None = None,
         study["arms"][arm] = settings
         study["runs"].setdefault(arm, {})
     trainers = trainers or {arm: (train_torchreid if arm == "torchreid_resnet18" else train_ours) for arm in ARMS}
+    if args.rescore_explanations and args.explanation_triplets:
+        for arm in args.arms:
+            if base_of[arm] == "torchreid_resnet18":
+                continue
+            for seed, record in sorted(study["runs"][arm].items()):
+                logger.info("rescoring the explanations of %s seed %s", arm, seed)
+                record["explanations"] = explain_run(
+                    os.path.join(ROOT, CONFIGS[base_of[arm]]), os.path.join(root, arm, f"seed{seed}"),
+                    [*args.opts, *extra[arm]], *explanation,
+                )
+                write_study(root, study, args.compare)
     todo = [(seed, arm) for seed in args.seeds for arm in args.arms if str(seed) not in study["runs"][arm]]
     logger.info("study %s: %d runs to go of %d", path, len(todo), len(args.seeds) * len(args.arms))
     for number, (seed, arm) in enumerate(todo, 1):

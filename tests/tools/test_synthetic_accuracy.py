@@ -89,3 +89,27 @@ def test_a_variant_is_an_arm_with_extra_overrides(tmp_path):
         study.parse_args(["--variant", "pcb=pcb_sam SAM.GAMMA 1.0"])
     with pytest.raises(SystemExit):
         study.parse_args(["--arms", "nothing"])
+
+
+def test_explanations_are_pooled_over_seeds_and_can_be_rescored(tmp_path, monkeypatch):
+    scores = {"value": 1.0}
+
+    def fake_explain(config, run_dir, opts, triplets, curves):
+        v = scores["value"]
+        return {"sam_siamese": {"pointing_game": [v, 0.0], "energy_inside": [0.1, 0.1],
+                                "deletion_auc": [0.5, 0.5], "insertion_auc": [0.6, 0.6], "sanity_top": 0.2}}
+
+    monkeypatch.setattr(study, "explain_run", fake_explain)
+    calls = []
+    argv = ["--arms", "pcb", "--seeds", "0", "1", "--explanation-triplets", "2", "--output-root", str(tmp_path)]
+    result = study.main(argv, trainers=fake_trainers(calls))
+    row = result["summary"]["explanations"]["pcb"]["sam_siamese"]
+    assert row["pointing_game"]["mean"] == pytest.approx(0.5) and row["sanity_top"]["mean"] == pytest.approx(0.2)
+    assert "| pcb | `sam_siamese` | 0.500 [" in (tmp_path / "study.md").read_text()
+    # rescoring replaces the explanation records and keeps the runs
+    calls.clear()
+    scores["value"] = 0.0
+    result = study.main([*argv, "--rescore-explanations"], trainers=fake_trainers(calls))
+    assert calls == []
+    assert result["summary"]["explanations"]["pcb"]["sam_siamese"]["pointing_game"]["mean"] == 0.0
+    assert result["summary"]["arms"]["pcb"]["rank1"]["mean"] == pytest.approx(0.505)
