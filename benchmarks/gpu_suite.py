@@ -79,6 +79,8 @@ class Profile:
     explain_pairs: int = 320
     explain_batch: int = 64
     nccl_ids: int = 64
+    nccl_height: int = 128
+    nccl_width: int = 64
     paper_ids: int = 1500
     paper_images_per_id: int = 10
     paper_height: int = 256
@@ -91,7 +93,7 @@ class Profile:
 TINY = Profile(
     backbone="resnet18", height=64, width=32, batch=8, instances=2, stripes=2, reduced_dim=16, warmup=1,
     repeats=1, extract_images=32, extract_batch=16, query=60, gallery=300, explain_pairs=8, explain_batch=4,
-    nccl_ids=8, paper_ids=12, paper_images_per_id=6, paper_height=64, paper_width=32, paper_batch=8,
+    nccl_ids=8, nccl_height=64, nccl_width=32, paper_ids=12, paper_images_per_id=6, paper_height=64, paper_width=32, paper_batch=8,
     paper_triplets=6, workers=0,
 )
 
@@ -201,8 +203,7 @@ def section_nccl(p: Profile, device: torch.device, out: str) -> list[dict[str, A
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
         "-m", "reid", "train", "--config", os.path.join(ROOT, "configs", "synthetic_pcb.yaml"), "--overwrite",
         "--no-progress",
-        *synthetic_overrides(p, os.path.join(out, "data"), p.nccl_ids, 8, 128 if p is not TINY else 64,
-                             64 if p is not TINY else 32),
+        *synthetic_overrides(p, os.path.join(out, "data"), p.nccl_ids, 8, p.nccl_height, p.nccl_width),
         *model_overrides(p), "SAMPLER.BATCH_SIZE_TRAIN", str(p.batch), "SAMPLER.NUM_INSTANCES", str(p.instances),
         "OPTIM.MAX_EPOCH", "1", "OPTIM.STEPSIZE", "[1]", "DIST.BACKEND", backend,
         "DEVICE", "cuda" if device.type == "cuda" else "cpu", "OUTPUT_DIR", run_dir,

@@ -147,7 +147,6 @@ def train_torchreid(config: str, output_dir: str, seed: int, opts: list[str], pr
     """torchreid's ``ImageTripletEngine`` with its ``resnet18`` at ``config``'s budget, scored by our
     evaluator (module docstring)."""
     import torch
-    import torch.nn.functional as F
     from torchreid.reid.engine import ImageTripletEngine
     from torchreid.reid.models import build_model
     from torchreid.reid.optim import build_lr_scheduler, build_optimizer
@@ -180,9 +179,7 @@ def train_torchreid(config: str, output_dir: str, seed: int, opts: list[str], pr
                           ranks=tuple(cfg.TEST.RANKS))
 
     def distances(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-        if options.normalize_feature:
-            query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
-        return compute_distance_matrix(query, gallery, options.dist_metric)
+        return compute_distance_matrix(query, gallery, options.dist_metric, normalize=options.normalize_feature)
 
     with deterministic_algorithms(cfg.TRAIN.DETERMINISTIC and device.type == "cpu"):
         # torchreid's own epoch (its loader loop, forward_backward and scheduler step), as its

@@ -54,6 +54,7 @@ def compute_distance_matrix(
     input2: FeatureInput,
     metric: Metric = "euclidean",
     chunk_size: int | None = None,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """Distances between all rows of ``input1`` and all rows of ``input2``.
 
@@ -66,6 +67,7 @@ def compute_distance_matrix(
         input2: ``(N, D)`` features, same device.
         metric: ``"euclidean"`` (squared, as torchreid) or ``"cosine"``.
         chunk_size: rows of ``input1`` per chunk; ``None``: about 4M cells per chunk.
+        normalize: L2-normalise the rows first (``TEST.NORMALIZE_FEATURE``).
 
     Returns:
         ``(M, N)`` distances on the inputs' device, float32 (float64 for float64 inputs).
@@ -73,6 +75,8 @@ def compute_distance_matrix(
     Raises:
         ValueError: bad shapes, unknown metric or non-positive ``chunk_size``.
     """
+    if normalize:
+        input1, input2 = (F.normalize(x, p=2, dim=1) for x in _check_pair(input1, input2))
     if metric == "euclidean":
         return euclidean_squared_distance(input1, input2, chunk_size)
     if metric == "cosine":

@@ -104,9 +104,7 @@ class ReidModel(nn.Module):
             normalize: L2-normalise the features first (``TEST.NORMALIZE_FEATURE``).
             chunk_size: rows per chunk (None: automatic).
         """
-        if normalize:
-            query, gallery = F.normalize(query, p=2, dim=1), F.normalize(gallery, p=2, dim=1)
-        return compute_distance_matrix(query, gallery, metric, chunk_size=chunk_size)
+        return compute_distance_matrix(query, gallery, metric, chunk_size=chunk_size, normalize=normalize)
 
     def pair_similarity(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """``(B,)`` similarity of paired rows of eval features (larger is more similar).

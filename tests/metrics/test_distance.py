@@ -150,3 +150,14 @@ def test_paired_euclidean_distance_by_hand() -> None:
     with pytest.raises(ValueError, match="one shape"):
         paired_euclidean_distance(a, b[:2])
 
+
+
+def test_normalize_compares_unit_rows():
+    from reid.metrics.distance import compute_distance_matrix
+
+    a = torch.tensor([[3.0, 4.0]])
+    b = torch.tensor([[0.0, 2.0], [1.0, 0.0]])
+    # unit rows (0.6, 0.8) against (0, 1) and (1, 0): squared distances 0.4 and 0.8 by hand
+    assert torch.allclose(compute_distance_matrix(a, b, "euclidean", normalize=True), torch.tensor([[0.4, 0.8]]))
+    assert torch.allclose(compute_distance_matrix(a.numpy(), b.numpy(), "cosine", normalize=True),
+                          torch.tensor([[0.2, 0.4]]))
