@@ -4,7 +4,7 @@ Usage::
 
     reid explain --config FILE --weights CKPT [--num-queries N] [--topk K] [--triplets]
         [--same truth|model] [--layer NAME] [--keep-same-camera] [--batch-size B] [--no-progress]
-        [--top-nodes T] [--feeders F] [KEY VALUE ...]
+        [--top-nodes T] [--feeders F] [--max-matrix-mb M] [KEY VALUE ...]
 
 On the first target dataset of the config (``DATA.TARGETS``, else ``DATA.SOURCES``): ``N``
 queries evenly spread over the query set, each with its top-``K`` gallery matches by the model's
@@ -16,10 +16,14 @@ panels (``--top-nodes`` per level, ``--feeders`` of the rectified node; ``--trip
 ``--layer`` are refused). The layer is ``--layer``, else ``TEST.EXPLAIN_LAYER``; when both are
 empty the model's head map is explained through the head only (one trunk pass per image).
 
-Everything goes under ``OUTPUT_DIR/explanations/``: ``panels/``, ``triplets/``,
-``attributions/``, ``index.html`` and ``explanations.json`` (per pair the paths, identities,
+Everything goes under ``OUTPUT_DIR/explanations/``: ``index.html``, the explorer (one
+self-contained interactive page: the run's CMC, mAP and distance histograms over all queries,
+the explained queries worst AP first, a switch between explainers, hover correspondences,
+per-stripe bars, a failure table); ``panels.html`` over the PNG panels for papers (``panels/``,
+``triplets/``, ``attributions/``); and ``explanations.json`` (per pair the paths, identities,
 distance, rank, correctness, the map energy inside the person mask where the dataset has masks;
-a summary). What each step does precisely: :mod:`reid.explain.dump`; ``docs/method.md``
+per query its AP; a summary). The run's statistics need every query's distances to the gallery
+(float32); above ``--max-matrix-mb`` they cover the explained queries only. What each step does precisely: :mod:`reid.explain.dump`; ``docs/method.md``
 sections 2, 4 and 5.
 """
 
@@ -61,6 +65,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--top-nodes", type=int, default=3, help="attribution: nodes shown per level (and rectification candidates)"
     )
     parser.add_argument("--feeders", type=int, default=3, help="attribution: lower-level nodes shown for the rectified node")
+    parser.add_argument(
+        "--max-matrix-mb", type=float, default=1024.0,
+        help="largest all-queries x gallery distance matrix kept for the run's statistics (above: explained queries only)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OUTPUT_DIR out")
     args = parse_with_overrides(parser, argv)
@@ -68,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--num-queries and --topk must be positive")
     if args.top_nodes < 1 or args.feeders < 1:
         parser.error("--top-nodes and --feeders must be positive")
+    if args.max_matrix_mb < 0:
+        parser.error("--max-matrix-mb must be non-negative")
     if args.batch_size < 0:
         parser.error("--batch-size must be positive (or 0: SAMPLER.BATCH_SIZE_TEST)")
     return args
@@ -98,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     options = ExplainOptions(
         num_queries=args.num_queries, topk=args.topk, triplets=args.triplets, same=args.same, layer=layer,
         keep_same_camera=args.keep_same_camera, batch_size=args.batch_size or cfg.SAMPLER.BATCH_SIZE_TEST,
-        top_nodes=args.top_nodes, feeders=args.feeders, progress=not args.no_progress,
+        top_nodes=args.top_nodes, feeders=args.feeders, max_matrix_mb=args.max_matrix_mb,
+        progress=not args.no_progress,
     )
     dataset_name = next(iter(engine.test_loader))
     if attribution:
@@ -124,8 +135,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _fmt(summary["mean_mask_fraction_correct"]), _fmt(summary["mean_mask_fraction_wrong"]),
             _fmt(summary["mean_mask_area"]),
         )
+    run = summary["run"]
+    if run is not None:
+        logger.info(
+            "%s: rank-1 %.1f%%, mAP %.1f%%, mINP %.1f%%", run["queries"], 100 * run["rank1"], 100 * run["mAP"],
+            100 * run["mINP"],
+        )
+    failures = summary.get("failures")
+    if failures and failures["num_wrong_top1"]:
+        logger.info(
+            "%d wrong top-1 matches; the stripe most in the impostor's favour (top first): %s",
+            failures["num_wrong_top1"], failures["most_favoured"],
+        )
     logger.info(
-        "explained %d pairs and %d triplets of %d queries: %s",
+        "explained %d pairs and %d triplets of %d queries: open %s (PNG panels: %s)",
         summary["num_pairs"], summary["num_triplets"], summary["num_queries"], summary["report"],
+        summary["panels_page"],
     )
     return summary

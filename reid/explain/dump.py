@@ -84,18 +84,24 @@ from tqdm import tqdm
 
 from reid.data.synthetic import load_mask, mask_path
 from reid.metrics.explanation import energy_inside
+from reid.metrics.rank import NoValidQueryError, evaluate
 from reid.metrics.streaming import MatchTracker
 from reid.io import write_json
 from reid.vis import Match, Panel, QueryResult, load_image, pair_panel, save_image, triplet_panel
 from reid.vis import attribution_panel, summarize_attribution, write_html_report
+from reid.vis.explorer import (
+    ExplorerExplainer, ExplorerMatch, ExplorerQuery, FailureTable, RunStatistics, write_explorer,
+)
 
-from .decomposition import decompose_pair
+from .decomposition import Decomposition, decompose_pair
 from .postprocess import normalize_maps, resize_maps
 from .tuples import explain_pair, explain_pair_features, explain_triplet, explain_triplet_features
 
 logger = logging.getLogger(__name__)
 
 EXPLANATIONS_DIR = "explanations"
+EXPLORER_PAGE = "index.html"
+PANELS_PAGE = "panels.html"
 SAME_MODES = ("truth", "model")
 # Relative tolerance between the ranking's distance and the attribution's d_hat of a pair.
 _DISTANCE_TOLERANCE = 1e-4
@@ -116,6 +122,9 @@ class ExplainOptions:
         batch_size: pairs (or triplets) per explanation batch.
         top_nodes: attribution: nodes shown per level (and rectification candidates).
         feeders: attribution: lower-level nodes shown for the rectified node.
+        max_matrix_mb: largest all-queries x gallery distance matrix (float32, plus the gallery
+            embeddings where the failure table needs them) kept for the run's statistics; above
+            it the statistics cover the explained queries only.
         progress: show progress bars.
     """
 
@@ -128,6 +137,7 @@ class ExplainOptions:
     batch_size: int = 32
     top_nodes: int = 3
     feeders: int = 3
+    max_matrix_mb: float = 1024.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -138,6 +148,8 @@ class ExplainOptions:
             )
         if self.same not in SAME_MODES:
             raise ValueError(f"same must be one of {SAME_MODES}, got {self.same!r}")
+        if self.max_matrix_mb < 0:
+            raise ValueError(f"max_matrix_mb must be non-negative, got {self.max_matrix_mb}")
 
 
 # -- choosing queries and ranking -----------------------------------------------------------------
@@ -222,36 +234,67 @@ class QueryInfo:
 
 @dataclass
 class EncodedQueries:
-    """The chosen queries after their one trunk pass.
+    """The query set after its one trunk pass.
 
     Attributes:
-        queries: the queries, in query-set order.
-        embeddings: ``(N, D)`` float32 embeddings on the CPU.
-        inputs: per query, what explanations start from: its ``(C, h, w)`` ``layer4`` map on the
-            head-only path, its ``(3, H, W)`` network input otherwise.
+        queries: the chosen queries, in query-set order.
+        embeddings: ``(N, D)`` float32 embeddings of the chosen queries on the CPU.
+        inputs: per chosen query, what explanations start from: its ``(C, h, w)`` ``layer4`` map
+            on the head-only path, its ``(3, H, W)`` network input otherwise.
+        all_embeddings: ``(Q, D)`` float32 embeddings of every query (the run's statistics).
+        all_pids: ``(Q,)`` identities of every query.
+        all_camids: ``(Q,)`` cameras of every query.
+        chosen: ``(N,)`` indices of the chosen queries in the query set.
     """
 
     queries: list[QueryInfo]
     embeddings: torch.Tensor
     inputs: list[torch.Tensor]
+    all_embeddings: torch.Tensor
+    all_pids: np.ndarray
+    all_camids: np.ndarray
+    chosen: np.ndarray
 
 
 def encode_queries(setup: Setup, loader: DataLoader, count: int) -> EncodedQueries:
-    """Runs the trunk once on ``count`` evenly spread queries of ``loader``'s dataset (only)."""
+    """Runs the trunk once on every query of ``loader``'s dataset, keeping the explanation inputs of
+    ``count`` evenly spread ones (:func:`spread_indices`)."""
     chosen = spread_indices(len(loader.dataset), count)
-    subset = DataLoader(
-        Subset(loader.dataset, chosen), batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers
-    )
+    wanted = set(chosen)
     queries: list[QueryInfo] = []
-    embeddings, inputs = [], []
-    for batch in setup.bar(subset, "queries"):
+    embeddings, inputs, pids, camids = [], [], [], []
+    seen = 0
+    for batch in setup.bar(loader, "queries"):
         images = batch["img"].to(setup.device)
         encoded = encode(setup.model, images, setup.head_path)
         embeddings.append(encoded.embeddings)
-        inputs.extend(encoded.feature_maps if setup.head_path else images)
-        for path, pid, camid in zip(batch["impath"], batch["pid"], batch["camid"]):
-            queries.append(QueryInfo(chosen[len(queries)], path, int(pid), int(camid)))
-    return EncodedQueries(queries, torch.cat(embeddings), inputs)
+        for k, (path, pid, camid) in enumerate(zip(batch["impath"], batch["pid"], batch["camid"])):
+            if seen + k in wanted:
+                queries.append(QueryInfo(seen + k, path, int(pid), int(camid)))
+                inputs.append(encoded.feature_maps[k].clone() if setup.head_path else images[k])
+        pids.append(np.asarray(batch["pid"]))
+        camids.append(np.asarray(batch["camid"]))
+        seen += len(images)
+    all_embeddings = torch.cat(embeddings)
+    index = torch.as_tensor(chosen, dtype=torch.long)
+    return EncodedQueries(
+        queries, all_embeddings[index], inputs, all_embeddings, np.concatenate(pids), np.concatenate(camids),
+        np.asarray(chosen, dtype=np.int64),
+    )
+
+
+@dataclass
+class GalleryRows:
+    """What the gallery pass keeps for the run's statistics (None where over the budget).
+
+    Attributes:
+        distances: ``(Q, G)`` float32 distances of every query, or None.
+        embeddings: ``(G, D)`` float32 gallery embeddings (only for the failure table of a
+            decomposable model), or None.
+    """
+
+    distances: np.ndarray | None = None
+    embeddings: torch.Tensor | None = None
 
 
 def rank_gallery(
@@ -261,21 +304,46 @@ def rank_gallery(
     distances_of: Callable[[torch.Tensor, torch.Tensor], np.ndarray],
     topk: int,
     remove_same_camera: bool,
-) -> MatchTracker:
-    """Streams the gallery once through the trunk, ranking it and keeping the needed maps."""
+    max_matrix_mb: float = 0.0,
+) -> tuple[MatchTracker, GalleryRows]:
+    """Streams the gallery once through the trunk, ranking it for the chosen queries and keeping
+    the needed maps; keeps every query's distances too when they fit ``max_matrix_mb``."""
     tracker = MatchTracker(
         np.array([q.pid for q in encoded.queries]), np.array([q.camid for q in encoded.queries]), topk,
         remove_same_camera,
     )
+    num_q, num_g = len(encoded.all_embeddings), len(loader.dataset)
+    keep_embeddings = bool(setup.model.explainability.decomposable_stripes)
+    needed_mb = 4 * num_q * num_g / 2**20
+    if keep_embeddings:
+        needed_mb += 4 * num_g * encoded.all_embeddings.shape[1] / 2**20
+    keep_all = needed_mb <= max_matrix_mb
+    if not keep_all:
+        logger.warning(
+            "the run's statistics cover the %d explained queries only: all %d queries would need %.0f MB "
+            "(--max-matrix-mb %.0f)", len(encoded.queries), num_q, needed_mb, max_matrix_mb,
+        )
+    rows, gallery_embeddings = [], []
     for batch in setup.bar(loader, "gallery"):
         batch_encoded = encode(setup.model, batch["img"].to(setup.device), setup.head_path)
         maps = batch_encoded.feature_maps
+        if keep_all:
+            block = distances_of(encoded.all_embeddings, batch_encoded.embeddings).astype(np.float32)
+            rows.append(block)
+            chosen_rows = block[encoded.chosen].astype(np.float64)
+            if keep_embeddings:
+                gallery_embeddings.append(batch_encoded.embeddings)
+        else:
+            chosen_rows = distances_of(encoded.embeddings, batch_encoded.embeddings)
         tracker.update(
-            distances_of(encoded.embeddings, batch_encoded.embeddings), np.asarray(batch["pid"]),
-            np.asarray(batch["camid"]), list(batch["impath"]),
+            chosen_rows, np.asarray(batch["pid"]), np.asarray(batch["camid"]), list(batch["impath"]),
             [m.clone() for m in maps] if maps is not None else None,  # a clone frees the batch
         )
-    return tracker
+    kept = GalleryRows()
+    if keep_all:
+        kept.distances = np.concatenate(rows, axis=1) if rows else np.empty((num_q, 0), dtype=np.float32)
+        kept.embeddings = torch.cat(gallery_embeddings) if gallery_embeddings else None
+    return tracker, kept
 
 
 # -- explaining -----------------------------------------------------------------------------------
@@ -315,9 +383,13 @@ class Explainer:
                 return explain_pair_features(model.embed_features, first, second, same_t)
             return explain_pair(model, self.setup.layer, first, second, same_t)
 
-    def stripe_terms(self, queries: Sequence[int], gallery: Sequence[int]) -> torch.Tensor | None:
-        """``(T, P)`` stripe terms of each pair's squared Euclidean embedding distance
-        (:mod:`reid.explain.decomposition`), or None when the model's score does not split."""
+    def decompositions(
+        self, queries: Sequence[int], gallery: Sequence[int]
+    ) -> tuple[Decomposition, Decomposition] | None:
+        """The exact splits of each pair's score (:mod:`reid.explain.decomposition`): of the
+        squared Euclidean embedding distance (its stripe terms are recorded) and of the dot
+        product (its cell maps and cell pairs are what the explorer shows); None when the model's
+        score does not split."""
         model = self.setup.model
         stripes = model.explainability.decomposable_stripes
         if not stripes:
@@ -326,7 +398,8 @@ class Explainer:
         with torch.no_grad():
             if not self.setup.head_path:
                 first, second = model.forward_features(first), model.forward_features(second)
-            return decompose_pair(first.float(), second.float(), stripes, "euclidean").stripes
+            first, second = first.float(), second.float()
+            return decompose_pair(first, second, stripes, "euclidean"), decompose_pair(first, second, stripes, "dot")
 
     def attributions(self, queries: Sequence[int], gallery: Sequence[int]) -> "PairAttributions":
         """AVSL attribution of the pairs ``(query, gallery image)`` (full-model path)."""
@@ -403,6 +476,20 @@ class Dump:
     extra_panels: dict[int, list[Panel]] = field(default_factory=dict)
     levels: list[str] = field(default_factory=list)
     images: ImageCache = field(default_factory=ImageCache)
+    explainers: list[ExplorerExplainer] = field(default_factory=list)
+    explorer: dict[int, list[ExplorerMatch]] = field(default_factory=dict)
+
+
+SA_EXPLAINER = ExplorerExplainer(
+    "attention", "similarity attention",
+    note="similarity attention of the pair (Siamese form): where the model found the two images alike "
+    "(a true match) or different (a wrong one)",
+)
+DECOMPOSITION_EXPLAINER = ExplorerExplainer(
+    "decomposition", "exact decomposition (signed)", signed=True,
+    note="the similarity f_q . f_g split exactly over the cells of each image: red cells are evidence for "
+    "the match, blue against; hovering a query cell shows the gallery cells it matched (the cell-pair terms)",
+)
 
 
 def dump_pairs(explainer: Explainer, dump: Dump, same_mode: str) -> None:
@@ -411,12 +498,15 @@ def dump_pairs(explainer: Explainer, dump: Dump, same_mode: str) -> None:
     pids, camids, dist = np.concatenate(tracker.pids), np.concatenate(tracker.camids), tracker.distances()
     pairs = [(qi, rank, j) for qi in range(len(queries)) for rank, j in enumerate(tracker.ranked(qi), start=1)]
     bar = explainer.setup.bar(desc="pairs", total=len(pairs))
+    dump.explainers = [SA_EXPLAINER]
     for chunk in _chunks(pairs, explainer.setup.batch_size):
         correct = [bool(pids[j] == queries[qi].pid) for qi, _, j in chunk]
         same = correct if same_mode == "truth" else [True] * len(chunk)
         m_query, m_gallery = explainer.pairs([qi for qi, _, _ in chunk], [j for _, _, j in chunk], same)
-        terms = explainer.stripe_terms([qi for qi, _, _ in chunk], [j for _, _, j in chunk])
+        split = explainer.decompositions([qi for qi, _, _ in chunk], [j for _, _, j in chunk])
         n_query, n_gallery = normalize_maps(m_query).cpu().numpy(), normalize_maps(m_gallery).cpu().numpy()
+        if split is not None:
+            dump.explainers = [SA_EXPLAINER, DECOMPOSITION_EXPLAINER]
         for t, (qi, rank, j) in enumerate(chunk):
             query, g_path, distance = queries[qi], tracker.paths[j], float(dist[qi, j])
             panel = f"panels/q{query.index:05d}_r{rank:03d}.png"
@@ -427,6 +517,7 @@ def dump_pairs(explainer: Explainer, dump: Dump, same_mode: str) -> None:
             save_image(os.path.join(dump.out_dir, panel), image)
             q_frac, q_area = person_energy(m_query[t], query.path)
             g_frac, g_area = person_energy(m_gallery[t], g_path)
+            terms = None if split is None else [float(v) for v in split[0].stripes[t].cpu()]
             dump.pairs.append({
                 "query_index": query.index, "query_path": query.path, "gallery_index": j, "gallery_path": g_path,
                 "query_pid": query.pid, "gallery_pid": int(pids[j]),
@@ -434,11 +525,27 @@ def dump_pairs(explainer: Explainer, dump: Dump, same_mode: str) -> None:
                 "distance": distance, "rank": rank, "correct": correct[t], "same": same[t], "panel": panel,
                 "query_mask_fraction": q_frac, "gallery_mask_fraction": g_frac,
                 "query_mask_area": q_area, "gallery_mask_area": g_area,
-                **({} if terms is None else {"stripe_terms": [float(v) for v in terms[t].cpu()]}),
+                **({} if terms is None else {"stripe_terms": terms}),
             })
             dump.matches.setdefault(qi, []).append(
                 Match(g_path, int(pids[j]), distance, rank, correct[t], os.path.join(dump.out_dir, panel))
             )
+            maps = {SA_EXPLAINER.key: (n_query[t], n_gallery[t])}
+            extra: dict[str, Any] = {}
+            if split is not None:
+                dot = split[1]
+                maps[DECOMPOSITION_EXPLAINER.key] = (dot.query_cells[t].cpu().numpy(), dot.gallery_cells[t].cpu().numpy())
+                grid = tuple(dot.query_cells.shape[1:])
+                extra = {
+                    "contributions": [(f"stripe {s + 1}", v) for s, v in enumerate(terms)],
+                    "contributions_label": "squared distance by stripe (top first; the closest marked)",
+                    "highlight": int(np.argmin(terms)),
+                    "correspondence": dot.pairs[t].cpu().numpy(), "query_grid": grid, "gallery_grid": grid,
+                }
+            dump.explorer.setdefault(qi, []).append(ExplorerMatch(
+                dump.images(g_path), os.path.basename(g_path), int(pids[j]), distance, rank, correct[t], maps,
+                panel=panel, **extra,
+            ))
         bar.update(len(chunk))
     bar.close()
 
@@ -536,6 +643,17 @@ def attribute_pairs(model: nn.Module, first: torch.Tensor, second: torch.Tensor)
     )
 
 
+def attribution_explainers(levels: Sequence[str]) -> list[ExplorerExplainer]:
+    """One explorer view per AVSL level: the CAM of the level's node that adds most to ``d_hat``."""
+    return [
+        ExplorerExplainer(
+            f"level{k}", f"AVSL {name}: top node",
+            note=f"the CAM of the {name} node with the largest contribution lambda * delta to d_hat, on each image",
+        )
+        for k, name in enumerate(levels)
+    ]
+
+
 def dump_attributions(explainer: Explainer, dump: Dump, top_nodes: int, feeders: int) -> None:
     """Attributes every query's top-K matches (AVSL) and writes one attribution panel per pair.
 
@@ -577,6 +695,19 @@ def dump_attributions(explainer: Explainer, dump: Dump, top_nodes: int, feeders:
                 "panel": panel, "attribution": summary.to_dict(),
             })
             caption = f"AVSL attribution: d_hat {summary.distance:.4f} by level and node, and one rectified node"
+            dump.explainers = attribution_explainers(att.levels)
+            maps, totals = {}, []
+            for level, (name, weights, nodes) in enumerate(zip(att.levels, att.weights, att.nodes)):
+                contributions = weights[t] * nodes[t]
+                top = int(np.argmax(contributions))
+                maps[dump.explainers[level].key] = (att.cams1[level][t][top], att.cams2[level][t][top])
+                totals.append((name, float(contributions.sum())))
+            dump.explorer.setdefault(qi, []).append(ExplorerMatch(
+                dump.images(g_path), os.path.basename(g_path), int(pids[j]),
+                distance, rank, correct, maps, contributions=totals,
+                contributions_label="d_hat by level (exact; the largest marked)",
+                highlight=int(np.argmax([v for _, v in totals])), panel=panel,
+            ))
             dump.matches.setdefault(qi, []).append(
                 Match(g_path, int(pids[j]), distance, rank, correct, None,
                       (Panel(os.path.join(dump.out_dir, panel), caption),))
@@ -616,6 +747,128 @@ def summarize_dump(dump: Dump) -> dict[str, Any]:
         **({"wrong_top1_closest_stripe": [closest.count(s) for s in range(len(wrong_top1[0]["stripe_terms"]))]}
            if wrong_top1 else {}),
     }
+
+
+# -- the run's statistics and failures ------------------------------------------------------------
+
+HISTOGRAM_BINS = 40
+# Query rows per block of the failure analysis (bounds its temporaries).
+_FAILURE_ROWS = 1024
+
+
+@dataclass
+class RunSummary:
+    """The run's ranking numbers over the queries it covers.
+
+    Attributes:
+        stats: what the explorer draws.
+        ap: ``(R,)`` average precision of each covered query (NaN without a true match).
+        first_match_rank: ``(R,)`` rank of each covered query's first true match (0: none).
+        num_queries: queries covered.
+    """
+
+    stats: RunStatistics
+    ap: np.ndarray
+    first_match_rank: np.ndarray
+    num_queries: int
+
+
+def run_summary(
+    distances: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray,
+    source: str, bins: int = HISTOGRAM_BINS,
+) -> RunSummary | None:
+    """CMC, mAP, mINP and per-query AP (:func:`reid.metrics.evaluate`, equal distances in gallery
+    order as the shown ranking), and histograms of the distances of true pairs (same identity,
+    other camera) and wrong pairs (other identity) over ``bins`` equal bins; None when no query
+    has a true match."""
+    if distances.shape[1] == 0:
+        return None
+    try:
+        result = evaluate(
+            distances, q_pids, g_pids, q_camids, g_camids, max_rank=min(50, distances.shape[1]), tie_break="stable"
+        )
+    except NoValidQueryError:
+        return None
+    same_pid = q_pids[:, None] == g_pids[None, :]
+    positive = same_pid & (q_camids[:, None] != g_camids[None, :])
+    finite = np.isfinite(distances)
+    values = distances[finite]
+    low, high = float(values.min()), float(values.max())
+    edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
+    pos_counts, _ = np.histogram(distances[positive & finite], bins=edges)
+    neg_counts, _ = np.histogram(distances[~same_pid & finite], bins=edges)
+    stats = RunStatistics(
+        source=source, cmc=[float(v) for v in result.cmc], mAP=float(result.mAP), mINP=float(result.mINP),
+        edges=[float(e) for e in edges], positive_counts=[int(c) for c in pos_counts],
+        negative_counts=[int(c) for c in neg_counts],
+    )
+    return RunSummary(stats, result.ap, result.first_match_rank, len(q_pids))
+
+
+def failure_analysis(
+    distances: np.ndarray, query_embeddings: torch.Tensor, gallery_embeddings: torch.Tensor, num_stripes: int,
+    q_pids: np.ndarray, q_camids: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray,
+) -> dict[str, Any]:
+    """Which stripe made the wrong top-1 matches close, over every query whose top-1 is wrong.
+
+    The top-1 match and the best true match follow the evaluation protocol (gallery images of the
+    query's identity and camera removed, equal distances in gallery order). For a decomposable
+    model the embedding is ``P`` unit stripe vectors, so the squared Euclidean embedding distance
+    splits exactly into stripe terms ``||n_qs - n_gs||^2`` (:mod:`reid.explain.decomposition`).
+
+    Returns:
+        ``num_wrong_top1``; per stripe (top first): ``closest`` (how often it was the impostor's
+        smallest term), ``most_favoured`` (how often it had the largest margin ``term(true) -
+        term(impostor)``, i.e. did most to put the impostor ahead of the best true match) and
+        ``mean_margin``.
+    """
+    q_emb = query_embeddings.double().reshape(len(q_pids), num_stripes, -1)
+    g_emb = gallery_embeddings.double().reshape(len(g_pids), num_stripes, -1)
+    closest, favoured = np.zeros(num_stripes, dtype=np.int64), np.zeros(num_stripes, dtype=np.int64)
+    margins = []
+    for start in range(0, len(q_pids), _FAILURE_ROWS):
+        rows = slice(start, start + _FAILURE_ROWS)
+        same_pid = q_pids[rows, None] == g_pids[None, :]
+        junk = same_pid & (q_camids[rows, None] == g_camids[None, :])
+        kept = np.where(junk, np.inf, distances[rows].astype(np.float64))
+        top1 = np.argmin(kept, axis=1)  # the first of equal minima: gallery order
+        true_rows = np.where(same_pid & ~junk, kept, np.inf)
+        best_true = np.argmin(true_rows, axis=1)
+        local = np.arange(kept.shape[0])
+        failed = ~same_pid[local, top1] & np.isfinite(true_rows[local, best_true]) & np.isfinite(kept[local, top1])
+        for q in np.flatnonzero(failed):
+            query = q_emb[start + q]
+            impostor = ((query - g_emb[top1[q]]) ** 2).sum(1).numpy()
+            truth = ((query - g_emb[best_true[q]]) ** 2).sum(1).numpy()
+            closest[int(np.argmin(impostor))] += 1
+            favoured[int(np.argmax(truth - impostor))] += 1
+            margins.append(truth - impostor)
+    mean_margin = np.mean(margins, axis=0) if margins else np.full(num_stripes, np.nan)
+    return {
+        "num_wrong_top1": len(margins),
+        "closest": closest.tolist(),
+        "most_favoured": favoured.tolist(),
+        "mean_margin": [None if np.isnan(v) else float(v) for v in mean_margin],
+    }
+
+
+def failure_table(failures: dict[str, Any], num_queries: int) -> FailureTable:
+    """The explorer's table of :func:`failure_analysis`."""
+    rows = [
+        (f"stripe {s + 1}", closest, favoured, "n/a" if margin is None else f"{margin:+.4f}")
+        for s, (closest, favoured, margin) in enumerate(
+            zip(failures["closest"], failures["most_favoured"], failures["mean_margin"])
+        )
+    ]
+    return FailureTable(
+        f"Wrong top-1 matches: which stripe made the impostor close ({failures['num_wrong_top1']} of "
+        f"{num_queries} queries)",
+        ("stripe (top first)", "impostor's closest stripe", "most in the impostor's favour",
+         "mean margin term(true) - term(impostor)"),
+        rows,
+        "Stripe terms of the squared embedding distance (exact: they sum to it). A positive margin means the "
+        "stripe is closer to the impostor than to the best true match.",
+    )
 
 
 # -- the whole dump -------------------------------------------------------------------------------
@@ -664,8 +917,9 @@ def write_explanations(
     context = contextlib.nullcontext() if attribution else autocast()
     with context:
         encoded = encode_queries(setup, loaders["query"], options.num_queries)
-        tracker = rank_gallery(
-            setup, loaders["gallery"], encoded, _as_numpy(distances_of), options.topk, not options.keep_same_camera
+        tracker, kept = rank_gallery(
+            setup, loaders["gallery"], encoded, _as_numpy(distances_of), options.topk, not options.keep_same_camera,
+            options.max_matrix_mb,
         )
         explainer = Explainer(setup, encoded, tracker, loaders["gallery"].dataset)
         dump = Dump(out_dir)
@@ -684,7 +938,51 @@ def write_explanations(
         for qi, q in enumerate(encoded.queries)
     ]
     kind = "AVSL attribution" if attribution else "Similarity attention"
-    report = write_html_report(dump.out_dir, results, title=f"{kind}: {title}" if title else kind)
+    page_title = f"{kind}: {title}" if title else kind
+    panels_page = write_html_report(dump.out_dir, results, title=page_title, file_name=PANELS_PAGE)
+
+    g_pids, g_camids = np.concatenate(tracker.pids), np.concatenate(tracker.camids)
+    run, failures = None, None
+    if kept.distances is not None:
+        run = run_summary(
+            kept.distances, encoded.all_pids, encoded.all_camids, g_pids, g_camids,
+            f"all {len(encoded.all_pids)} queries",
+        )
+        stripes = model.explainability.decomposable_stripes
+        if stripes and kept.embeddings is not None:
+            failures = failure_analysis(
+                kept.distances, encoded.all_embeddings, kept.embeddings, stripes, encoded.all_pids,
+                encoded.all_camids, g_pids, g_camids,
+            )
+    chosen_rows = np.arange(len(encoded.queries)) if run is None else encoded.chosen
+    if run is None:
+        run = run_summary(
+            tracker.distances(), tracker.query_pids, tracker.query_camids, g_pids, g_camids,
+            f"the {len(encoded.queries)} explained queries only",
+        )
+    query_records = []
+    explorer_queries = []
+    for qi, q in enumerate(encoded.queries):
+        ap = None if run is None or np.isnan(run.ap[chosen_rows[qi]]) else float(run.ap[chosen_rows[qi]])
+        first = 0 if run is None else int(run.first_match_rank[chosen_rows[qi]])
+        query_records.append({"query_index": q.index, "query_path": q.path, "query_pid": q.pid, "ap": ap,
+                              "first_match_rank": first})
+        explorer_queries.append(ExplorerQuery(
+            dump.images(q.path), f"{os.path.basename(q.path)} (query {q.index})", q.pid, ap, first,
+            dump.explorer.get(qi, []),
+            [(os.path.relpath(p.path, dump.out_dir), p.caption) for p in dump.extra_panels.get(qi, [])],
+        ))
+    removed = "kept" if options.keep_same_camera else "removed"
+    notes = [
+        f"{len(encoded.queries)} queries explained, sorted by average precision (worst first); each with its top "
+        f"{options.topk} gallery images by the model's own distance (gallery images of the query's identity and "
+        f"camera {removed}). Panels for papers: {PANELS_PAGE}.",
+    ]
+    tables = [] if failures is None else [failure_table(failures, len(encoded.all_pids))]
+    explorer = write_explorer(
+        os.path.join(dump.out_dir, EXPLORER_PAGE), explorer_queries, dump.explainers, title=page_title,
+        stats=None if run is None else run.stats, tables=tables, notes=notes,
+    )
     if attribution:
         method = {"explained_with": "attribution", "levels": dump.levels, "same": None,
                   "mean_level_share": level_shares(dump)}
@@ -694,9 +992,17 @@ def write_explanations(
     summary = {
         "dataset": title, **method,
         "num_queries": len(encoded.queries), "num_gallery": tracker.num_gallery, **summarize_dump(dump),
-        "report": os.path.abspath(report), "json": os.path.abspath(os.path.join(dump.out_dir, "explanations.json")),
+        "run": None if run is None else {
+            "queries": run.stats.source, "rank1": run.stats.cmc[0], "mAP": run.stats.mAP, "mINP": run.stats.mINP,
+            "cmc": run.stats.cmc[:20],
+        },
+        **({} if failures is None else {"failures": failures}),
+        "report": os.path.abspath(explorer), "panels_page": os.path.abspath(panels_page),
+        "json": os.path.abspath(os.path.join(dump.out_dir, "explanations.json")),
     }
-    write_json(summary["json"], {"summary": summary, "pairs": dump.pairs, "triplets": dump.triplets})
+    write_json(summary["json"], {
+        "summary": summary, "queries": query_records, "pairs": dump.pairs, "triplets": dump.triplets,
+    })
     return summary
 
 

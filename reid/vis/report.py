@@ -1,6 +1,6 @@
 """A self-contained HTML report of ranked matches and their explanation panels.
 
-:func:`write_html_report` writes ``out_dir/index.html`` and puts every image it shows under
+:func:`write_html_report` writes ``out_dir/index.html`` (or another page name) and puts every image it shows under
 ``out_dir`` (files already inside ``out_dir`` are linked where they are, others are copied to
 ``out_dir/<image_dir>/``). All links are relative, the CSS is inline and there is no script, so
 the folder can be moved, archived or opened from disk. All text is HTML-escaped.
@@ -198,8 +198,9 @@ def write_html_report(
     query_results: Sequence[QueryResult],
     title: str = "Similarity attention explanations",
     image_dir: str = "images",
+    file_name: str = "index.html",
 ) -> Path:
-    """Writes ``out_dir/index.html`` listing each query with its ranked matches and panels.
+    """Writes ``out_dir/file_name`` listing each query with its ranked matches and panels.
 
     Every image shown (queries, gallery images, panels, extra panels) must exist. Images outside
     ``out_dir`` are copied into ``out_dir/image_dir`` (each source file once); images inside
@@ -210,9 +211,10 @@ def write_html_report(
         query_results: one entry per query.
         title: page title (escaped).
         image_dir: subfolder of ``out_dir`` for copied images.
+        file_name: file name of the page.
 
     Returns:
-        Path of the written ``index.html``.
+        Path of the written page.
 
     Raises:
         FileNotFoundError: an image referenced by ``query_results`` does not exist.
@@ -243,7 +245,9 @@ def write_html_report(
             "",
         ]
     )
-    index = out / "index.html"
+    if Path(file_name).name != file_name:
+        raise ValueError(f"file_name must be a file name inside out_dir, got {file_name!r}")
+    index = out / file_name
     index.write_text(page, encoding="utf-8")
     logger.info("wrote %s (%d queries, %d images)", index, len(query_results), len(assets.links))
     return index

@@ -6,6 +6,7 @@ distance matrix, evaluation protocol, stable sort); the trunk is counted per ima
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -16,8 +17,10 @@ from reid.builders import build_engine
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
 from reid.engine.evaluation import extract_dataset_features
 from reid.metrics import compute_distance_matrix
+from reid.metrics.rank import evaluate
 from reid.models.pcb import PCB
 from tests.conftest import tiny_overrides
+from tests.vis.browser import canvas_pixels, open_page
 from tests.vis.test_report_browser import find_browser, images_in_browser
 from reid.cli import explain as explain_tool
 from reid.explain.dump import person_energy, spread_indices
@@ -142,7 +145,8 @@ def test_mask_fraction_by_hand(tmp_path):
 def test_dump_files_ranks_and_correct_flags(head_run, oracle):
     summary, content, _, out = head_run
     report = out / "explanations"
-    assert (report / "index.html").is_file()
+    assert (report / "index.html").is_file() and (report / "panels.html").is_file()
+    assert summary["report"] == str((report / "index.html").resolve())
     assert summary["explained_with"] == "head" and summary["same"] == "truth"
     pairs = content["pairs"]
     assert len(pairs) == summary["num_pairs"] == NUM_QUERIES * TOPK
@@ -183,9 +187,10 @@ def test_mask_fractions_in_unit_interval(head_run):
 
 def test_trunk_runs_once_per_image(head_run, oracle):
     summary, _, calls, _ = head_run
-    _, gallery, _ = oracle
+    query, gallery, _ = oracle
     assert summary["num_gallery"] == len(gallery.paths)
-    assert calls["trunk_images"] == NUM_QUERIES + len(gallery.paths)
+    # every query once (the run's statistics need all of them), every gallery image once
+    assert calls["trunk_images"] == len(query.paths) + len(gallery.paths)
     assert calls["forward"] == 0  # no full-model pass: everything after the trunk is head-only
 
 
@@ -206,12 +211,12 @@ def test_triplets(head_run, oracle):
     assert len(list((out / "explanations" / "triplets").iterdir())) == NUM_QUERIES
 
 
-def test_report_images_load_in_a_browser(head_run):
+def test_panel_page_images_load_in_a_browser(head_run):
     browser = find_browser()
     if browser is None:
         pytest.skip("no Chromium/Chrome found; install one with: apt-get install -y chromium")
     _, content, _, out = head_run
-    result = images_in_browser(out / "explanations" / "index.html", browser)
+    result = images_in_browser(out / "explanations" / "panels.html", browser)
     assert result["broken"] == []
     # per query: its thumb, a thumb and a panel per match, a triplet panel
     assert result["total"] == NUM_QUERIES * (1 + 2 * TOPK + 1)
@@ -272,3 +277,85 @@ def test_unknown_layer_is_refused_before_any_work(checkpoint, tiny_data_root, tm
     with pytest.raises(SystemExit, match="cannot explain layer 'layer9'.*TEST.EXPLAIN_LAYER"):
         run_explain(checkpoint, tiny_data_root, tmp_path, "TEST.EXPLAIN_LAYER", "layer9")
     assert not (tmp_path / "explanations").exists()
+
+
+def oracle_result(oracle):
+    query, gallery, dist = oracle
+    return evaluate(dist, query.pids, gallery.pids, query.camids, gallery.camids, max_rank=min(50, dist.shape[1]),
+                    tie_break="stable")
+
+
+def test_run_statistics_cover_every_query(head_run, oracle):
+    summary, content, _, _ = head_run
+    query, _, _ = oracle
+    truth = oracle_result(oracle)
+    run = summary["run"]
+    assert run["queries"] == f"all {len(query.paths)} queries"
+    assert run["rank1"] == pytest.approx(float(truth.cmc[0])) and run["mAP"] == pytest.approx(float(truth.mAP))
+    assert run["mINP"] == pytest.approx(float(truth.mINP))
+    records = {r["query_index"]: r for r in content["queries"]}
+    assert sorted(records) == spread_indices(len(query.paths), NUM_QUERIES)
+    for qi, record in records.items():
+        expected = truth.ap[qi]
+        assert (record["ap"] is None) == bool(np.isnan(expected))
+        if record["ap"] is not None:
+            assert record["ap"] == pytest.approx(float(expected))
+        assert record["first_match_rank"] == int(truth.first_match_rank[qi])
+
+
+def test_failure_table_by_hand(head_run, oracle):
+    summary, _, _, _ = head_run
+    query, gallery, dist = oracle
+    closest, favoured, margins = [0, 0], [0, 0], []
+    for qi in range(len(query.paths)):
+        order = oracle_order(oracle, qi)
+        true = [j for j in order if gallery.pids[j] == query.pids[qi]]
+        if not true or gallery.pids[order[0]] == query.pids[qi]:
+            continue
+        q = query.features[qi].double().reshape(2, -1)
+        imp = ((q - gallery.features[order[0]].double().reshape(2, -1)) ** 2).sum(1).numpy()
+        tru = ((q - gallery.features[true[0]].double().reshape(2, -1)) ** 2).sum(1).numpy()
+        closest[int(np.argmin(imp))] += 1
+        favoured[int(np.argmax(tru - imp))] += 1
+        margins.append(tru - imp)
+    failures = summary["failures"]
+    assert failures["num_wrong_top1"] == len(margins) > 0
+    assert failures["closest"] == closest and failures["most_favoured"] == favoured
+    assert failures["mean_margin"] == pytest.approx(np.mean(margins, axis=0).tolist(), rel=1e-4, abs=1e-6)
+
+
+def test_small_budget_keeps_the_statistics_to_the_explained_queries(checkpoint, tiny_data_root, tmp_path, head_run):
+    summary, content, _ = run_explain(checkpoint, tiny_data_root, tmp_path, "--max-matrix-mb", "0")
+    assert summary["run"]["queries"] == f"the {NUM_QUERIES} explained queries only"
+    assert "failures" not in summary
+    # the per-query AP does not depend on which other queries are covered
+    assert [(r["query_index"], r["ap"]) for r in content["queries"]] == [
+        (r["query_index"], pytest.approx(r["ap"]) if r["ap"] is not None else None) for r in head_run[1]["queries"]
+    ]
+
+
+def test_explorer_is_the_report_and_runs_in_a_browser(head_run):
+    summary, content, _, out = head_run
+    page = out / "explanations" / "index.html"
+    text = page.read_text(encoding="utf-8")
+    assert 'id="explorer-data"' in text and not re.search(r'<img[^>]+src="(?!data:)', text)
+    # queries by AP, worst first
+    aps = {r["query_index"]: r["ap"] for r in content["queries"]}
+    shown = [int(i) for i in re.findall(r"\(query (\d+)\)</h2>", text)]
+    assert sorted(shown) == sorted(aps)
+    ordered = [aps[i] for i in shown]
+    known = [a for a in ordered if a is not None]
+    assert known == sorted(known) and ordered[: len(known)] == known
+    with open_page(page) as opened:
+        p = opened.page
+        assert p.locator("canvas.view").count() == 2 * NUM_QUERIES * TOPK
+        options = p.locator("#explainer option").evaluate_all("os => os.map(o => o.value)")
+        assert options == ["attention", "decomposition", "none"]
+        first = 'canvas.view[data-side="gallery"]'
+        before = canvas_pixels(p, first)
+        p.select_option("#explainer", "decomposition")
+        assert canvas_pixels(p, first) != before
+        query = p.locator('canvas.view[data-side="query"]').first
+        query.hover(position={"x": 2, "y": 2})
+        assert p.locator(first).first.get_attribute("data-highlight") == "0"
+        assert opened.errors == []

@@ -103,7 +103,7 @@ def test_attribution_panels_join_the_report(explained):
     assert summary["explained_with"] == "attribution" and summary["levels"] == LEVELS
     pairs = content["pairs"]
     assert len(pairs) == NUM_QUERIES * TOPK == summary["num_pairs"]
-    page = (out / "index.html").read_text()
+    page = (out / "panels.html").read_text()
     assert "AVSL attribution" in page and "similarity attention" not in page
     linked = set(re.findall(r'src="([^"]+)"', page))
     for pair in pairs:
@@ -166,3 +166,20 @@ def test_triplets_are_refused_for_avsl(trained, tiny_data_root, tmp_path):
             "--config", CONFIG, "--weights", str(trained[0]), "--triplets", "--no-progress",
             *avsl_overrides(tiny_data_root, tmp_path),
         ])
+
+
+def test_explorer_offers_one_view_per_level(explained):
+    summary, content, out = explained
+    text = (out / "index.html").read_text(encoding="utf-8")
+    found = re.search(r'<script type="application/json" id="explorer-data">(.*?)</script>', text, re.DOTALL)
+    data = json.loads(found.group(1))
+    assert [e["key"] for e in data["explainers"]] == [f"level{k}" for k in range(len(LEVELS))]
+    assert summary["run"]["queries"].startswith("all ") and "failures" not in summary
+    records = {(p["query_index"], p["rank"]): p for p in content["pairs"]}
+    for query in data["queries"]:
+        for match in query["matches"]:
+            assert sorted(match["maps"]) == [f"level{k}" for k in range(len(LEVELS))]
+            assert "corr" not in match
+    # the level bars are the attribution's level totals, which sum to d_hat
+    bars = re.findall(r'<span class="bar-value">([^<]+)</span>', text)
+    assert len(bars) == len(LEVELS) * len(records)
