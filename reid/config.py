@@ -216,6 +216,10 @@ _C.TEST.RANKS = [1, 5, 10, 20]
 _C.TEST.METRIC_CUHK03 = False
 # Apply k-reciprocal re-ranking (Zhong et al., CVPR 2017) to the distance matrix.
 _C.TEST.RERANK = False
+# Largest query x gallery float32 distance matrix (MB) built whole. Above it the evaluation ranks
+# blocks of rows computed from the features (same numbers, bounded memory; docs/evaluation.md,
+# "Large galleries"), and reid explain keeps its run statistics to the explained queries.
+_C.TEST.MAX_MATRIX_MB = 2048.0
 # Layer that tools/explain.py explains (its --layer overrides this). Empty: the layer the
 # embedding is pooled from (layer4), through the cheap head-only path where the model has one
 # (docs/method.md section 2). A name (e.g. "layer1"): that layer, on the full model.
@@ -503,6 +507,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "OPTIM.GAMMA": ((lambda v: _is_number(v) and 0 < v <= 1), "a number in (0, 1]"),
     "OPTIM.MAX_EPOCH": _NON_NEGATIVE_INT,
     "TEST.EVAL_FREQ": _int_at_least(0, " (0: only after the last epoch)"),
+    "TEST.MAX_MATRIX_MB": ((lambda v: _is_number(v) and v >= 0), "a finite number >= 0 (0: always stream)"),
     "TRAIN.PRINT_FREQ": _POSITIVE_INT,
     "TRAIN.CHECKPOINT_FREQ": _POSITIVE_INT,
     "DIST.TIMEOUT_MIN": _POSITIVE_INT,

@@ -23,7 +23,8 @@ per-stripe bars, a failure table); ``panels.html`` over the PNG panels for paper
 ``triplets/``, ``attributions/``); and ``explanations.json`` (per pair the paths, identities,
 distance, rank, correctness, the map energy inside the person mask where the dataset has masks;
 per query its AP; a summary). The run's statistics need every query's distances to the gallery
-(float32); above ``--max-matrix-mb`` they cover the explained queries only. What each step does precisely: :mod:`reid.explain.dump`; ``docs/method.md``
+(float32); above ``--max-matrix-mb`` (default ``TEST.MAX_MATRIX_MB``) they cover the explained
+queries only. What each step does precisely: :mod:`reid.explain.dump`; ``docs/method.md``
 sections 2, 4 and 5.
 """
 
@@ -66,8 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--feeders", type=int, default=3, help="attribution: lower-level nodes shown for the rectified node")
     parser.add_argument(
-        "--max-matrix-mb", type=float, default=1024.0,
-        help="largest all-queries x gallery distance matrix kept for the run's statistics (above: explained queries only)",
+        "--max-matrix-mb", type=float, default=None,
+        help="largest all-queries x gallery distance matrix (MB) kept for the run's statistics (above: explained "
+        "queries only; default: TEST.MAX_MATRIX_MB)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OUTPUT_DIR out")
@@ -76,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--num-queries and --topk must be positive")
     if args.top_nodes < 1 or args.feeders < 1:
         parser.error("--top-nodes and --feeders must be positive")
-    if args.max_matrix_mb < 0:
+    if args.max_matrix_mb is not None and args.max_matrix_mb < 0:
         parser.error("--max-matrix-mb must be non-negative")
     if args.batch_size < 0:
         parser.error("--batch-size must be positive (or 0: SAMPLER.BATCH_SIZE_TEST)")
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     options = ExplainOptions(
         num_queries=args.num_queries, topk=args.topk, triplets=args.triplets, same=args.same, layer=layer,
         keep_same_camera=args.keep_same_camera, batch_size=args.batch_size or cfg.SAMPLER.BATCH_SIZE_TEST,
-        top_nodes=args.top_nodes, feeders=args.feeders, max_matrix_mb=args.max_matrix_mb,
+        top_nodes=args.top_nodes, feeders=args.feeders, max_matrix_mb=cfg.TEST.MAX_MATRIX_MB if args.max_matrix_mb is None else args.max_matrix_mb,
         progress=not args.no_progress,
     )
     dataset_name = next(iter(engine.test_loader))

@@ -38,7 +38,7 @@ from .amp import autocast_context, check_amp, deterministic_algorithms, to_float
 from .checkpoint import checkpoint_path, remove_orphan_files, restore_training_state
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
-from .evaluation import EvalOptions, evaluate_targets, rank_features
+from .evaluation import EvalOptions, FeatureFiles, evaluate_targets, rank_features
 from .hooks import CheckpointHook, CMCPlotHook, EvaluationHook, Hook, MetricsHook, TensorBoardHook
 from .hooks import metrics_content
 from .torchreid_compat import TorchreidEngine, check_run_arguments
@@ -113,6 +113,8 @@ class ReidEngine(TorchreidEngine):
         self.progress = progress
         self.history: list[dict[str, Any]] = []
         self.cmc_curves: dict[str, list[float]] = {}
+        # reid test --save-features / --features: where evaluate() writes or reads the features
+        self.feature_files: FeatureFiles | None = None
         self.hooks: list[Hook] = []  # extra hooks of run(), after the default ones
         self.results: dict[str, dict[str, float]] | None = None  # the run's last evaluation
         self.start_epoch = self.max_epoch = self.num_batches = self.batch_idx = 0
@@ -356,7 +358,7 @@ class ReidEngine(TorchreidEngine):
         ``{target: {rank1, ..., mAP, mINP}}``, keeps each target's CMC curve in :attr:`cmc_curves`."""
         results, curves = evaluate_targets(
             self.model, self.test_loader, self.score, self.device, self.progress, self.amp,
-            self.channels_last,
+            self.channels_last, self.feature_files,
         )
         self.cmc_curves.update(curves)
         return results

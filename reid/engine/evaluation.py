@@ -7,6 +7,8 @@ training and feature extraction is in ``reid/engine/amp.py``.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -15,7 +17,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from reid.metrics import evaluate
+from reid.metrics import DistanceRows, evaluate
+from reid.metrics.rerank import rerank_memory_mb
 
 from .amp import autocast_context, check_amp
 
@@ -32,6 +35,11 @@ class EvalOptions:
         ranks: CMC ranks to report.
         use_metric_cuhk03: CUHK03 single-gallery-shot protocol.
         rerank: k-reciprocal re-ranking of the distance matrix.
+        max_matrix_mb: largest query x gallery float32 distance matrix built whole; above it
+            the evaluation streams blocks of rows (:class:`reid.metrics.DistanceRows`, same
+            numbers) and re-ranking, which needs far more, is refused with the memory it would
+            need (:func:`reid.metrics.rerank.rerank_memory_mb`) when that exceeds the memory
+            available.
     """
 
     dist_metric: str = "euclidean"
@@ -39,6 +47,7 @@ class EvalOptions:
     ranks: tuple[int, ...] = (1, 5, 10, 20)
     use_metric_cuhk03: bool = False
     rerank: bool = False
+    max_matrix_mb: float = 2048.0
 
 
 @dataclass
@@ -100,6 +109,86 @@ def extract_dataset_features(
     return ExtractedFeatures(torch.cat(feats), np.concatenate(pids), np.concatenate(camids), paths)
 
 
+FEATURES_FORMAT = 1
+
+
+def features_file(folder: str, target: str) -> str:
+    """``folder/<target>.npz``, the target's name made safe for a file name."""
+    return os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]", "_", target) + ".npz")
+
+
+def save_features(path: str, target: str, query: ExtractedFeatures, gallery: ExtractedFeatures) -> str:
+    """Writes one target's query and gallery features, identities, cameras and image paths to an
+    uncompressed ``.npz`` (plain arrays, read back without pickle). Returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    arrays: dict[str, np.ndarray] = {
+        "format": np.asarray(FEATURES_FORMAT), "target": np.asarray(target),
+    }
+    for split, extracted in (("query", query), ("gallery", gallery)):
+        arrays[f"{split}_features"] = extracted.features.float().cpu().numpy()
+        arrays[f"{split}_pids"] = np.asarray(extracted.pids)
+        arrays[f"{split}_camids"] = np.asarray(extracted.camids)
+        arrays[f"{split}_paths"] = np.asarray([str(p) for p in extracted.paths], dtype=np.str_)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    logger.info("features of %s written to %s (%d queries, %d gallery images)", target, path, len(query.pids),
+                len(gallery.pids))
+    return path
+
+
+def load_features(path: str, target: str | None = None) -> tuple[ExtractedFeatures, ExtractedFeatures]:
+    """Reads what :func:`save_features` wrote.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a features file of this format, inconsistent arrays, or (with ``target``)
+            the features of another target.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"features file not found: {path} (write it with reid test --save-features)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            content = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a features file written by reid test --save-features: {exc}") from exc
+    needed = {"format", "target"} | {f"{s}_{k}" for s in ("query", "gallery") for k in ("features", "pids", "camids", "paths")}
+    missing = sorted(needed - set(content))
+    if missing:
+        raise ValueError(f"{path} is not a features file written by reid test --save-features (missing {missing})")
+    if int(content["format"]) != FEATURES_FORMAT:
+        raise ValueError(f"{path} has features format {int(content['format'])}, this version reads {FEATURES_FORMAT}")
+    if target is not None and str(content["target"]) != target:
+        raise ValueError(f"{path} holds the features of {str(content['target'])!r}, not of {target!r}")
+    out = []
+    for split in ("query", "gallery"):
+        feats = content[f"{split}_features"]
+        pids, camids, paths = content[f"{split}_pids"], content[f"{split}_camids"], content[f"{split}_paths"]
+        if feats.ndim != 2 or not (len(feats) == len(pids) == len(camids) == len(paths)):
+            raise ValueError(f"{path}: the {split} arrays disagree in length or the features are not (N, D)")
+        out.append(ExtractedFeatures(torch.from_numpy(feats), pids, camids, [str(p) for p in paths]))
+    if out[0].features.shape[1] != out[1].features.shape[1]:
+        raise ValueError(f"{path}: query and gallery features have different dimensions")
+    return out[0], out[1]
+
+
+@dataclass(frozen=True)
+class FeatureFiles:
+    """Where an evaluation saves its extracted features, or reads them instead of extracting.
+
+    Attributes:
+        folder: one ``<target>.npz`` per target (:func:`features_file`).
+        mode: ``save`` (extract, then write) or ``load`` (read; the model is not run).
+    """
+
+    folder: str
+    mode: str
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("save", "load"):
+            raise ValueError(f"mode must be 'save' or 'load', got {self.mode!r}")
+
+
 @torch.no_grad()
 def evaluate_targets(
     model: nn.Module,
@@ -109,6 +198,7 @@ def evaluate_targets(
     progress: bool = True,
     amp: str = "off",
     channels_last: bool = False,
+    feature_files: FeatureFiles | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
     """Evaluates ``model`` on every target of a torchreid ``test_loader``.
 
@@ -118,6 +208,7 @@ def evaluate_targets(
         score: ranking metrics of query against gallery features (e.g. ``ReidEngine.score``);
             its result may carry the CMC curve as ``.cmc`` (see :func:`ranking_metrics`).
         device, progress, amp, channels_last: see :func:`extract_dataset_features`.
+        feature_files: save the extracted features, or load them instead of extracting.
 
     Returns:
         ``{target: {rank1, ..., mAP, mINP}}`` and ``{target: CMC curve}`` (targets whose scores
@@ -132,13 +223,19 @@ def evaluate_targets(
     try:
         for name, loaders in test_loader.items():
             try:
-                query, gallery = (
-                    extract_dataset_features(
-                        model, loaders[split], device, f"{name} {split}", progress, amp=amp,
-                        channels_last=channels_last,
+                if feature_files is not None and feature_files.mode == "load":
+                    query, gallery = load_features(features_file(feature_files.folder, name), name)
+                    logger.info("%s: features read from %s", name, features_file(feature_files.folder, name))
+                else:
+                    query, gallery = (
+                        extract_dataset_features(
+                            model, loaders[split], device, f"{name} {split}", progress, amp=amp,
+                            channels_last=channels_last,
+                        )
+                        for split in ("query", "gallery")
                     )
-                    for split in ("query", "gallery")
-                )
+                    if feature_files is not None:
+                        save_features(features_file(feature_files.folder, name), name, query, gallery)
                 scores = score(query, gallery)
             except Exception as exc:
                 exc.add_note(f"while evaluating the target '{name}'")
@@ -207,11 +304,56 @@ def rank_features(
             see :meth:`reid.engine.base.ReidEngine.distance_matrix`); the query-query and
             gallery-gallery matrices come from it too when ``options.rerank`` (k-reciprocal).
     """
-    distmat = distances(query.features, gallery.features).numpy()
+    num_q, num_g = len(query.features), len(gallery.features)
+    matrix_mb = 4.0 * num_q * num_g / 2**20
     if options.rerank:
         from reid.metrics import re_ranking
 
+        check_rerank_memory(num_q, num_g)
+        distmat = distances(query.features, gallery.features).numpy()
         q_q = distances(query.features, query.features).numpy()
         g_g = distances(gallery.features, gallery.features).numpy()
         distmat = re_ranking(distmat, q_q, g_g)
+    elif matrix_mb > options.max_matrix_mb:
+        logger.info(
+            "streaming evaluation: the %d x %d distance matrix would need %.0f MB (TEST.MAX_MATRIX_MB %.0f); "
+            "ranking blocks of rows instead (same numbers)", num_q, num_g, matrix_mb, options.max_matrix_mb,
+        )
+        distmat = DistanceRows.from_features(
+            query.features, gallery.features, distances, block_mb=min(STREAM_BLOCK_MB, options.max_matrix_mb)
+        )
+    else:
+        distmat = distances(query.features, gallery.features).numpy()
     return ranking_metrics(distmat, query, gallery, options.ranks, options.use_metric_cuhk03)
+
+
+# Size of one block of distance rows on the streaming path.
+STREAM_BLOCK_MB = 128.0
+
+
+def available_memory_mb() -> float | None:
+    """The memory the kernel says is available now (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def check_rerank_memory(num_query: int, num_gallery: int, available_mb: float | None = None) -> None:
+    """Refuses a re-ranking whose matrices would not fit the memory available now.
+
+    Raises:
+        MemoryError: with the memory it would need and what to do instead.
+    """
+    needed = rerank_memory_mb(num_query, num_gallery)
+    available = available_memory_mb() if available_mb is None else available_mb
+    if available is not None and needed > available:
+        raise MemoryError(
+            f"TEST.RERANK on {num_query} queries x {num_gallery} gallery images needs at least {needed / 1024:.1f} GB "
+            f"(its (Q+G)^2 distances), but {available / 1024:.1f} GB are available: set TEST.RERANK False "
+            "(the evaluation itself streams large galleries in bounded memory)"
+        )

@@ -1,7 +1,9 @@
 """Ranking metrics, distances, re-ranking and top-k retrieval (numpy/torch only).
 
 * :func:`evaluate_rank`: drop-in for ``torchreid.reid.metrics.evaluate_rank``, ``(cmc, mAP)``.
-* :func:`evaluate`: the same numbers plus mINP and per-query AP, as a :class:`RankingResult`.
+* :func:`evaluate`: the same numbers plus mINP and per-query AP, as a :class:`RankingResult`;
+  both take a :class:`DistanceRows` (rows computed block by block from the features) in place of
+  a matrix, for galleries whose full matrix does not fit in memory.
 * :func:`compute_distance_matrix`: torchreid's squared Euclidean / cosine distances, by chunks.
   :mod:`reid.metrics.distance` holds the project's only distance implementations, also used by
   the losses and AVSL (:func:`euclidean_distance`, :func:`paired_euclidean_distance`).
@@ -22,6 +24,7 @@ from reid.metrics.distance import (
 )
 from reid.metrics.rank import (
     CUHK03_NUM_REPEATS,
+    DistanceRows,
     NoValidQueryError,
     RankingResult,
     evaluate,
@@ -33,6 +36,7 @@ from reid.metrics.retrieval import TopK, build_faiss_index, smallest_k, topk_ret
 __all__ = [
     "CUHK03_NUM_REPEATS",
     "DISTANCE_METRICS",
+    "DistanceRows",
     "FeatureInput",
     "Metric",
     "NoValidQueryError",

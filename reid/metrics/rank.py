@@ -25,6 +25,12 @@ gallery distance among the true-match distances instead, with ``torch.searchsort
 sort but measured about 8 times slower per element on a CPU than numpy's value sort.) The CUHK03
 metric sorts indices like torchreid, since its sampling depends on the full ranking order.
 
+Memory: only a chunk of rows is ever sorted, so the full matrix need not exist. A
+:class:`DistanceRows` computes each chunk from the features when it is needed
+(:meth:`DistanceRows.from_features`); the numbers are the same as on the whole matrix, because it
+is the same code on the same rows. Peak memory is then the features plus a few ``block x G``
+arrays, whatever the number of queries (``docs/evaluation.md``, "Large galleries").
+
 Reference: CMC and mAP as in Zheng et al., "Scalable Person Re-identification: A Benchmark",
 ICCV 2015; mINP as in Ye et al., "Deep Learning for Person Re-identification: A Survey and
 Outlook", TPAMI 2021 (AGW baseline): INP = |true matches| / rank of the hardest true match.
@@ -34,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Callable, Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -43,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CUHK03_NUM_REPEATS",
+    "DistanceRows",
     "NoValidQueryError",
     "RankingResult",
     "evaluate",
@@ -257,7 +264,10 @@ def _evaluate(
         raise ValueError(f"tie_break must be 'numpy' or 'stable', got {tie_break!r}")
     if max_rank < 0:
         raise ValueError(f"max_rank must be >= 0, got {max_rank}")
-    dist = distmat.detach() if isinstance(distmat, torch.Tensor) else np.asarray(distmat)
+    if isinstance(distmat, DistanceRows):
+        dist = distmat
+    else:
+        dist = distmat.detach() if isinstance(distmat, torch.Tensor) else np.asarray(distmat)
     if dist.ndim != 2:
         raise ValueError(f"distmat must be 2-D (Q, G), got shape {tuple(dist.shape)}")
     num_q, num_g = (int(s) for s in dist.shape)
@@ -267,7 +277,10 @@ def _evaluate(
         logger.warning("Note: number of gallery samples is quite small, got %d", num_g)
         max_rank = num_g
     if chunk_size is None:
-        chunk_size = max(1, _CHUNK_ELEMENTS // max(num_g, 1))
+        if isinstance(dist, DistanceRows):
+            chunk_size = dist.block_rows
+        else:
+            chunk_size = max(1, _CHUNK_ELEMENTS // max(num_g, 1))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if device is None:
@@ -342,7 +355,74 @@ def _work_dtype(dtype: torch.dtype | np.dtype) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def _rows_numpy(dist: np.ndarray | torch.Tensor, start: int, stop: int) -> np.ndarray:
+class DistanceRows:
+    """A ``(Q, G)`` distance matrix that is computed block of rows by block of rows, never whole.
+
+    :func:`evaluate` and :func:`evaluate_rank` take it in place of a matrix and rank its rows
+    ``block_rows`` at a time, with the same code and hence the same numbers as on the full matrix
+    (every tie order, the CUHK03 sampling): memory is ``block_rows x G`` distances plus what
+    ``rows_of`` needs, whatever ``Q``. The last block is cached (a block with ties is read twice).
+
+    Args:
+        rows_of: ``(start, stop) -> (stop - start, G)`` distances (numpy array or tensor).
+        shape: ``(Q, G)``.
+        block_rows: rows per block.
+        dtype: dtype of the rows (float32 for torchreid's distances).
+    """
+
+    ndim = 2
+
+    @classmethod
+    def from_features(
+        cls,
+        query: torch.Tensor,
+        gallery: torch.Tensor,
+        distances: Callable[[torch.Tensor, torch.Tensor], np.ndarray | torch.Tensor],
+        block_mb: float = 128.0,
+    ) -> "DistanceRows":
+        """The rows ``distances(query[start:stop], gallery)``, blocks of about ``block_mb`` MB.
+
+        Args:
+            query: ``(Q, D)`` features.
+            gallery: ``(G, D)`` features.
+            distances: ``(b, D), (G, D) -> (b, G)`` distances, e.g. the model's own.
+            block_mb: size of one block of float32 rows.
+        """
+        num_q, num_g = int(query.shape[0]), int(gallery.shape[0])
+        block_rows = max(1, min(num_q, int(block_mb * 2**20 // (4 * max(num_g, 1)))))
+        return cls(lambda start, stop: distances(query[start:stop], gallery), (num_q, num_g), block_rows)
+
+    def __init__(
+        self,
+        rows_of: Callable[[int, int], np.ndarray | torch.Tensor],
+        shape: tuple[int, int],
+        block_rows: int,
+        dtype: np.dtype | type = np.float32,
+    ) -> None:
+        if block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        self.rows_of = rows_of
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.block_rows = int(block_rows)
+        self.dtype = np.dtype(dtype)
+        self._cached: tuple[int, int, np.ndarray] | None = None
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("DistanceRows supports row slices only")
+        start, stop, _ = key.indices(self.shape[0])
+        if self._cached is None or self._cached[:2] != (start, stop):
+            rows = self.rows_of(start, stop)
+            rows = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+            if rows.shape != (stop - start, self.shape[1]):
+                raise ValueError(
+                    f"rows_of({start}, {stop}) returned shape {rows.shape}, expected {(stop - start, self.shape[1])}"
+                )
+            self._cached = (start, stop, np.asarray(rows, dtype=self.dtype))
+        return self._cached[2]
+
+
+def _rows_numpy(dist: np.ndarray | torch.Tensor | DistanceRows, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of the distance matrix as numpy, in its own dtype."""
     if isinstance(dist, torch.Tensor):
         return dist[start:stop].cpu().numpy()

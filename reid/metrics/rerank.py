@@ -34,7 +34,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["re_ranking"]
+__all__ = ["re_ranking", "rerank_memory_mb"]
 
 Matrix = Union[np.ndarray, torch.Tensor]
 
@@ -42,6 +42,19 @@ Matrix = Union[np.ndarray, torch.Tensor]
 _CHUNK_ELEMENTS = 1 << 22
 # Candidate members (rows x k x k/2) tested per block of the neighbourhood expansion.
 _MEMBERSHIP_ELEMENTS = 1 << 22
+
+
+def rerank_memory_mb(num_query: int, num_gallery: int) -> float:
+    """A lower bound of the memory, in MB, that :func:`re_ranking` needs for its inputs and output.
+
+    Its inputs are the float32 ``(Q, G)``, ``(Q, Q)`` and ``(G, G)`` distances (the last is the
+    wall: 27 GB at MSMT17 size), and it returns and works on ``(Q, G)`` float32 matrices (the
+    squared original distances, the Jaccard distances, the result). The sparse encodings add
+    ``O((Q + G) k1)`` on top. Callers refuse a re-ranking above their memory budget with this
+    figure instead of letting the process be killed.
+    """
+    q, g = int(num_query), int(num_gallery)
+    return 4.0 * (q * q + g * g + 4 * q * g) / 2**20
 
 
 def re_ranking(

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,74 @@ def test_corrupt_and_missing_images_are_named(tiny_data_root, tmp_path):
         dataset[0]
     with pytest.raises(ImageReadError, match=os.path.basename(missing)):
         dataset[1]
+
+
+def test_streaming_evaluation_and_saved_features_give_the_same_numbers(tiny_data_root, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train_tool.main(["--config", CONFIG, "--no-progress", *tiny_overrides(tiny_data_root, out)])
+    ckpt = str(out / "checkpoints" / "checkpoint_last.pth")
+    dense = test_tool.main(["--config", CONFIG, "--weights", ckpt, "--no-progress", "--save-features",
+                            str(tmp_path / "feats"), *tiny_overrides(tiny_data_root, tmp_path / "dense")])
+    (saved,) = list((tmp_path / "feats").iterdir())
+    assert saved.suffix == ".npz"
+    # a tiny budget: the engine ranks blocks of rows instead of the whole matrix, same numbers
+    from reid.engine import evaluation
+    from reid.metrics import DistanceRows
+
+    blocks, original = [], DistanceRows.from_features.__func__
+    monkeypatch.setattr(evaluation.DistanceRows, "from_features", classmethod(
+        lambda cls, *a, **k: blocks.append(original(cls, *a, **k)) or blocks[-1]
+    ))
+    streamed = test_tool.main(["--config", CONFIG, "--weights", ckpt, "--no-progress",
+                               *tiny_overrides(tiny_data_root, tmp_path / "stream"), "TEST.MAX_MATRIX_MB", "0.0001"])
+    monkeypatch.undo()
+    (rows,) = blocks
+    assert rows.block_rows < rows.shape[0]  # really by blocks
+    for key in ("rank1", "rank5", "mAP", "mINP"):
+        assert streamed[key] == dense[key], key
+    assert streamed["cmc"] == dense["cmc"]
+    # from the saved features: the model never runs on an image, the numbers are the same
+    with pytest.MonkeyPatch.context() as patch:
+        calls = []
+        from reid.models.pcb import PCB
+
+        original = PCB.forward
+        patch.setattr(PCB, "forward", lambda self, x: calls.append(len(x)) or original(self, x))
+        loaded = test_tool.main(["--config", CONFIG, "--weights", ckpt, "--no-progress", "--features",
+                                 str(tmp_path / "feats"), *tiny_overrides(tiny_data_root, tmp_path / "loaded")])
+    assert calls == []
+    for key in ("rank1", "rank5", "mAP", "mINP"):
+        assert loaded[key] == dense[key], key
+    assert loaded["features"] == str((tmp_path / "feats").resolve())
+
+
+def test_saved_features_are_checked(tiny_data_root, tmp_path, capsys):
+    from reid.engine.evaluation import ExtractedFeatures, load_features, save_features
+
+    query = ExtractedFeatures(torch.ones(2, 3), np.array([1, 2]), np.array([0, 1]), ["a.jpg", "b.jpg"])
+    gallery = ExtractedFeatures(torch.zeros(3, 3), np.array([1, 2, 2]), np.array([1, 0, 1]), ["c", "d", "e"])
+    path = save_features(str(tmp_path / "t.npz"), "synthetic", query, gallery)
+    q, g = load_features(path, "synthetic")
+    assert torch.equal(q.features, query.features) and q.paths == query.paths and list(g.pids) == [1, 2, 2]
+    with pytest.raises(ValueError, match="not of 'duke'"):
+        load_features(path, "duke")
+    with pytest.raises(FileNotFoundError, match="save-features"):
+        load_features(str(tmp_path / "missing.npz"))
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a features file"):
+        load_features(str(tmp_path / "bad.npz"))
+    np.savez(tmp_path / "other.npz", x=np.ones(3))
+    with pytest.raises(ValueError, match="missing"):
+        load_features(str(tmp_path / "other.npz"))
+    with pytest.raises(SystemExit):
+        test_tool.parse_args(["--config", CONFIG, "--weights", "w.pth", "--features", str(tmp_path / "nope")])
+    assert "--features: no such folder" in capsys.readouterr().err
+
+
+def test_rerank_beyond_the_memory_is_refused_with_its_size():
+    from reid.engine.evaluation import check_rerank_memory
+
+    check_rerank_memory(100, 1000, available_mb=1000)  # 4 MB: fine
+    # MSMT17 size: 4 bytes x (11659^2 + 82161^2 + 4 x 11659 x 82161) = 42.87e9 bytes = 39.9 GiB
+    with pytest.raises(MemoryError, match=r"needs at least 39\.9 GB.*24\.0 GB are available.*TEST.RERANK False"):
+        check_rerank_memory(11659, 82161, available_mb=24 * 1024)
