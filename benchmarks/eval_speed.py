@@ -11,19 +11,39 @@ Problems (identity centres plus noise, squared Euclidean distances as torchreid 
 * ``duke``: DukeMTMC-reID sized, 2228 queries x 17661 gallery, 702 identities, 8 cameras;
 * ``cuhk03``: CUHK03-NP sized, 1400 queries x 5332 gallery, 700 identities, 2 cameras.
 
+**Large galleries** (``--sizes``): each evaluator runs in its own subprocess, which builds the
+features, then times the evaluation (distances and ranking) and reports its peak resident memory
+(``ru_maxrss``, features included). Sizes:
+
+* ``msmt17``: MSMT17 sized, 11659 queries x 82161 gallery, 3060 identities, 15 cameras;
+* ``market500k``: Market-1501 with the 500k distractors, 3368 queries x 515913 gallery (15913
+  images of 750 identities plus 500000 distractors of their own identities), 6 cameras.
+
+Evaluators: ``streaming`` (blocks of rows, :class:`reid.metrics.DistanceRows`, what the engine
+uses above ``TEST.MAX_MATRIX_MB``), ``dense`` (the whole matrix, then :func:`reid.metrics.evaluate`)
+and torchreid's ``evaluate_rank`` on the whole matrix. One that would need more memory than is
+available (estimated before it starts: 4 bytes per cell for the matrix, about 25 for torchreid's
+argsort and label matrices) is not run, and the table says how much it would have needed. The
+streaming and dense results must be identical (CMC, mAP and every query's AP), else exit 1.
+
 Usage::
 
     python benchmarks/eval_speed.py                      # both problems, evaluation only
     python benchmarks/eval_speed.py --rerank             # also re-ranking on cuhk03
     python benchmarks/eval_speed.py --problems cuhk03 --device cuda --repeats 5
+    python benchmarks/eval_speed.py --sizes msmt17 market500k   # large galleries, time and memory
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
+import json
 import logging
+import resource
+import subprocess
 import sys
 import time
 import warnings
@@ -34,7 +54,7 @@ import numpy as np
 import torch
 
 
-from reid.metrics import compute_distance_matrix, evaluate_rank, re_ranking
+from reid.metrics import DistanceRows, compute_distance_matrix, evaluate, evaluate_rank, re_ranking
 
 logger = logging.getLogger("eval_speed")
 
@@ -56,6 +76,147 @@ PROBLEMS = {
     "duke": ProblemSpec("duke", 2228, 17661, 702, 8),
     "cuhk03": ProblemSpec("cuhk03", 1400, 5332, 700, 2),
 }
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """A large evaluation problem: identities with query and gallery images, plus distractors."""
+
+    name: str
+    num_query: int
+    num_gallery: int  # images of the query identities
+    num_ids: int
+    num_cams: int
+    num_distractors: int = 0
+
+
+SIZES = {
+    "msmt17": SizeSpec("msmt17", 11659, 82161, 3060, 15),
+    "market500k": SizeSpec("market500k", 3368, 15913, 750, 6, 500000),
+}
+EVALUATORS = ("streaming", "dense", "torchreid")
+# Bytes per query x gallery cell: the float32 matrix; torchreid adds its int64 argsort, the
+# int64 label gather, the bool and int32 match matrices.
+_CELL_BYTES = {"streaming": 0.0, "dense": 4.0, "torchreid": 25.0}
+
+
+def make_large(spec: SizeSpec, dim: int, noise: float, seed: int) -> tuple[torch.Tensor, ...]:
+    """Features and labels of a :class:`SizeSpec` (identity centres plus noise; every
+    distractor is an identity of its own, so it is never a true match)."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(spec.num_ids, dim, generator=gen)
+    g_pids = torch.cat([torch.arange(spec.num_ids), torch.randint(0, spec.num_ids, (spec.num_gallery - spec.num_ids,),
+                                                                 generator=gen)])
+    q_pids = torch.randint(0, spec.num_ids, (spec.num_query,), generator=gen)
+    query = centres[q_pids] + noise * torch.randn(spec.num_query, dim, generator=gen)
+    # filled in place, by blocks: the generation's peak memory is the gallery itself
+    gallery = torch.empty(spec.num_gallery + spec.num_distractors, dim)
+    for start in range(0, len(gallery), 50000):
+        stop = min(start + 50000, len(gallery))
+        torch.randn(stop - start, dim, generator=gen, out=gallery[start:stop])
+        if start < spec.num_gallery:  # images of the query identities: centre plus noise
+            own = slice(start, min(stop, spec.num_gallery))
+            gallery[own] *= noise
+            gallery[own] += centres[g_pids[own]]
+        if stop > spec.num_gallery:  # distractors: identities of their own, same spread
+            extra = slice(max(start, spec.num_gallery), stop)
+            gallery[extra] *= (1 + noise**2) ** 0.5
+    if spec.num_distractors:
+        g_pids = torch.cat([g_pids, spec.num_ids + torch.arange(spec.num_distractors)])
+    q_cams = torch.randint(0, spec.num_cams, (spec.num_query,), generator=gen)
+    g_cams = torch.randint(0, spec.num_cams, (len(g_pids),), generator=gen)
+    return query, gallery, q_pids.numpy(), g_pids.numpy(), q_cams.numpy(), g_cams.numpy()
+
+
+def run_size_child(size: str, evaluator: str, dim: int, noise: float, seed: int, device: str,
+                   block_mb: float = 64.0) -> dict:
+    """One evaluator on one size, in this (child) process: time, peak memory and the result."""
+    spec = SIZES[size]
+    query, gallery, q_pids, g_pids, q_cams, g_cams = make_large(spec, dim, noise, seed)
+    start = time.perf_counter()
+    if evaluator == "streaming":
+        rows = DistanceRows.from_features(query, gallery, compute_distance_matrix, block_mb=block_mb)
+        result = evaluate(rows, q_pids, g_pids, q_cams, g_cams, max_rank=50, device=device)
+        cmc, m_ap, ap = result.cmc, float(result.mAP), result.ap
+    elif evaluator == "dense":
+        distmat = compute_distance_matrix(query, gallery).numpy()
+        result = evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=50, device=device)
+        cmc, m_ap, ap = result.cmc, float(result.mAP), result.ap
+    else:
+        distmat = compute_distance_matrix(query, gallery).numpy()
+        with contextlib.redirect_stdout(io.StringIO()):
+            cmc, m_ap = torchreid_evaluate_rank()(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=50,
+                                                  use_cython=False)
+        m_ap, ap = float(m_ap), None
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "mAP": m_ap,
+        "cmc": [float(v) for v in cmc],
+        "ap_sha256": None if ap is None else hashlib.sha256(np.ascontiguousarray(ap).tobytes()).hexdigest(),
+        "cells": int(len(q_pids)) * int(len(g_pids)),
+    }
+
+
+def available_mb() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def bench_size(size: str, evaluator: str, args: argparse.Namespace) -> dict:
+    """Runs :func:`run_size_child` in a subprocess (unless it could not fit in memory)."""
+    spec = SIZES[size]
+    cells = spec.num_query * (spec.num_gallery + spec.num_distractors)
+    features_mb = 4.0 * args.scale_dim * (spec.num_query + spec.num_gallery + spec.num_distractors) / 2**20
+    needed = features_mb + _CELL_BYTES[evaluator] * cells / 2**20
+    free = available_mb()
+    if free is not None and needed > 0.9 * free:
+        return {"skipped": f"needs about {needed / 1024:.1f} GB, {free / 1024:.1f} GB available"}
+    command = [
+        sys.executable, __file__, "--child", size, evaluator, "--scale-dim", str(args.scale_dim), "--noise",
+        str(args.noise), "--seed", str(args.seed), "--device", args.device, "--block-mb", str(args.block_mb),
+    ] + ([] if args.threads is None else ["--threads", str(args.threads)])
+    logger.info("%s: %s (about %.1f GB)", size, evaluator, needed / 1024)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"skipped": f"failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_sizes(args: argparse.Namespace) -> int:
+    rows = []
+    for size in args.sizes:
+        results = {evaluator: bench_size(size, evaluator, args) for evaluator in args.evaluators}
+        rows.append((size, results))
+    print(f"\n{'size':11} {'evaluator':10} {'time [s]':>9} {'peak [MB]':>10} {'vs streaming':>13}  result")
+    identical = True
+    for size, results in rows:
+        reference = results.get("streaming")
+        for evaluator, r in results.items():
+            if "skipped" in r:
+                print(f"{size:11} {evaluator:10} {'-':>9} {'-':>10} {'-':>13}  not run: {r['skipped']}")
+                continue
+            ratio = "" if not reference or "skipped" in reference else f"{r['seconds'] / reference['seconds']:12.2f}x"
+            same = ""
+            if reference and "skipped" not in reference and evaluator != "streaming":
+                equal = r["cmc"] == reference["cmc"] and r["mAP"] == reference["mAP"]
+                if r["ap_sha256"] is not None:
+                    equal = equal and r["ap_sha256"] == reference["ap_sha256"]
+                identical = identical and equal
+                same = ", identical to streaming" if equal else ", DIFFERS from streaming"
+            print(f"{size:11} {evaluator:10} {r['seconds']:9.1f} {r['peak_mb']:10.0f} {ratio:>13}  "
+                  f"mAP {r['mAP']:.4f} rank1 {r['cmc'][0]:.4f}{same}")
+    print(f"features: {args.scale_dim} floats per image; streaming blocks of {args.block_mb:.0f} MB; device {args.device}; torch threads "
+          f"{args.threads or torch.get_num_threads()}; peak = the subprocess's maximum resident memory, features "
+          "included; time = distances and ranking, after the features exist")
+    return 0 if identical else 1
 
 
 @dataclass(frozen=True)
@@ -218,6 +379,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--sizes", nargs="+", choices=sorted(SIZES), default=None,
+        help="large galleries instead of --problems: time and peak memory of each evaluator in a subprocess",
+    )
+    parser.add_argument("--evaluators", nargs="+", choices=EVALUATORS, default=list(EVALUATORS),
+                        help="evaluators of --sizes")
+    parser.add_argument(
+        "--scale-dim", type=int, default=512,
+        help="feature dimension of the --sizes problems (OSNet's 512; a ResNet-50 embedding has 2048)",
+    )
+    parser.add_argument("--block-mb", type=float, default=64.0,
+                        help="streaming: MB of float32 distances per block of rows (the engine uses 64)")
+    parser.add_argument("--child", nargs=2, metavar=("SIZE", "EVALUATOR"), help=argparse.SUPPRESS)
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
     )
     return parser.parse_args(argv)
@@ -228,6 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(run_size_child(*args.child, args.scale_dim, args.noise, args.seed, args.device, args.block_mb)))
+        return 0
+    if args.sizes:
+        return bench_sizes(args)
     rows = []
     needed = set(args.problems) | (set(args.rerank_problems) if args.rerank else set())
     for name in [p for p in PROBLEMS if p in needed]:

@@ -444,6 +444,7 @@ def build_engine(cfg: CfgNode, progress: bool = True, dist: DistributedContext |
         use_metric_cuhk03=cfg.TEST.METRIC_CUHK03,
         rerank=cfg.TEST.RERANK,
         max_matrix_mb=cfg.TEST.MAX_MATRIX_MB,
+        recall_ks=tuple(cfg.TEST.RECALL_KS),
     )
     base = dict(
         eval_options=eval_options, config=config_to_dict(cfg), progress=progress,

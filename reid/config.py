@@ -220,6 +220,9 @@ _C.TEST.RERANK = False
 # blocks of rows computed from the features (same numbers, bounded memory; docs/evaluation.md,
 # "Large galleries"), and reid explain keeps its run statistics to the explained queries.
 _C.TEST.MAX_MATRIX_MB = 2048.0
+# Recall@K reported on retrieval targets (cub200, cars196, sop, synthetic_retrieval): CUB and
+# Cars196 use 1, 2, 4, 8; Stanford Online Products 1, 10, 100, 1000.
+_C.TEST.RECALL_KS = [1, 2, 4, 8]
 # Layer that tools/explain.py explains (its --layer overrides this). Empty: the layer the
 # embedding is pooled from (layer4), through the cheap head-only path where the model has one
 # (docs/method.md section 2). A name (e.g. "layer1"): that layer, on the full model.
@@ -546,6 +549,9 @@ def _check_lists(cfg: CN) -> None:
     ranks = cfg.TEST.RANKS
     if not ranks or not all(_is_int(r) and r >= 1 for r in ranks):
         raise ConfigError(f"TEST.RANKS must be a non-empty list of integers >= 1, got {list(ranks)}")
+    recall_ks = cfg.TEST.RECALL_KS
+    if not recall_ks or not all(_is_int(k) and k >= 1 for k in recall_ks):
+        raise ConfigError(f"TEST.RECALL_KS must be a non-empty list of integers >= 1, got {list(recall_ks)}")
     weights = cfg.AVSL.LEVEL_WEIGHTS
     if not all(_is_number(w) and w >= 0 for w in weights):
         raise ConfigError(f"AVSL.LEVEL_WEIGHTS must be finite numbers >= 0, got {list(weights)}")

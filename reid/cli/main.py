@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-explanations": ("eval_explanations", "measure explanation quality on controlled synthetic triplets"),
     "check-data": ("check_data", "build and check the configured datasets"),
     "export": ("export", "export the embedding network to ONNX and check it with onnxruntime"),
+    "segment": ("segment", "one-shot segmentation: a pair's attention seeds GrabCut; IoU against baselines"),
 }
 
 

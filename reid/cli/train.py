@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
             destroy_distributed()
     if not world.is_main:
         return metrics
-    summary = ", ".join(f"{k} {metrics[k]:.1%}" for k in ("rank1", "rank5", "mAP", "mINP") if k in metrics)
+    summary = ", ".join(f"{k} {metrics[k]:.1%}" for k in ("rank1", "rank5", "mAP", "mINP", "map@r", "r_precision", "nmi") if k in metrics)
     logger.info("final: %s (checkpoint %s)", summary, engine.checkpoint_path)
     return metrics
 

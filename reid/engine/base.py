@@ -38,7 +38,7 @@ from .amp import autocast_context, check_amp, deterministic_algorithms, to_float
 from .checkpoint import checkpoint_path, remove_orphan_files, restore_training_state
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
-from .evaluation import EvalOptions, FeatureFiles, evaluate_targets, rank_features
+from .evaluation import EvalOptions, FeatureFiles, evaluate_targets, rank_features, retrieval_features
 from .hooks import CheckpointHook, CMCPlotHook, EvaluationHook, Hook, MetricsHook, TensorBoardHook
 from .hooks import metrics_content
 from .torchreid_compat import TorchreidEngine, check_run_arguments
@@ -358,7 +358,7 @@ class ReidEngine(TorchreidEngine):
         ``{target: {rank1, ..., mAP, mINP}}``, keeps each target's CMC curve in :attr:`cmc_curves`."""
         results, curves = evaluate_targets(
             self.model, self.test_loader, self.score, self.device, self.progress, self.amp,
-            self.channels_last, self.feature_files,
+            self.channels_last, self.feature_files, self.score_retrieval,
         )
         self.cmc_curves.update(curves)
         return results
@@ -373,6 +373,10 @@ class ReidEngine(TorchreidEngine):
             query.to(self.device), gallery.to(self.device), opts.dist_metric, opts.normalize_feature,
             chunk_size=self.chunk_size,
         ).cpu()
+
+    def score_retrieval(self, test: Any) -> dict[str, float]:
+        """Retrieval metrics of a retrieval target's test set with :meth:`distance_matrix`."""
+        return retrieval_features(test, self.eval_options, self.distance_matrix)
 
     def score(self, query: Any, gallery: Any) -> dict[str, float]:
         """Ranking metrics of query against gallery features with :meth:`distance_matrix`."""

@@ -40,6 +40,8 @@ class EvalOptions:
             numbers) and re-ranking, which needs far more, is refused with the memory it would
             need (:func:`reid.metrics.rerank.rerank_memory_mb`) when that exceeds the memory
             available.
+        recall_ks: the K of Recall@K on retrieval targets (CUB-200-2011, Cars196: 1, 2, 4, 8;
+            Stanford Online Products: 1, 10, 100, 1000).
     """
 
     dist_metric: str = "euclidean"
@@ -48,6 +50,7 @@ class EvalOptions:
     use_metric_cuhk03: bool = False
     rerank: bool = False
     max_matrix_mb: float = 2048.0
+    recall_ks: tuple[int, ...] = (1, 2, 4, 8)
 
 
 @dataclass
@@ -199,6 +202,7 @@ def evaluate_targets(
     amp: str = "off",
     channels_last: bool = False,
     feature_files: FeatureFiles | None = None,
+    score_retrieval: Callable[[ExtractedFeatures], Mapping[str, float]] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
     """Evaluates ``model`` on every target of a torchreid ``test_loader``.
 
@@ -209,6 +213,11 @@ def evaluate_targets(
             its result may carry the CMC curve as ``.cmc`` (see :func:`ranking_metrics`).
         device, progress, amp, channels_last: see :func:`extract_dataset_features`.
         feature_files: save the extracted features, or load them instead of extracting.
+        score_retrieval: the retrieval metrics of a retrieval target's test set (a dataset
+            with ``retrieval = True``, whose query and gallery are the same images with
+            ``camid`` = index, so that the protocol removes exactly the query itself): its
+            images are embedded once and these metrics join the ranking metrics (whose rank-k is
+            then Recall@k).
 
     Returns:
         ``{target: {rank1, ..., mAP, mINP}}`` and ``{target: CMC curve}`` (targets whose scores
@@ -223,9 +232,15 @@ def evaluate_targets(
     try:
         for name, loaders in test_loader.items():
             try:
+                retrieval = bool(getattr(loaders["query"].dataset, "retrieval", False))
                 if feature_files is not None and feature_files.mode == "load":
                     query, gallery = load_features(features_file(feature_files.folder, name), name)
                     logger.info("%s: features read from %s", name, features_file(feature_files.folder, name))
+                elif retrieval:  # query = gallery: the test set, embedded once
+                    query = extract_dataset_features(
+                        model, loaders["query"], device, f"{name} test", progress, amp=amp, channels_last=channels_last,
+                    )
+                    gallery = query
                 else:
                     query, gallery = (
                         extract_dataset_features(
@@ -234,9 +249,15 @@ def evaluate_targets(
                         )
                         for split in ("query", "gallery")
                     )
-                    if feature_files is not None:
-                        save_features(features_file(feature_files.folder, name), name, query, gallery)
+                if feature_files is not None and feature_files.mode == "save":
+                    save_features(features_file(feature_files.folder, name), name, query, gallery)
                 scores = score(query, gallery)
+                if retrieval and score_retrieval is not None:
+                    extra = score_retrieval(query)
+                    cmc = getattr(scores, "cmc", None)
+                    scores = {**scores, **extra}
+                    if cmc is not None:
+                        scores = _with_cmc(scores, cmc)
             except Exception as exc:
                 exc.add_note(f"while evaluating the target '{name}'")
                 raise
@@ -248,6 +269,12 @@ def evaluate_targets(
     finally:
         model.train(was_training)
     return results, curves
+
+
+def _with_cmc(scores: Mapping[str, float], cmc: np.ndarray) -> "RankMetrics":
+    out = RankMetrics(scores)
+    out.cmc = cmc
+    return out
 
 
 class RankMetrics(dict):
@@ -328,7 +355,7 @@ def rank_features(
 
 
 # Size of one block of distance rows on the streaming path.
-STREAM_BLOCK_MB = 128.0
+STREAM_BLOCK_MB = 64.0
 
 
 def available_memory_mb() -> float | None:
@@ -357,3 +384,31 @@ def check_rerank_memory(num_query: int, num_gallery: int, available_mb: float | 
             f"(its (Q+G)^2 distances), but {available / 1024:.1f} GB are available: set TEST.RERANK False "
             "(the evaluation itself streams large galleries in bounded memory)"
         )
+
+
+def retrieval_features(
+    test: ExtractedFeatures,
+    options: EvalOptions,
+    distances: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> dict[str, float]:
+    """Recall@K (``options.recall_ks``), MAP@R, R-Precision and NMI of a retrieval test set, every
+    image a query against every other (:mod:`reid.metrics.retrieval_eval`), with the model's own
+    distance; streamed by blocks of rows above ``options.max_matrix_mb``."""
+    from reid.metrics.retrieval_eval import nmi, retrieval_metrics
+
+    num = len(test.features)
+    ks = tuple(k for k in options.recall_ks if k <= num - 1)
+    if len(ks) < len(options.recall_ks):
+        logger.warning("Recall@K for K in %s not reported: the test set has %d images", 
+                       [k for k in options.recall_ks if k > num - 1], num)
+    if 4.0 * num * num / 2**20 > options.max_matrix_mb:
+        rows: Any = DistanceRows.from_features(test.features, test.features, distances,
+                                               block_mb=min(STREAM_BLOCK_MB, options.max_matrix_mb))
+    else:
+        rows = distances(test.features, test.features)
+    result = retrieval_metrics(rows, test.pids, recall_ks=ks)
+    out = {f"recall@{k}": float(v) for k, v in result.recall.items()}
+    out["map@r"] = float(result.map_at_r)
+    out["r_precision"] = float(result.r_precision)
+    out["nmi"] = float(nmi(test.features, test.pids))
+    return out

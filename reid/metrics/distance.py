@@ -112,8 +112,8 @@ def euclidean_squared_distance(
         ValueError: bad shapes or devices, non-positive ``chunk_size``.
     """
     x, y = _check_pair(input1, input1 if input2 is None else input2)
-    sq_x = x.pow(2).sum(dim=1)
-    sq_y = y.pow(2).sum(dim=1)
+    sq_x = _squared_norms(x)
+    sq_y = _squared_norms(y)
     spans = _chunks(x.shape[0], y.shape[0], chunk_size)
     if len(spans) == 1:  # e.g. a training batch: no output buffer, a plain autograd graph
         out = _squared_block(x, y, sq_x, sq_y)
@@ -191,6 +191,15 @@ def cosine_distance(
         torch.mm(x[start:stop], y.t(), out=block)
         block.neg_().add_(1)  # 1 - s, exactly as torchreid's rsub
     return out
+
+
+def _squared_norms(x: torch.Tensor) -> torch.Tensor:
+    """``x.pow(2).sum(dim=1)`` by blocks of rows: the same values, without an ``(N, D)``
+    temporary (a large gallery's squared features would double its memory)."""
+    if x.shape[0] * x.shape[1] <= _CHUNK_ELEMENTS or torch.is_grad_enabled() and x.requires_grad:
+        return x.pow(2).sum(dim=1)
+    rows = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1))
+    return torch.cat([x[start : start + rows].pow(2).sum(dim=1) for start in range(0, x.shape[0], rows)])
 
 
 def _squared_block(

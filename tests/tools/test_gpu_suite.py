@@ -49,6 +49,7 @@ def test_torchrun_training_and_the_paper_runs(report):
         assert 0 <= row["rank1"] <= 1 and 0 <= row["mAP"] <= 1
         assert {"sam_siamese", "centre", "random"} <= set(row["explanations"])
     assert sections["eval"]["rows"][0]["images_per_s"] > 0
+    assert sections["eval"]["rows"][-1]["identical_to_dense"] is True
     assert sections["explain"]["rows"][0]["pairs_per_s"] > 0
 
 

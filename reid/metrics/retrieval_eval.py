@@ -1,0 +1,574 @@
+"""Image-retrieval metrics of the metric-learning benchmarks (CUB-200-2011, Cars196, SOP).
+
+Protocol. The test set is ``N`` embeddings with class labels, and every image queries all the
+*other* images of the set: the image itself is left out, and nothing else is (no camera or
+junk rule as in person re-identification). A smaller distance means a closer match. Equal
+distances are ordered by gallery index, smallest index first: the ranking of a query is the
+stable order of its ``N - 1`` other images by ``(distance, index)``, the same on every machine
+and device. ``R`` is the number of other images of the query's class.
+
+* Recall@K: the fraction of *all* ``N`` queries with at least one image of their class among
+  their ``K`` nearest others (CUB and Cars196 use K = 1, 2, 4, 8; SOP 1, 10, 100, 1000). A query
+  whose class has no other image (``R = 0``) counts as a miss. ``K`` must be in ``[1, N - 1]``.
+* R-Precision (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020): the precision
+  among the ``R`` nearest others of a query; the mean over the queries with ``R >= 1``.
+* MAP@R (same paper): ``(1/R) * sum_{i=1..R} P(i) * rel(i)``, with ``rel(i) = 1`` when the
+  i-th nearest other shares the query's class and ``P(i)`` the precision among the first ``i``;
+  the mean over the queries with ``R >= 1``. Queries with ``R = 0`` are left out of both means
+  and counted (:attr:`RetrievalResult.num_excluded`); where every query has ``R = 0`` the means
+  are NaN.
+* NMI: the normalized mutual information ``2 I(Y; C) / (H(Y) + H(C))`` (natural logarithms,
+  arithmetic-mean normalisation) between the labels ``Y`` and a k-means clustering ``C`` of the
+  embeddings into as many clusters as there are classes. When ``H(Y) + H(C) = 0`` both
+  partitions are a single block, hence identical, and the NMI is 1.
+
+Memory. The ``(N, N)`` distance matrix is read block of rows by block of rows (a
+:class:`~reid.metrics.rank.DistanceRows` computes each block from the features when it is
+needed), so it never has to exist whole. In each block the self-distances are set to ``+inf``,
+the ``k + 1`` smallest entries of each row are taken in ``(distance, index)`` order
+(:func:`~reid.metrics.retrieval.smallest_k`, exact for ties at the k-th place) and the query
+itself is dropped, which leaves its ``k = max(max(K), max R)`` nearest others, in order, even
+where other distances are ``+inf`` too. The metrics only need these. k-means works on chunks of
+points, so its temporaries are bounded as well.
+
+This module imports numpy and torch only.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+from reid.metrics.rank import DistanceRows
+from reid.metrics.retrieval import smallest_k
+
+__all__ = [
+    "RetrievalResult",
+    "kmeans",
+    "nmi",
+    "normalized_mutual_information",
+    "retrieval_metrics",
+]
+
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
+
+# Cells per block of distance rows (dense matrices), and per k-means temporary.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    """Retrieval metrics of a set queried against itself.
+
+    Attributes:
+        recall: ``{K: Recall@K}`` for every requested ``K``, in the order given.
+        map_at_r: MAP@R, mean over the queries with ``R >= 1`` (NaN if there is none).
+        r_precision: R-Precision, mean over the queries with ``R >= 1`` (NaN if there is none).
+        num_queries: ``N``, every image of the set.
+        num_excluded: queries with ``R = 0`` (no other image of their class), left out of
+            MAP@R and R-Precision and counted as misses by Recall@K.
+        map_at_r_per_query: ``(N,)`` float64, NaN where ``R = 0``.
+        r_precision_per_query: ``(N,)`` float64, NaN where ``R = 0``.
+        first_hit_rank: ``(N,)`` int64, 1-based rank among the other images of the nearest
+            image of the query's class, 0 where ``R = 0``.
+    """
+
+    recall: dict[int, float]
+    map_at_r: float
+    r_precision: float
+    num_queries: int
+    num_excluded: int
+    map_at_r_per_query: np.ndarray
+    r_precision_per_query: np.ndarray
+    first_hit_rank: np.ndarray
+
+
+def retrieval_metrics(
+    distances: DistanceRows | np.ndarray | torch.Tensor,
+    labels: ArrayLike,
+    recall_ks: Sequence[int] = (1, 2, 4, 8),
+    device: torch.device | str | None = None,
+    *,
+    block_rows: int | None = None,
+) -> RetrievalResult:
+    """Recall@K, MAP@R and R-Precision of a set of images queried against itself.
+
+    Args:
+        distances: ``(N, N)`` distances of the set to itself (numpy array or tensor, any real
+            dtype), or a :class:`~reid.metrics.rank.DistanceRows` producing its rows. Its
+            diagonal is ignored and the input is not modified. NaN is not allowed.
+        labels: ``(N,)`` class labels, of any comparable dtype.
+        recall_ks: the ``K`` of Recall@K, each in ``[1, N - 1]``.
+        device: where the rows are ranked; ``None``: the device of ``distances`` if it is a
+            tensor, else the CPU.
+        block_rows: rows per block; ``None``: the ``block_rows`` of a ``DistanceRows``, about
+            4M distances per block for a matrix.
+
+    Returns:
+        The :class:`RetrievalResult`.
+
+    Raises:
+        ValueError: a matrix that is not 2-D and square, fewer than 2 images, labels of another
+            length, an empty ``recall_ks`` or a ``K`` outside ``[1, N - 1]``, a
+            ``block_rows < 1`` or a NaN distance.
+    """
+    dist = _check_distances(distances)
+    num = int(dist.shape[0])
+    codes = _encode_labels(labels, num)
+    ks = _check_recall_ks(recall_ks, num)
+    if block_rows is None:
+        if isinstance(dist, DistanceRows):
+            block_rows = dist.block_rows
+        else:
+            block_rows = max(1, _BLOCK_ELEMENTS // num)
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    if device is None:
+        device = dist.device if isinstance(dist, torch.Tensor) else torch.device("cpu")
+    device = torch.device(device)
+
+    class_size = np.bincount(codes)
+    r_all = class_size[codes] - 1  # other images of the query's class
+    k = max(max(ks), int(r_all.max()))  # <= N - 1
+    codes_t = torch.from_numpy(codes).to(device)
+    r_t = torch.from_numpy(r_all).to(device)
+
+    hits = {kk: 0 for kk in ks}
+    map_r = np.full(num, np.nan)
+    r_prec = np.full(num, np.nan)
+    first_hit = np.zeros(num, dtype=np.int64)
+    for start in range(0, num, block_rows):
+        stop = min(start + block_rows, num)
+        block = _block(dist, start, stop, device)
+        rows = torch.arange(stop - start, device=device)
+        block[rows, rows + start] = float("inf")  # self
+        neighbours = _nearest_others(block, k, start)  # (B, k), nearest first
+        q_codes = codes_t[start:stop]
+        q_r = r_t[start:stop]
+        rel = codes_t[neighbours] == q_codes[:, None]  # (B, k)
+        for kk in ks:
+            hits[kk] += int(rel[:, :kk].any(1).sum())
+        _per_query_precisions(rel, q_r, map_r[start:stop], r_prec[start:stop])
+        first_hit[start:stop] = _first_hit_ranks(block, rel, codes_t, q_codes, q_r, start)
+
+    valid = r_all >= 1
+    num_valid = int(valid.sum())
+    mean_map = float(np.mean(map_r[valid])) if num_valid else float("nan")
+    mean_rp = float(np.mean(r_prec[valid])) if num_valid else float("nan")
+    return RetrievalResult(
+        recall={kk: hits[kk] / num for kk in ks},
+        map_at_r=mean_map,
+        r_precision=mean_rp,
+        num_queries=num,
+        num_excluded=num - num_valid,
+        map_at_r_per_query=map_r,
+        r_precision_per_query=r_prec,
+        first_hit_rank=first_hit,
+    )
+
+
+def _check_distances(
+    distances: DistanceRows | np.ndarray | torch.Tensor,
+) -> DistanceRows | np.ndarray | torch.Tensor:
+    """The distances as a ``DistanceRows``, a detached tensor or a numpy array, checked square."""
+    if isinstance(distances, DistanceRows):
+        dist = distances
+    elif isinstance(distances, torch.Tensor):
+        dist = distances.detach()
+    else:
+        dist = np.asarray(distances)
+    if dist.ndim != 2:
+        raise ValueError(f"distances must be a 2-D (N, N) matrix, got shape {tuple(dist.shape)}")
+    rows, cols = (int(s) for s in dist.shape)
+    if rows != cols:
+        raise ValueError(f"distances must be a square (N, N) matrix, got shape {(rows, cols)}")
+    if rows < 2:
+        raise ValueError(f"retrieval needs at least 2 images, got {rows}")
+    return dist
+
+
+def _encode_labels(labels: ArrayLike, num: int) -> np.ndarray:
+    """``(N,)`` int64 codes ``0..C-1`` of the labels (checked 1-D of length ``num``)."""
+    lab = _to_numpy(labels)
+    if lab.ndim != 1 or lab.shape[0] != num:
+        raise ValueError(f"labels must have shape ({num},), got {tuple(lab.shape)}")
+    _, codes = np.unique(lab, return_inverse=True)
+    return codes.astype(np.int64).reshape(-1)
+
+
+def _check_recall_ks(recall_ks: Sequence[int], num: int) -> list[int]:
+    """The distinct ``K`` of Recall@K in the order given, each checked in ``[1, N - 1]``."""
+    ks: list[int] = []
+    for value in recall_ks:
+        if isinstance(value, bool):
+            raise ValueError(f"recall_ks must hold integers, got {value!r}")
+        try:
+            kk = operator.index(value)
+        except TypeError:
+            raise ValueError(f"recall_ks must hold integers, got {value!r}") from None
+        if kk < 1:
+            raise ValueError(f"Recall@K needs K >= 1, got K={kk}")
+        if kk > num - 1:
+            raise ValueError(
+                f"Recall@K with K={kk} is larger than the {num - 1} other images of a query "
+                f"(N={num})"
+            )
+        if kk not in ks:
+            ks.append(kk)
+    if not ks:
+        raise ValueError("recall_ks must hold at least one K")
+    return ks
+
+
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    """A numpy view or copy of an array-like (tensors are moved to the CPU)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _block(
+    dist: DistanceRows | np.ndarray | torch.Tensor, start: int, stop: int, device: torch.device
+) -> torch.Tensor:
+    """Rows ``start:stop`` as a fresh tensor on ``device`` in a floating dtype that orders them
+    exactly (float16/bfloat16 -> float32, integers and bools -> float64)."""
+    rows = dist[start:stop]
+    rows = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.asarray(rows))
+    if rows.dtype == torch.float64:
+        work = torch.float64
+    elif rows.dtype.is_floating_point:
+        work = torch.float32
+    else:
+        work = torch.float64
+    block = rows.to(device=device, dtype=work, copy=True)
+    if bool(torch.isnan(block).any()):
+        raise ValueError(f"distances contain NaN in rows {start}:{stop}")
+    return block
+
+
+def _nearest_others(block: torch.Tensor, k: int, start: int) -> torch.Tensor:
+    """``(B, k)`` columns of the ``k`` nearest others of each row, in ``(distance, index)`` order.
+
+    ``block`` has ``+inf`` on the self entries; the ``k + 1`` smallest are taken and the self
+    entry is dropped (or, where it is not among them, the last one), so other ``+inf`` distances
+    are still ranked exactly.
+    """
+    num_rows = block.shape[0]
+    _, cols = smallest_k(block, k + 1)
+    selves = torch.arange(start, start + num_rows, device=block.device)
+    keep = cols != selves[:, None]
+    keep[:, -1] &= ~keep.all(1)  # self not among them: drop the (k+1)-th instead
+    return cols[keep].view(num_rows, k)
+
+
+def _per_query_precisions(
+    rel: torch.Tensor, r: torch.Tensor, map_out: np.ndarray, rp_out: np.ndarray
+) -> None:
+    """Writes MAP@R and R-Precision of the rows with ``R >= 1`` into ``map_out`` / ``rp_out``.
+
+    Args:
+        rel: ``(B, k)`` bool, same class as the query, nearest first (``k >= R``).
+        r: ``(B,)`` int64, ``R`` of each query.
+        map_out, rp_out: ``(B,)`` float64 views filled where ``R >= 1`` (left NaN elsewhere).
+    """
+    k = rel.shape[1]
+    if k == 0:
+        return
+    pos = torch.arange(1, k + 1, device=rel.device, dtype=torch.float64)
+    within = torch.arange(1, k + 1, device=rel.device)[None, :] <= r[:, None]
+    hit = (rel & within).to(torch.float64)
+    cum = hit.cumsum(1)
+    r_f = r.to(torch.float64).clamp_min(1.0)
+    map_r = ((cum / pos) * hit).sum(1) / r_f
+    r_prec = cum.gather(1, (r.clamp_min(1) - 1)[:, None]).squeeze(1) / r_f
+    valid = (r >= 1).cpu().numpy()
+    map_out[valid] = map_r.cpu().numpy()[valid]
+    rp_out[valid] = r_prec.cpu().numpy()[valid]
+
+
+def _first_hit_ranks(
+    block: torch.Tensor,
+    rel: torch.Tensor,
+    codes: torch.Tensor,
+    q_codes: torch.Tensor,
+    q_r: torch.Tensor,
+    start: int,
+) -> np.ndarray:
+    """``(B,)`` 1-based rank of each query's nearest same-class other, 0 where ``R = 0``.
+
+    Read from the top-k where the hit is in it; otherwise counted on the full row: the others
+    before the nearest same-class image in ``(distance, index)`` order.
+    """
+    found = rel.any(1)
+    ranks = torch.where(found, rel.to(torch.int8).argmax(1) + 1, 0)
+    missing = torch.nonzero(~found & (q_r >= 1)).flatten()
+    if missing.numel():
+        d = block[missing]
+        cols = torch.arange(block.shape[1], device=block.device)
+        other = cols[None, :] != (missing + start)[:, None]
+        same = (codes[None, :] == q_codes[missing][:, None]) & other
+        inf = torch.tensor(float("inf"), dtype=d.dtype, device=d.device)
+        d_min = torch.where(same, d, inf).min(1, keepdim=True).values
+        at_min = same & (d == d_min)
+        col_min = at_min.to(torch.int8).argmax(1, keepdim=True)  # first such column
+        before = (d < d_min) | ((d == d_min) & (cols[None, :] < col_min) & other)
+        ranks[missing] = before.sum(1) + 1
+    return ranks.cpu().numpy().astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Clustering quality: k-means and NMI
+# --------------------------------------------------------------------------------------------
+
+
+def normalized_mutual_information(labels_a: ArrayLike, labels_b: ArrayLike) -> float:
+    """NMI of two partitions of the same items, ``2 I(A; B) / (H(A) + H(B))``.
+
+    Natural logarithms; the arithmetic-mean normalisation (scikit-learn's default). Both sums
+    are correctly rounded (``math.fsum``), so the value does not depend on the order or names
+    of the blocks: identical partitions, up to renaming, give exactly 1, and a contingency
+    table with ``n * n_ab == n_a * n_b`` in every cell gives exactly 0. Where
+    ``H(A) + H(B) = 0`` both are a single block, identical, and the NMI is 1. The result is
+    clipped to ``[0, 1]`` against rounding.
+
+    Args:
+        labels_a: ``(n,)`` labels of any comparable dtype.
+        labels_b: ``(n,)`` labels of the same items.
+
+    Returns:
+        The NMI in ``[0, 1]``.
+
+    Raises:
+        ValueError: not 1-D, different lengths or no item.
+    """
+    a = _to_numpy(labels_a)
+    b = _to_numpy(labels_b)
+    if a.ndim != 1 or b.ndim != 1 or a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"labels must be two 1-D arrays of one length, got shapes {a.shape} and {b.shape}"
+        )
+    n = int(a.shape[0])
+    if n == 0:
+        raise ValueError("NMI needs at least one item")
+    _, ca = np.unique(a, return_inverse=True)
+    _, cb = np.unique(b, return_inverse=True)
+    ca, cb = ca.reshape(-1).astype(np.int64), cb.reshape(-1).astype(np.int64)
+    count_a = np.bincount(ca)
+    count_b = np.bincount(cb)
+    num_b = count_b.shape[0]
+    joint = np.bincount(ca * num_b + cb, minlength=count_a.shape[0] * num_b)
+    cells = np.flatnonzero(joint)
+    n_ab = joint[cells]
+    n_a = count_a[cells // num_b]
+    n_b = count_b[cells % num_b]
+    # The ratios n * n_ab / (n_a * n_b) are formed from exact integers, one rounding each.
+    info = math.fsum(
+        (int(x) / n) * math.log((n * int(x)) / (int(y) * int(z))) for x, y, z in zip(n_ab, n_a, n_b)
+    )
+    h_a = _entropy(count_a, n)
+    h_b = _entropy(count_b, n)
+    if h_a + h_b == 0.0:
+        return 1.0
+    return min(1.0, max(0.0, 2.0 * info / (h_a + h_b)))
+
+
+def _entropy(counts: np.ndarray, n: int) -> float:
+    """``-sum p log p`` of the block sizes ``counts`` out of ``n`` (written ``p log(n / c)``)."""
+    return math.fsum((int(c) / n) * math.log(n / int(c)) for c in counts if c > 0)
+
+
+def kmeans(
+    features: torch.Tensor,
+    num_clusters: int,
+    seed: int = 0,
+    max_iter: int = 100,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """k-means (Lloyd) with k-means++ seeding; the cluster index of every point.
+
+    Deterministic for a seed: the seeding draws from a ``torch.Generator`` seeded with
+    ``seed``, and nothing else is random. The arithmetic is float64 on the features' device.
+
+    * Seeding (k-means++): a first centre drawn uniformly; each next one drawn with probability
+      proportional to the squared distance to the nearest centre so far. Where every point lies
+      on a centre already, the lowest-index point not yet chosen is taken.
+    * Lloyd iterations until the assignments stop changing, at most ``max_iter`` assignments.
+      A point goes to its nearest centre, ties to the lowest cluster index. The distances are
+      ``||x||^2 + ||c||^2 - 2 x.c`` (a matrix product); a point whose best two distances are
+      closer than a rounding margin is decided again with ``sum((x - c)^2)``, so the result is
+      the argmin of the exact formula whatever the chunking.
+    * A cluster left empty is re-seeded with the point farthest from its own centre (ties:
+      lowest index), the next empty one with the next farthest point, and so on.
+
+    Points are processed ``chunk_size`` at a time, so the temporaries are ``chunk_size x
+    num_clusters`` distances (plus ``chunk_size x D`` float64 features); the chunking does not
+    change the result.
+
+    Args:
+        features: ``(N, D)`` features (tensor or numpy array), finite.
+        num_clusters: ``C`` in ``[1, N]``.
+        seed: seed of the k-means++ draws.
+        max_iter: maximum number of assignment steps, ``>= 1``.
+        chunk_size: points per chunk; ``None``: about 4M cells per temporary.
+
+    Returns:
+        ``(N,)`` int64 cluster indices in ``[0, C)``.
+
+    Raises:
+        ValueError: features not 2-D, empty or not finite, ``num_clusters`` outside ``[1, N]``,
+            ``max_iter < 1`` or ``chunk_size < 1``.
+    """
+    x = torch.as_tensor(features).detach()
+    if x.dim() != 2:
+        raise ValueError(f"features must be 2-D (N, D), got shape {tuple(x.shape)}")
+    num, dim = int(x.shape[0]), int(x.shape[1])
+    if num < 1:
+        raise ValueError("k-means needs at least one point")
+    if isinstance(num_clusters, bool) or not 1 <= num_clusters <= num:
+        raise ValueError(
+            f"num_clusters must be in [1, {num}] (the number of points), got {num_clusters}"
+        )
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    if chunk_size is None:
+        chunk_size = max(1, _BLOCK_ELEMENTS // max(num_clusters, dim, 1))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not x.dtype.is_floating_point:
+        x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("features must be finite")
+    spans = [(s, min(s + chunk_size, num)) for s in range(0, num, chunk_size)]
+
+    centres = _kmeans_pp(x, num_clusters, seed, spans)
+    assign = None
+    for _ in range(max_iter):
+        new_assign = _assign(x, centres, spans)
+        if assign is not None and torch.equal(new_assign, assign):
+            break
+        assign = new_assign
+        centres = _update_centres(x, assign, centres, spans)
+    assert assign is not None
+    return assign.cpu().numpy().astype(np.int64)
+
+
+def nmi(features: torch.Tensor, labels: ArrayLike, seed: int = 0) -> float:
+    """NMI between the labels and a k-means clustering into as many clusters as classes.
+
+    Args:
+        features: ``(N, D)`` embeddings.
+        labels: ``(N,)`` class labels.
+        seed: seed of :func:`kmeans`.
+
+    Returns:
+        :func:`normalized_mutual_information` of ``labels`` and the clusters.
+
+    Raises:
+        ValueError: features and labels of different lengths, and as :func:`kmeans`.
+    """
+    x = torch.as_tensor(features)
+    if x.dim() != 2:
+        raise ValueError(f"features must be 2-D (N, D), got shape {tuple(x.shape)}")
+    lab = _to_numpy(labels)
+    if lab.ndim != 1 or lab.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"labels must have shape ({x.shape[0]},) like the features, got {tuple(lab.shape)}"
+        )
+    clusters = kmeans(x, int(np.unique(lab).shape[0]), seed=seed)
+    return normalized_mutual_information(lab, clusters)
+
+
+def _chunk64(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Points ``start:stop`` in float64."""
+    return x[start:stop].to(torch.float64)
+
+
+def _sq_dist_to(
+    x: torch.Tensor, centre: torch.Tensor, spans: list[tuple[int, int]]
+) -> torch.Tensor:
+    """``(N,)`` float64 ``sum((x_i - centre)^2)``, computed elementwise chunk by chunk."""
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for start, stop in spans:
+        out[start:stop] = (_chunk64(x, start, stop) - centre).pow(2).sum(1)
+    return out
+
+
+def _kmeans_pp(
+    x: torch.Tensor, num_clusters: int, seed: int, spans: list[tuple[int, int]]
+) -> torch.Tensor:
+    """``(C, D)`` float64 k-means++ centres."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(seed)
+    num = x.shape[0]
+    first = int(torch.randint(num, (1,), generator=gen))
+    chosen = [first]
+    is_chosen = torch.zeros(num, dtype=torch.bool, device=x.device)
+    is_chosen[first] = True
+    closest = _sq_dist_to(x, x[first].to(torch.float64), spans)
+    for _ in range(1, num_clusters):
+        cum = closest.cumsum(0)
+        total = float(cum[-1])
+        if total > 0.0:
+            u = float(torch.rand(1, generator=gen, dtype=torch.float64)) * total
+            target = torch.tensor([u], dtype=torch.float64, device=x.device)
+            idx = int(torch.searchsorted(cum, target, right=True))
+            if idx >= num:  # u rounded up to the total: the last point with a positive weight
+                idx = int(torch.nonzero(closest > 0).max())
+        else:  # every point lies on a centre
+            idx = int(torch.nonzero(~is_chosen)[0])
+        chosen.append(idx)
+        is_chosen[idx] = True
+        closest = torch.minimum(closest, _sq_dist_to(x, x[idx].to(torch.float64), spans))
+    return x[torch.tensor(chosen, device=x.device)].to(torch.float64)
+
+
+def _assign(x: torch.Tensor, centres: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """``(N,)`` index of the nearest centre (lowest index on ties) of every point."""
+    num_clusters, dim = centres.shape
+    sq_c = centres.pow(2).sum(1)
+    max_sq_c = float(sq_c.max())
+    out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    exact_rows = max(1, _BLOCK_ELEMENTS // max(num_clusters * dim, 1))
+    for start, stop in spans:
+        xb = _chunk64(x, start, stop)
+        sq_x = xb.pow(2).sum(1)
+        d = (sq_x[:, None] + sq_c[None, :]) - 2.0 * (xb @ centres.t())
+        best = d.argmin(1)
+        if num_clusters > 1:
+            two = d.topk(2, dim=1, largest=False).values
+            # The product form errs by about dim * eps * (|x|^2 + |c|^2); far below this margin.
+            margin = 1e-9 * (sq_x + max_sq_c) + 1e-300
+            unsure = torch.nonzero((two[:, 1] - two[:, 0]) <= margin).flatten()
+            for s in range(0, unsure.numel(), exact_rows):
+                rows = unsure[s : s + exact_rows]
+                exact = (xb[rows][:, None, :] - centres[None, :, :]).pow(2).sum(2)
+                best[rows] = exact.argmin(1)
+        out[start:stop] = best
+    return out
+
+
+def _update_centres(
+    x: torch.Tensor, assign: torch.Tensor, centres: torch.Tensor, spans: list[tuple[int, int]]
+) -> torch.Tensor:
+    """Means of the clusters; an empty one re-seeded with the point farthest from its centre."""
+    num_clusters, dim = centres.shape
+    sums = torch.zeros(num_clusters, dim, dtype=torch.float64, device=x.device)
+    for start, stop in spans:
+        sums.index_add_(0, assign[start:stop], _chunk64(x, start, stop))
+    counts = torch.bincount(assign, minlength=num_clusters)
+    new = sums / counts.clamp_min(1)[:, None].to(torch.float64)
+    empty = torch.nonzero(counts == 0).flatten()
+    if empty.numel():
+        far = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+        for start, stop in spans:
+            diff = _chunk64(x, start, stop) - centres[assign[start:stop]]
+            far[start:stop] = diff.pow(2).sum(1)
+        # Farthest first, ties by point index: a stable sort of the negated distances.
+        order = torch.sort(-far, stable=True).indices[: empty.numel()]
+        new[empty] = x[order].to(torch.float64)
+    return new
