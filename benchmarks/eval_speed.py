@@ -24,7 +24,10 @@ uses above ``TEST.MAX_MATRIX_MB``), ``dense`` (the whole matrix, then :func:`rei
 and torchreid's ``evaluate_rank`` on the whole matrix. One that would need more memory than is
 available (estimated before it starts: 4 bytes per cell for the matrix, about 25 for torchreid's
 argsort and label matrices) is not run, and the table says how much it would have needed. The
-streaming and dense results must be identical (CMC, mAP and every query's AP), else exit 1.
+streaming and dense results must be identical (CMC, mAP and every query's AP), else exit 1. The
+subprocesses run with ``MALLOC_MMAP_THRESHOLD_=1048576`` (unless it is set): glibc's default
+dynamic threshold keeps freed blocks of up to 32 MB in the heap, so the resident size of a
+streaming evaluation would grow with every block of rows it frees.
 
 Usage::
 
@@ -42,6 +45,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -129,7 +133,7 @@ def make_large(spec: SizeSpec, dim: int, noise: float, seed: int) -> tuple[torch
 
 
 def run_size_child(size: str, evaluator: str, dim: int, noise: float, seed: int, device: str,
-                   block_mb: float = 64.0) -> dict:
+                   block_mb: float = 32.0) -> dict:
     """One evaluator on one size, in this (child) process: time, peak memory and the result."""
     spec = SIZES[size]
     query, gallery, q_pids, g_pids, q_cams, g_cams = make_large(spec, dim, noise, seed)
@@ -184,7 +188,10 @@ def bench_size(size: str, evaluator: str, args: argparse.Namespace) -> dict:
         str(args.noise), "--seed", str(args.seed), "--device", args.device, "--block-mb", str(args.block_mb),
     ] + ([] if args.threads is None else ["--threads", str(args.threads)])
     logger.info("%s: %s (about %.1f GB)", size, evaluator, needed / 1024)
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # glibc's dynamic mmap threshold keeps freed blocks of up to 32 MB in the heap, so the resident
+    # size grows with every block of rows; a fixed 1 MB threshold returns them (docs/evaluation.md)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "1048576")}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         return {"skipped": f"failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -388,8 +395,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scale-dim", type=int, default=512,
         help="feature dimension of the --sizes problems (OSNet's 512; a ResNet-50 embedding has 2048)",
     )
-    parser.add_argument("--block-mb", type=float, default=64.0,
-                        help="streaming: MB of float32 distances per block of rows (the engine uses 64)")
+    parser.add_argument("--block-mb", type=float, default=32.0,
+                        help="streaming: MB of float32 distances per block of rows (the engine uses 32)")
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "EVALUATOR"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"

@@ -74,6 +74,8 @@ CONFIGS = {
 ARMS = tuple(CONFIGS)
 DEFAULT_COMPARISONS = ("pcb_sam:pcb", "avsl:pcb", "pcb:torchreid_resnet18")
 METRICS = ("rank1", "rank5", "mAP", "mINP")
+# Recorded when the runs evaluate a retrieval set (e.g. DATA.SOURCES "['synthetic_retrieval']").
+RETRIEVAL_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
 EXPLANATION_COLUMNS = ("pointing_game", "energy_inside", "deletion_auc", "insertion_auc")
 STUDY_FILE, TABLE_FILE = "study.json", "study.md"
 
@@ -271,7 +273,7 @@ def summarize_study(study: dict[str, Any], comparisons: list[str]) -> dict[str, 
             continue
         arms[arm] = {
             "seeds": sorted(int(s) for s in runs),
-            **{key: summarize([run["metrics"][key] for run in runs.values()]) for key in METRICS
+            **{key: summarize([run["metrics"][key] for run in runs.values()]) for key in METRICS + RETRIEVAL_METRICS
                if all(key in run["metrics"] for run in runs.values())},
             "minutes": summarize([run["seconds"] / 60 for run in runs.values()]),
         }
@@ -284,7 +286,8 @@ def summarize_study(study: dict[str, Any], comparisons: list[str]) -> dict[str, 
         compared[pair] = {
             key: paired_comparison({int(s): r["metrics"][key] for s, r in runs_a.items()},
                                    {int(s): r["metrics"][key] for s, r in runs_b.items()})
-            for key in ("rank1", "mAP")
+            for key in ("rank1", "mAP", "recall@1", "map@r")
+            if all(key in r["metrics"] for r in (*runs_a.values(), *runs_b.values()))
         }
     explanations = {}
     for arm, runs in study["runs"].items():
@@ -316,6 +319,13 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         cells = [_cell(row[key]) if key in row else "n/a" for key in METRICS]
         lines.append(f"| {arm} | {len(row['seeds'])} ({', '.join(map(str, row['seeds']))}) | "
                      + " | ".join(cells) + f" | {row['minutes']['mean']:.1f} |")
+    retrieval = [arm for arm, row in summary["arms"].items() if all(k in row for k in RETRIEVAL_METRICS)]
+    if retrieval:
+        lines += ["", "| arm | Recall@1 (%) | Recall@2 (%) | Recall@4 (%) | Recall@8 (%) | MAP@R (%) | R-Precision (%) "
+                      "| NMI (%) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for arm in retrieval:
+            row = summary["arms"][arm]
+            lines.append(f"| {arm} | " + " | ".join(_cell(row[key]) for key in RETRIEVAL_METRICS) + " |")
     lines.append("")
     lines.append("Mean ± sample standard deviation over the seeds.")
     if summary["comparisons"]:

@@ -103,7 +103,7 @@ def dataset_options(cfg: CfgNode, name: str) -> dict:
     The synthetic set also gets its size.
     """
     options = {"on_bad_image": cfg.DATA.ON_BAD_IMAGE}
-    if name == "synthetic":
+    if name in ("synthetic", "synthetic_retrieval"):
         syn = cfg.DATA.SYNTHETIC
         options.update(
             num_ids=syn.NUM_IDS,

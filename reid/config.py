@@ -39,7 +39,8 @@ _C.NUM_THREADS = 0
 _C.DATA = CN()
 # Root folder of the datasets (each dataset documents its sub-folder layout).
 _C.DATA.ROOT = "reid-data"
-# Training dataset names registered with torchreid (ours: synthetic, cuhk03_np_labeled, ...).
+# Training dataset names registered with torchreid (ours: synthetic, cuhk03_np_labeled, ...; for
+# image retrieval cub200, cars196, sop, synthetic_retrieval).
 _C.DATA.SOURCES = ["synthetic"]
 # Test dataset names; empty means the same as SOURCES.
 _C.DATA.TARGETS = []
@@ -570,7 +571,7 @@ def _check_lists(cfg: CN) -> None:
 
 def _check_synthetic(cfg: CN) -> None:
     """The synthetic set's own limits (``SyntheticConfig``), when a dataset of the config is it."""
-    if "synthetic" not in (*cfg.DATA.SOURCES, *cfg.DATA.TARGETS):
+    if not {"synthetic", "synthetic_retrieval"} & {*cfg.DATA.SOURCES, *cfg.DATA.TARGETS}:
         return
     from reid.data.synthetic import SyntheticConfig
 

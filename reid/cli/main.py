@@ -28,7 +28,7 @@ import traceback
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model (also under torchrun)"),
     "test": ("test", "evaluate a checkpoint: rank-k, mAP, mINP, CMC"),
-    "explain": ("explain", "explain a model's top matches: panels, HTML report, explanations.json"),
+    "explain": ("explain", "explain a model's top matches: the explorer, PNG panels, explanations.json"),
     "eval-explanations": ("eval_explanations", "measure explanation quality on controlled synthetic triplets"),
     "check-data": ("check_data", "build and check the configured datasets"),
     "export": ("export", "export the embedding network to ONNX and check it with onnxruntime"),

@@ -355,7 +355,7 @@ def rank_features(
 
 
 # Size of one block of distance rows on the streaming path.
-STREAM_BLOCK_MB = 64.0
+STREAM_BLOCK_MB = 32.0
 
 
 def available_memory_mb() -> float | None:
