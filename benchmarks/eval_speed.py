@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 
+from reid.engine.evaluation import available_memory_mb
 from reid.metrics import DistanceRows, compute_distance_matrix, evaluate, evaluate_rank, re_ranking
 
 logger = logging.getLogger("eval_speed")
@@ -163,24 +164,13 @@ def run_size_child(size: str, evaluator: str, dim: int, noise: float, seed: int,
     }
 
 
-def available_mb() -> float | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
 def bench_size(size: str, evaluator: str, args: argparse.Namespace) -> dict:
     """Runs :func:`run_size_child` in a subprocess (unless it could not fit in memory)."""
     spec = SIZES[size]
     cells = spec.num_query * (spec.num_gallery + spec.num_distractors)
     features_mb = 4.0 * args.scale_dim * (spec.num_query + spec.num_gallery + spec.num_distractors) / 2**20
     needed = features_mb + _CELL_BYTES[evaluator] * cells / 2**20
-    free = available_mb()
+    free = available_memory_mb()
     if free is not None and needed > 0.9 * free:
         return {"skipped": f"needs about {needed / 1024:.1f} GB, {free / 1024:.1f} GB available"}
     command = [

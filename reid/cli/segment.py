@@ -157,15 +157,15 @@ def score_pair(pair: Pair, maps: dict[str, np.ndarray], thresholds: Any, iterati
     size = image.shape[:2]
     if pair.query_mask.shape != size:
         raise SystemExit(f"the mask of {pair.query_path} is {pair.query_mask.shape}, the image {size}")
+    attention_seeds = seeds_from_map(maps["attention"], size, thresholds)
     masks = {
-        "attention+grabcut": grabcut_from_seeds(image, seeds_from_map(maps["attention"], size, thresholds), iterations),
-        "attention": seeds_from_map(maps["attention"], size, thresholds) != cv2.GC_BGD,
+        "attention+grabcut": grabcut_from_seeds(image, attention_seeds, iterations),
+        # the map alone: the pixels seeded foreground (the probable-foreground threshold)
+        "attention": np.isin(attention_seeds, (cv2.GC_FGD, cv2.GC_PR_FGD)),
         "gradcam+grabcut": grabcut_from_seeds(image, seeds_from_map(maps["gradcam"], size, thresholds), iterations),
         "box+grabcut": grabcut_from_rect(image, centred_box(*size), iterations),
         "frame+grabcut": grabcut_from_rect(image, whole_frame(*size), iterations),
     }
-    # "attention" alone: the probable-foreground threshold, i.e. the pixels seeded foreground
-    masks["attention"] = np.isin(seeds_from_map(maps["attention"], size, thresholds), (cv2.GC_FGD, cv2.GC_PR_FGD))
     scores = {
         name: (foreground_iou(mask, pair.query_mask, pair.query_ignore), fb_iou(mask, pair.query_mask, pair.query_ignore))
         for name, mask in masks.items()

@@ -51,7 +51,6 @@ warnings only.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any, Iterable, Mapping, Sequence
@@ -60,7 +59,7 @@ import numpy as np
 
 from .base import SafeImageDataset, register_once
 from .render import Difficulty
-from .synthetic import SyntheticConfig, load_metadata, prepare_synthetic
+from .synthetic import load_metadata, prepare_synthetic, synthetic_config
 from .validation import (
     DatasetError,
     PublishedCounts,
@@ -575,9 +574,6 @@ class StanfordOnlineProducts(RetrievalDataset):
 # --------------------------------------------------------------------------------------------
 # the synthetic set as a retrieval set
 
-_TORCHREID_DATASET_KWARGS = ("transform", "k_tfm", "mode", "combineall", "verbose")
-_TORCHREID_IGNORED_KWARGS = ("split_id", "cuhk03_labeled", "cuhk03_classic_split", "market1501_500k")
-
 
 class SyntheticRetrieval(RetrievalDataset):
     """The embedded synthetic person set (:mod:`reid.data.synthetic`) read as a retrieval set
@@ -610,21 +606,9 @@ class SyntheticRetrieval(RetrievalDataset):
                  height: int = 128, width: int = 64, seed: int = 0, num_distractor_ids: int = 0,
                  difficulty: Difficulty | Mapping[str, Any] | None = None, progress: bool = True,
                  on_bad_image: str = "error", **kwargs: Any) -> None:
-        knob_names = {f.name for f in dataclasses.fields(Difficulty)}
-        knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in knob_names}
-        for key in _TORCHREID_IGNORED_KWARGS:
-            kwargs.pop(key, None)
-        unknown = set(kwargs) - set(_TORCHREID_DATASET_KWARGS)
-        if unknown:
-            raise TypeError(f"SyntheticRetrieval got unknown arguments {sorted(unknown)}")
-        if difficulty is None:
-            difficulty = Difficulty()
-        elif not isinstance(difficulty, Difficulty):
-            difficulty = Difficulty(**dict(difficulty))
-        self.config = SyntheticConfig(
-            num_ids=num_ids, num_cams=num_cams, images_per_id=images_per_id, height=height,
-            width=width, seed=seed, num_distractor_ids=num_distractor_ids,
-            difficulty=dataclasses.replace(difficulty, **knobs),
+        self.config = synthetic_config(
+            "SyntheticRetrieval", kwargs, num_ids=num_ids, num_cams=num_cams, images_per_id=images_per_id,
+            height=height, width=width, seed=seed, num_distractor_ids=num_distractor_ids, difficulty=difficulty,
         )
         self._progress = progress
         super().__init__(root=root, on_bad_image=on_bad_image, **kwargs)

@@ -491,6 +491,32 @@ def render_params(dataset_dir: str, img_path: str,
 # torchreid dataset
 
 
+def synthetic_config(owner: str, kwargs: dict[str, Any], difficulty: Difficulty | Mapping[str, Any] | None = None,
+                     **sizes: Any) -> SyntheticConfig:
+    """The :class:`SyntheticConfig` of a dataset built on the synthetic set, from its arguments.
+
+    Takes the :class:`~reid.data.render.Difficulty` fields and the torchreid options the data
+    manager passes to every dataset out of ``kwargs`` (in place), leaving torchreid's own dataset
+    options there.
+
+    Raises:
+        TypeError: an unknown keyword argument (``owner`` names the dataset class).
+        ValueError: generation options out of range.
+    """
+    knob_names = {f.name for f in dataclasses.fields(Difficulty)}
+    knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in knob_names}
+    for name in _TORCHREID_IGNORED_KWARGS:
+        kwargs.pop(name, None)
+    unknown = set(kwargs) - set(_TORCHREID_DATASET_KWARGS)
+    if unknown:
+        raise TypeError(f"{owner} got unknown arguments {sorted(unknown)}")
+    if difficulty is None:
+        difficulty = Difficulty()
+    elif not isinstance(difficulty, Difficulty):
+        difficulty = Difficulty(**dict(difficulty))
+    return SyntheticConfig(**sizes, difficulty=dataclasses.replace(difficulty, **knobs))
+
+
 class SyntheticReID(SafeImageDataset):
     """torchreid image dataset over the generated synthetic set (generated on first use).
 
@@ -529,21 +555,10 @@ class SyntheticReID(SafeImageDataset):
                  height: int = 128, width: int = 64, seed: int = 0, num_distractor_ids: int = 0,
                  difficulty: Difficulty | Mapping[str, Any] | None = None, progress: bool = True,
                  on_bad_image: str = "error", **kwargs: Any) -> None:
-        knob_names = {f.name for f in dataclasses.fields(Difficulty)}
-        knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in knob_names}
-        for name in _TORCHREID_IGNORED_KWARGS:
-            kwargs.pop(name, None)
-        unknown = set(kwargs) - set(_TORCHREID_DATASET_KWARGS)
-        if unknown:
-            raise TypeError(f"SyntheticReID got unknown arguments {sorted(unknown)}")
-        if difficulty is None:
-            difficulty = Difficulty()
-        elif not isinstance(difficulty, Difficulty):
-            difficulty = Difficulty(**dict(difficulty))
-        difficulty = dataclasses.replace(difficulty, **knobs)
-        self.config = SyntheticConfig(num_ids=num_ids, num_cams=num_cams, images_per_id=images_per_id,
-                                      height=height, width=width, seed=seed,
-                                      num_distractor_ids=num_distractor_ids, difficulty=difficulty)
+        self.config = synthetic_config(
+            "SyntheticReID", kwargs, num_ids=num_ids, num_cams=num_cams, images_per_id=images_per_id,
+            height=height, width=width, seed=seed, num_distractor_ids=num_distractor_ids, difficulty=difficulty,
+        )
         self.root = os.path.abspath(os.path.expanduser(root))
         self.dataset_dir = prepare_synthetic(self.root, self.config, progress)
         train, query, gallery = self._lists()
