@@ -4,7 +4,7 @@ Usage::
 
     reid explain --config FILE --weights CKPT [--num-queries N] [--topk K] [--triplets]
         [--same truth|model] [--layer NAME] [--keep-same-camera] [--batch-size B] [--no-progress]
-        [--top-nodes T] [--feeders F] [--max-matrix-mb M] [KEY VALUE ...]
+        [--top-nodes T] [--feeders F] [--max-matrix-mb M] [--features DIR] [KEY VALUE ...]
 
 On the first target dataset of the config (``DATA.TARGETS``, else ``DATA.SOURCES``): ``N``
 queries evenly spread over the query set, each with its top-``K`` gallery matches by the model's
@@ -24,7 +24,9 @@ per-stripe bars, a failure table); ``panels.html`` over the PNG panels for paper
 distance, rank, correctness, the map energy inside the person mask where the dataset has masks;
 per query its AP; a summary). The run's statistics need every query's distances to the gallery
 (float32); above ``--max-matrix-mb`` (default ``TEST.MAX_MATRIX_MB``) they cover the explained
-queries only. What each step does precisely: :mod:`reid.explain.dump`; ``docs/method.md``
+queries only. ``--features DIR`` reads the embeddings ``reid test --save-features DIR`` wrote
+instead of embedding the query and gallery sets again: the trunk then runs only on the chosen
+queries and the gallery images their explanations need. What each step does precisely: :mod:`reid.explain.dump`; ``docs/method.md``
 sections 2, 4 and 5.
 """
 
@@ -71,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="largest all-queries x gallery distance matrix (MB) kept for the run's statistics (above: explained "
         "queries only; default: TEST.MAX_MATRIX_MB)",
     )
+    parser.add_argument("--features", metavar="DIR", default=None,
+                        help="rank from the features reid test --save-features wrote to DIR")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides, e.g. OUTPUT_DIR out")
     args = parse_with_overrides(parser, argv)
@@ -83,6 +87,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.batch_size < 0:
         parser.error("--batch-size must be positive (or 0: SAMPLER.BATCH_SIZE_TEST)")
     return args
+
+
+def saved_features(folder: str, target: str, loaders: dict[str, Any]) -> tuple[Any, Any]:
+    """The saved query and gallery embeddings of ``target``, checked against the dataset's images."""
+    from reid.engine.evaluation import features_file, load_features
+
+    try:
+        query, gallery = load_features(features_file(folder, target), target)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"reid explain --features: {exc}") from exc
+    for split, saved in (("query", query), ("gallery", gallery)):
+        paths = [item[0] for item in loaders[split].dataset.data]
+        if list(saved.paths) != paths:
+            raise SystemExit(
+                f"reid explain --features: the saved {split} features are not of this dataset's {len(paths)} "
+                f"{split} images in order (the file has {len(saved.paths)}): save them again with reid test "
+                "--save-features and the same config"
+            )
+    return query.features, gallery.features
 
 
 def _fmt(value: float | None) -> str:
@@ -121,9 +144,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         how = f"the full model at {layer!r}"
     logger.info("explaining %s with %s", dataset_name, how)
+    saved = None if args.features is None else saved_features(args.features, dataset_name, engine.test_loader[dataset_name])
     summary = write_explanations(
         model, engine.device, engine.test_loader[dataset_name], engine.distance_matrix,
         os.path.join(cfg.OUTPUT_DIR, EXPLANATIONS_DIR), options, title=dataset_name, autocast=engine.autocast,
+        saved=saved,
     )
     if attribution:
         logger.info(

@@ -256,9 +256,12 @@ class EncodedQueries:
     chosen: np.ndarray
 
 
-def encode_queries(setup: Setup, loader: DataLoader, count: int) -> EncodedQueries:
+def encode_queries(setup: Setup, loader: DataLoader, count: int, saved: torch.Tensor | None = None) -> EncodedQueries:
     """Runs the trunk once on every query of ``loader``'s dataset, keeping the explanation inputs of
-    ``count`` evenly spread ones (:func:`spread_indices`)."""
+    ``count`` evenly spread ones (:func:`spread_indices`). With ``saved`` (the query set's
+    embeddings, in dataset order), the trunk runs on the chosen queries only."""
+    if saved is not None:
+        return _encode_chosen_queries(setup, loader, count, saved)
     chosen = spread_indices(len(loader.dataset), count)
     wanted = set(chosen)
     queries: list[QueryInfo] = []
@@ -280,6 +283,26 @@ def encode_queries(setup: Setup, loader: DataLoader, count: int) -> EncodedQueri
     return EncodedQueries(
         queries, all_embeddings[index], inputs, all_embeddings, np.concatenate(pids), np.concatenate(camids),
         np.asarray(chosen, dtype=np.int64),
+    )
+
+
+def _encode_chosen_queries(setup: Setup, loader: DataLoader, count: int, saved: torch.Tensor) -> EncodedQueries:
+    """:func:`encode_queries` from saved embeddings: one trunk pass per chosen query only."""
+    items = list(loader.dataset.data)
+    chosen = spread_indices(len(items), count)
+    queries, inputs = [], []
+    for start in range(0, len(chosen), loader.batch_size or 1):
+        indices = chosen[start : start + (loader.batch_size or 1)]
+        images = torch.stack([loader.dataset[i]["img"] for i in indices]).to(setup.device)
+        encoded = encode(setup.model, images, setup.head_path)
+        for k, i in enumerate(indices):
+            path, pid, camid = items[i][:3]
+            queries.append(QueryInfo(i, path, int(pid), int(camid)))
+            inputs.append(encoded.feature_maps[k].clone() if setup.head_path else images[k])
+    index = torch.as_tensor(chosen, dtype=torch.long)
+    return EncodedQueries(
+        queries, saved[index].float(), inputs, saved.float(), np.asarray([it[1] for it in items]),
+        np.asarray([it[2] for it in items]), np.asarray(chosen, dtype=np.int64),
     )
 
 
@@ -305,9 +328,12 @@ def rank_gallery(
     topk: int,
     remove_same_camera: bool,
     max_matrix_mb: float = 0.0,
+    saved: torch.Tensor | None = None,
 ) -> tuple[MatchTracker, GalleryRows]:
     """Streams the gallery once through the trunk, ranking it for the chosen queries and keeping
-    the needed maps; keeps every query's distances too when they fit ``max_matrix_mb``."""
+    the needed maps; keeps every query's distances too when they fit ``max_matrix_mb``. With
+    ``saved`` (the gallery's embeddings, in dataset order) the ranking reads them instead, and the
+    trunk runs only on the images the explanations need."""
     tracker = MatchTracker(
         np.array([q.pid for q in encoded.queries]), np.array([q.camid for q in encoded.queries]), topk,
         remove_same_camera,
@@ -324,8 +350,11 @@ def rank_gallery(
             "(--max-matrix-mb %.0f)", len(encoded.queries), num_q, needed_mb, max_matrix_mb,
         )
     rows, gallery_embeddings = [], []
-    for batch in setup.bar(loader, "gallery"):
-        batch_encoded = encode(setup.model, batch["img"].to(setup.device), setup.head_path)
+    for batch in setup.bar(_gallery_batches(loader, saved), "gallery"):
+        if saved is None:
+            batch_encoded = encode(setup.model, batch["img"].to(setup.device), setup.head_path)
+        else:
+            batch_encoded = EncodedBatch(batch["embeddings"], None)
         maps = batch_encoded.feature_maps
         if keep_all:
             block = distances_of(encoded.all_embeddings, batch_encoded.embeddings).astype(np.float32)
@@ -339,11 +368,31 @@ def rank_gallery(
             chosen_rows, np.asarray(batch["pid"]), np.asarray(batch["camid"]), list(batch["impath"]),
             [m.clone() for m in maps] if maps is not None else None,  # a clone frees the batch
         )
+    if saved is not None and setup.head_path:  # the maps of the images the explanations need
+        needed = tracker.needed()
+        for start in range(0, len(needed), loader.batch_size or 1):
+            indices = needed[start : start + (loader.batch_size or 1)]
+            images = torch.stack([loader.dataset[j]["img"] for j in indices]).to(setup.device)
+            for j, feature_map in zip(indices, encode(setup.model, images, True).feature_maps):
+                tracker.payload[j] = feature_map.clone()
     kept = GalleryRows()
     if keep_all:
         kept.distances = np.concatenate(rows, axis=1) if rows else np.empty((num_q, 0), dtype=np.float32)
         kept.embeddings = torch.cat(gallery_embeddings) if gallery_embeddings else None
     return tracker, kept
+
+
+def _gallery_batches(loader: DataLoader, saved: torch.Tensor | None) -> Iterable[dict[str, Any]]:
+    """The gallery loader's batches, or batches of the saved embeddings with the dataset's labels."""
+    if saved is None:
+        yield from loader
+        return
+    items = list(loader.dataset.data)
+    size = loader.batch_size or 1
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        yield {"embeddings": saved[start : start + size].float(), "pid": [it[1] for it in chunk],
+               "camid": [it[2] for it in chunk], "impath": [it[0] for it in chunk]}
 
 
 # -- explaining -----------------------------------------------------------------------------------
@@ -883,6 +932,7 @@ def write_explanations(
     options: ExplainOptions,
     title: str = "",
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    saved: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Explains the top matches of ``options.num_queries`` queries and writes the dump (module docstring).
 
@@ -896,6 +946,9 @@ def write_explanations(
         title: the report's title (the dataset's name is a good one).
         autocast: context of the trunk passes (mixed precision); attribution always runs in
             float32 (its eq. 11 identity is checked exactly) and the maps are computed in float32.
+        saved: the query and gallery sets' embeddings (e.g. from ``reid test --save-features``), in
+            dataset order: the ranking and the run's statistics read them, and the trunk runs only
+            on the chosen queries and the gallery images their explanations need.
 
     Returns:
         The summary (also written to ``explanations.json`` with the pairs and triplets).
@@ -916,10 +969,10 @@ def write_explanations(
     )
     context = contextlib.nullcontext() if attribution else autocast()
     with context:
-        encoded = encode_queries(setup, loaders["query"], options.num_queries)
+        encoded = encode_queries(setup, loaders["query"], options.num_queries, None if saved is None else saved[0])
         tracker, kept = rank_gallery(
             setup, loaders["gallery"], encoded, _as_numpy(distances_of), options.topk, not options.keep_same_camera,
-            options.max_matrix_mb,
+            options.max_matrix_mb, None if saved is None else saved[1],
         )
         explainer = Explainer(setup, encoded, tracker, loaders["gallery"].dataset)
         dump = Dump(out_dir)

@@ -105,6 +105,10 @@ class MatchTracker:
                 if j >= offset and j not in self.payload:
                     self.payload[j] = payload[j - offset]
 
+    def needed(self) -> list[int]:
+        """Gallery indices some query still needs (its top ``K``, best true and best wrong match)."""
+        return sorted({int(j) for cand in self.candidates for j in cand.indices})
+
     def _junk(self, pids: np.ndarray, camids: np.ndarray) -> np.ndarray:
         """``(N, b)`` bool: gallery entries removed for each query."""
         pids, camids = np.asarray(pids), np.asarray(camids)

@@ -359,3 +359,26 @@ def test_explorer_is_the_report_and_runs_in_a_browser(head_run):
         query.hover(position={"x": 2, "y": 2})
         assert p.locator(first).first.get_attribute("data-highlight") == "0"
         assert opened.errors == []
+
+
+def test_explaining_from_saved_features_runs_the_trunk_only_where_needed(checkpoint, tiny_data_root, tmp_path, head_run):
+    from reid.cli import test as test_tool
+
+    features = tmp_path / "feats"
+    test_tool.main(["--config", CONFIG, "--weights", str(checkpoint), "--no-progress", "--save-features",
+                    str(features), "TEST.EXPLAIN_LAYER", "", *tiny_overrides(tiny_data_root, tmp_path / "test")])
+    summary, content, calls = run_explain(checkpoint, tiny_data_root, tmp_path / "saved", "--triplets",
+                                          "--features", str(features))
+    # the same explanations as embedding everything again
+    key = lambda p: (p["query_index"], p["rank"])  # noqa: E731
+    ours, head = sorted(content["pairs"], key=key), sorted(head_run[1]["pairs"], key=key)
+    assert [(key(p), p["gallery_path"]) for p in ours] == [(key(p), p["gallery_path"]) for p in head]
+    for p, h in zip(ours, head):
+        assert p["distance"] == pytest.approx(h["distance"], rel=1e-5, abs=1e-6)
+        assert p["gallery_mask_fraction"] == pytest.approx(h["gallery_mask_fraction"], rel=1e-4, abs=1e-6)
+    assert summary["run"]["mAP"] == pytest.approx(head_run[0]["run"]["mAP"])
+    # the trunk ran on the chosen queries and the needed gallery images only
+    assert calls["trunk_images"] <= NUM_QUERIES + NUM_QUERIES * (TOPK + 2)
+    assert calls["trunk_images"] < head_run[2]["trunk_images"]
+    with pytest.raises(SystemExit, match="features file not found"):
+        run_explain(checkpoint, tiny_data_root, tmp_path / "none", "--features", str(tmp_path))
