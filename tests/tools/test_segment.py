@@ -56,3 +56,21 @@ def test_bad_thresholds_are_refused(checkpoint, tiny_data_root, tmp_path):
     with pytest.raises(SystemExit, match="bg < probable_fg"):
         segment_tool.main(["--config", CONFIG, "--weights", str(checkpoint), "--bg", "0.5", "--probable-fg", "0.4",
                            *tiny_overrides(tiny_data_root, tmp_path)])
+
+
+def test_segment_scores_pascal5i_episodes(checkpoint, tiny_data_root, tmp_path):
+    from tests.data.test_pascal5i import make_voc
+
+    voc_root = tmp_path / "voc"
+    make_voc(voc_root)
+    summary = segment_tool.main([
+        "--config", CONFIG, "--weights", str(checkpoint), "--pascal5i", str(voc_root), "--fold", "0",
+        "--pairs", "3", "--panels", "1", "--no-progress", "TEST.EXPLAIN_LAYER", "",
+        *tiny_overrides(tiny_data_root, tmp_path / "out"),
+    ])
+    assert summary["source"] == "PASCAL-5i fold 0" and summary["pairs"] == 3
+    content = json.loads((tmp_path / "out" / "segmentation" / "segmentation.json").read_text())
+    for record in content["pairs"]:
+        assert "VOCdevkit" in record["query"] and record["support"] != record["query"]
+        for method in segment_tool.METHODS:
+            assert 0.0 <= record[method]["fb_iou"] <= 1.0
