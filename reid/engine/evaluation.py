@@ -232,7 +232,7 @@ def evaluate_targets(
     try:
         for name, loaders in test_loader.items():
             try:
-                retrieval = bool(getattr(loaders["query"].dataset, "retrieval", False))
+                retrieval = bool(getattr(getattr(loaders["query"], "dataset", None), "retrieval", False))
                 if feature_files is not None and feature_files.mode == "load":
                     query, gallery = load_features(features_file(feature_files.folder, name), name)
                     logger.info("%s: features read from %s", name, features_file(feature_files.folder, name))
