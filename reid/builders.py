@@ -273,7 +273,7 @@ def _pcb_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, 
     common = dict(
         **base,
         id_weight=cfg.LOSS.ID_WEIGHT, triplet_weight=cfg.LOSS.TRIPLET_WEIGHT,
-        margin=cfg.LOSS.TRIPLET_MARGIN, label_smoothing=cfg.LOSS.LABEL_SMOOTH,
+        margin=cfg.LOSS.TRIPLET_MARGIN, label_smoothing=cfg.LOSS.LABEL_SMOOTH, metric=cfg.LOSS.METRIC,
     )
     if not cfg.SAM.ENABLED:
         return PCBEngine(datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common)

@@ -120,9 +120,13 @@ _C.LOSS = CN()
 _C.LOSS.ID_WEIGHT = 1.0
 # Label smoothing epsilon of the ID loss (0 disables).
 _C.LOSS.LABEL_SMOOTH = 0.0
-# Weight of the batch-hard triplet loss on the concatenated reduced stripe features.
+# The metric loss of PCB models: "triplet" (batch hard), "contrastive" or "quadruplet" (the SAM
+# paper's Siamese / triplet / quadruplet networks; reid/losses/metric.py). TRIPLET_WEIGHT and
+# TRIPLET_MARGIN are its weight and margin, whichever it is.
+_C.LOSS.METRIC = "triplet"
+# Weight of the metric loss (batch-hard triplet by default) on the concatenated stripe features.
 _C.LOSS.TRIPLET_WEIGHT = 1.0
-# Margin of the triplet loss.
+# Margin of the metric loss.
 _C.LOSS.TRIPLET_MARGIN = 0.3
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +429,7 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
     from reid.engine.distributed import BACKENDS
     from reid.engine.optim import OPTIMIZERS, SCHEDULERS
     from reid.losses import AVSL_LOSSES, BN_MODES, FORMS
+    from reid.losses.metric import METRIC_LOSSES
     from reid.metrics import DISTANCE_METRICS
     from reid.models import BACKBONES, PADDING_MODES, list_models
     from reid.models.pcb import TEST_FEATURES
@@ -440,6 +445,7 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
         "DATA.ON_BAD_IMAGE": ON_BAD_IMAGE_MODES,
         "SAMPLER.TRAIN": TRAIN_SAMPLERS,
         "SAM.FORM": tuple(FORMS),
+        "LOSS.METRIC": METRIC_LOSSES,
         "SAM.BN_MODE": BN_MODES,
         "AVSL.LOSS": AVSL_LOSSES,
         "TRAIN.AMP": AMP_MODES,

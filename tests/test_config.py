@@ -91,6 +91,7 @@ def test_allowed_values_come_from_their_components():
         "SAMPLER.TRAIN": ("RandomIdentitySampler", "RandomSampler"),
         "SAM.FORM": ("siamese", "triplet", "quadruplet"),
         "SAM.BN_MODE": ("eval", "train"),
+        "LOSS.METRIC": ("triplet", "contrastive", "quadruplet"),
         "AVSL.LOSS": ("triplet", "proxy_anchor"),
         "TRAIN.AMP": ("off", "bf16", "fp16"),
         "DIST.BACKEND": ("auto", "nccl", "gloo"),

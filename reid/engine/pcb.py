@@ -1,4 +1,5 @@
-"""PCB training step: ID loss (mean over stripes) + batch-hard triplet loss."""
+"""PCB training step: ID loss (mean over stripes) + a metric loss (batch-hard triplet by default;
+contrastive or quadruplet with ``LOSS.METRIC``, :mod:`reid.losses.metric`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Any
 
 import torch
 
-from reid.losses import batch_hard_triplet_loss, part_cross_entropy
+from reid.losses import part_cross_entropy
+from reid.losses.metric import METRIC_LOSSES, metric_loss_from_features
 
 from .base import ReidEngine
 
@@ -18,12 +20,13 @@ def stripe_accuracy(logits: list[torch.Tensor], pids: torch.Tensor) -> float:
 
 
 class PCBEngine(ReidEngine):
-    """Trains PCB with ``id_weight * L_id + triplet_weight * L_triplet``.
+    """Trains PCB with ``id_weight * L_id + triplet_weight * L_metric``.
 
     Args:
         id_weight: weight of the ID loss.
-        triplet_weight: weight of the triplet loss (0 skips it).
-        margin: triplet margin.
+        triplet_weight: weight of the metric loss (0 skips it; named for the default, triplet).
+        margin: margin of the metric loss.
+        metric: ``triplet`` (batch hard), ``contrastive`` or ``quadruplet``; logged under its name.
         label_smoothing: label smoothing of the ID loss.
         **kwargs: see :class:`~reid.engine.base.ReidEngine`.
     """
@@ -35,19 +38,24 @@ class PCBEngine(ReidEngine):
         triplet_weight: float = 1.0,
         margin: float = 0.3,
         label_smoothing: float = 0.0,
+        metric: str = "triplet",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.weights = {"id": id_weight, "triplet": triplet_weight}
+        if metric not in METRIC_LOSSES:
+            raise ValueError(f"metric loss must be one of {METRIC_LOSSES}, got {metric!r}")
+        self.metric = metric
+        self.weights = {"id": id_weight, metric: triplet_weight}
         self.margin = margin
         self.label_smoothing = label_smoothing
 
     def metric_terms(self, output: Any, pids: Any) -> tuple[dict, Any]:
-        """ID and triplet terms of a PCB output; returns ``(terms, mined tuples)``."""
+        """ID and metric terms of a PCB output; returns ``(terms, mined tuples)`` (the batch-hard
+        triplets, whatever the metric loss: what similarity mining reuses)."""
         terms = {"id": part_cross_entropy(output.logits, pids, self.label_smoothing)}
-        triplet, mined = batch_hard_triplet_loss(output.features.flatten(1), pids, self.margin)
-        if self.weights["triplet"] > 0:
-            terms["triplet"] = triplet
+        metric, mined = metric_loss_from_features(self.metric, output.features.flatten(1), pids, self.margin)
+        if self.weights[self.metric] > 0:
+            terms[self.metric] = metric
         return terms, mined
 
     def forward_backward(self, data: dict[str, Any]) -> dict[str, float]:

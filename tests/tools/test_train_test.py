@@ -186,3 +186,14 @@ def test_rerank_beyond_the_memory_is_refused_with_its_size():
     # MSMT17 size: 4 bytes x (11659^2 + 82161^2 + 4 x 11659 x 82161) = 42.87e9 bytes = 39.9 GiB
     with pytest.raises(MemoryError, match=r"needs at least 39\.9 GB.*24\.0 GB are available.*TEST.RERANK False"):
         check_rerank_memory(11659, 82161, available_mb=24 * 1024)
+
+
+@pytest.mark.parametrize("metric", ["contrastive", "quadruplet"])
+def test_other_metric_losses_train_and_are_logged_by_name(tiny_data_root, tmp_path, metric):
+    out = tmp_path / metric
+    train_tool.main(["--config", CONFIG, "--no-progress", *tiny_overrides(tiny_data_root, out), "LOSS.METRIC", metric,
+                     "TEST.EVAL_FREQ", "0"])
+    on_disk = json.loads((out / "metrics.json").read_text())
+    (epoch,) = on_disk["history"]
+    assert metric in epoch and "triplet" not in epoch
+    assert 0.0 <= on_disk["mAP"] <= 1.0
