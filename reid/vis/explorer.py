@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from .image import check_rgb
+from .report import html_page
 
 __all__ = [
     "ExplorerExplainer",
@@ -454,16 +455,7 @@ def write_explorer(
         f"{position + 1}</a>"
         for position, i in enumerate(order)
     )
-    page = "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        f"<title>{_esc(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head>",
-        "<body>",
-        f"<h1>{_esc(title)}</h1>",
+    page = html_page(title, _CSS, [
         *(f'<p class="note">{_esc(n)}</p>' for n in notes),
         _stats_html(stats),
         *(_table_html(t) for t in tables),
@@ -473,9 +465,6 @@ def write_explorer(
         *(_query_html(position + 1, i, queries[i]) for position, i in enumerate(order)),
         f'<script type="application/json" id="explorer-data">{payload}</script>',
         f"<script>{_SCRIPT}</script>",
-        "</body>",
-        "</html>",
-        "",
     ])
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -193,6 +193,15 @@ def _summary_html(query_results: Sequence[QueryResult]) -> str:
     return f"<p>{_esc(text)}</p>"
 
 
+def html_page(title: str, css: str, body: Sequence[str]) -> str:
+    """A whole HTML page: the escaped ``title`` as title and first heading, inline ``css``, then
+    the ``body`` parts (HTML), one per line."""
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{_esc(title)}</title>",
+        f"<style>{css}</style>", "</head>", "<body>", f"<h1>{_esc(title)}</h1>", *body, "</body>", "</html>", "",
+    ])
+
+
 def write_html_report(
     out_dir: str | os.PathLike,
     query_results: Sequence[QueryResult],
@@ -226,25 +235,7 @@ def write_html_report(
     assets = _Assets(out, image_dir)
     sections = [_query_html(assets, i, q) for i, q in enumerate(query_results)]
     nav = " ".join(f'<a href="#q{i}">{i + 1}</a>' for i in range(len(query_results)))
-    page = "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            f"<title>{_esc(title)}</title>",
-            f"<style>{_CSS}</style>",
-            "</head>",
-            "<body>",
-            f"<h1>{_esc(title)}</h1>",
-            _summary_html(query_results),
-            f"<nav>{nav}</nav>",
-            *sections,
-            "</body>",
-            "</html>",
-            "",
-        ]
-    )
+    page = html_page(title, _CSS, [_summary_html(query_results), f"<nav>{nav}</nav>", *sections])
     if Path(file_name).name != file_name:
         raise ValueError(f"file_name must be a file name inside out_dir, got {file_name!r}")
     index = out / file_name
