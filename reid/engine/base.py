@@ -38,7 +38,7 @@ from .amp import autocast_context, check_amp, deterministic_algorithms, to_float
 from .checkpoint import checkpoint_path, remove_orphan_files, restore_training_state
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
-from .evaluation import EvalOptions, FeatureFiles, evaluate_targets, rank_features, retrieval_features
+from .evaluation import EvalOptions, FeatureFiles, evaluate_targets, rank_features
 from .hooks import CheckpointHook, CMCPlotHook, EvaluationHook, Hook, MetricsHook, TensorBoardHook
 from .hooks import metrics_content
 from .torchreid_compat import TorchreidEngine, check_run_arguments
@@ -375,8 +375,10 @@ class ReidEngine(TorchreidEngine):
         ).cpu()
 
     def score_retrieval(self, test: Any) -> dict[str, float]:
-        """Retrieval metrics of a retrieval target's test set with :meth:`distance_matrix`."""
-        return retrieval_features(test, self.eval_options, self.distance_matrix)
+        """Ranking and retrieval metrics of a retrieval target's test set, every image against every
+        other, with :meth:`distance_matrix` (one matrix for both when it fits ``TEST.MAX_MATRIX_MB``;
+        above it, each streams its own blocks of rows)."""
+        return rank_features(test, test, self.eval_options, self.distance_matrix, retrieval=True)
 
     def score(self, query: Any, gallery: Any) -> dict[str, float]:
         """Ranking metrics of query against gallery features with :meth:`distance_matrix`."""

@@ -213,11 +213,11 @@ def evaluate_targets(
             its result may carry the CMC curve as ``.cmc`` (see :func:`ranking_metrics`).
         device, progress, amp, channels_last: see :func:`extract_dataset_features`.
         feature_files: save the extracted features, or load them instead of extracting.
-        score_retrieval: the retrieval metrics of a retrieval target's test set (a dataset
-            with ``retrieval = True``, whose query and gallery are the same images with
-            ``camid`` = index, so that the protocol removes exactly the query itself): its
-            images are embedded once and these metrics join the ranking metrics (whose rank-k is
-            then Recall@k).
+        score_retrieval: used instead of ``score`` on a retrieval target (a dataset with
+            ``retrieval = True``, whose query and gallery are the same images with ``camid`` =
+            index, so that the protocol removes exactly the query itself): the ranking metrics
+            (whose rank-k is then Recall@k) and the retrieval metrics of its test set, which is
+            embedded once.
 
     Returns:
         ``{target: {rank1, ..., mAP, mINP}}`` and ``{target: CMC curve}`` (targets whose scores
@@ -251,13 +251,10 @@ def evaluate_targets(
                     )
                 if feature_files is not None and feature_files.mode == "save":
                     save_features(features_file(feature_files.folder, name), name, query, gallery)
-                scores = score(query, gallery)
                 if retrieval and score_retrieval is not None:
-                    extra = score_retrieval(query)
-                    cmc = getattr(scores, "cmc", None)
-                    scores = {**scores, **extra}
-                    if cmc is not None:
-                        scores = _with_cmc(scores, cmc)
+                    scores = score_retrieval(query)
+                else:
+                    scores = score(query, gallery)
             except Exception as exc:
                 exc.add_note(f"while evaluating the target '{name}'")
                 raise
@@ -269,12 +266,6 @@ def evaluate_targets(
     finally:
         model.train(was_training)
     return results, curves
-
-
-def _with_cmc(scores: Mapping[str, float], cmc: np.ndarray) -> "RankMetrics":
-    out = RankMetrics(scores)
-    out.cmc = cmc
-    return out
 
 
 class RankMetrics(dict):
@@ -320,38 +311,52 @@ def rank_features(
     gallery: ExtractedFeatures,
     options: EvalOptions,
     distances: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    retrieval: bool = False,
 ) -> RankMetrics:
     """Ranking metrics (:func:`ranking_metrics`) of ``query`` against ``gallery`` under ``options``.
 
     Args:
         query: the query set's features.
         gallery: the gallery set's features.
-        options: ranks, CUHK03 metric, re-ranking.
+        options: ranks, CUHK03 metric, re-ranking, memory budget, Recall@K.
         distances: ``(N, D), (M, D)`` features -> ``(N, M)`` distances on the CPU (the model's own,
             see :meth:`reid.engine.base.ReidEngine.distance_matrix`); the query-query and
             gallery-gallery matrices come from it too when ``options.rerank`` (k-reciprocal).
+        retrieval: ``query`` and ``gallery`` are one retrieval test set (:func:`evaluate_targets`):
+            the retrieval metrics of :func:`retrieval_scores` join the ranking metrics, from the
+            same distances (before any re-ranking).
     """
     num_q, num_g = len(query.features), len(gallery.features)
-    matrix_mb = 4.0 * num_q * num_g / 2**20
     if options.rerank:
         from reid.metrics import re_ranking
 
         check_rerank_memory(num_q, num_g)
-        distmat = distances(query.features, gallery.features).numpy()
+        raw = distances(query.features, gallery.features).numpy()
         q_q = distances(query.features, query.features).numpy()
         g_g = distances(gallery.features, gallery.features).numpy()
-        distmat = re_ranking(distmat, q_q, g_g)
-    elif matrix_mb > options.max_matrix_mb:
-        logger.info(
-            "streaming evaluation: the %d x %d distance matrix would need %.0f MB (TEST.MAX_MATRIX_MB %.0f); "
-            "ranking blocks of rows instead (same numbers)", num_q, num_g, matrix_mb, options.max_matrix_mb,
-        )
-        distmat = DistanceRows.from_features(
-            query.features, gallery.features, distances, block_mb=min(STREAM_BLOCK_MB, options.max_matrix_mb)
-        )
+        ranked = re_ranking(raw, q_q, g_g)
     else:
-        distmat = distances(query.features, gallery.features).numpy()
-    return ranking_metrics(distmat, query, gallery, options.ranks, options.use_metric_cuhk03)
+        raw = ranked = _distances_within_budget(query.features, gallery.features, options, distances)
+    metrics = ranking_metrics(ranked, query, gallery, options.ranks, options.use_metric_cuhk03)
+    if retrieval:
+        metrics.update(retrieval_scores(raw, query, options))
+    return metrics
+
+
+def _distances_within_budget(
+    query: torch.Tensor, gallery: torch.Tensor, options: EvalOptions,
+    distances: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> np.ndarray | DistanceRows:
+    """The whole ``(Q, G)`` matrix, or above ``options.max_matrix_mb`` its rows computed block by
+    block (:class:`reid.metrics.DistanceRows`: the evaluators give the same numbers)."""
+    matrix_mb = 4.0 * len(query) * len(gallery) / 2**20
+    if matrix_mb <= options.max_matrix_mb:
+        return distances(query, gallery).numpy()
+    logger.info(
+        "streaming evaluation: the %d x %d distance matrix would need %.0f MB (TEST.MAX_MATRIX_MB %.0f); "
+        "ranking blocks of rows instead (same numbers)", len(query), len(gallery), matrix_mb, options.max_matrix_mb,
+    )
+    return DistanceRows.from_features(query, gallery, distances, block_mb=min(STREAM_BLOCK_MB, options.max_matrix_mb))
 
 
 # Size of one block of distance rows on the streaming path.
@@ -386,27 +391,18 @@ def check_rerank_memory(num_query: int, num_gallery: int, available_mb: float | 
         )
 
 
-def retrieval_features(
-    test: ExtractedFeatures,
-    options: EvalOptions,
-    distances: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> dict[str, float]:
+def retrieval_scores(distmat: np.ndarray | DistanceRows, test: ExtractedFeatures, options: EvalOptions) -> dict[str, float]:
     """Recall@K (``options.recall_ks``), MAP@R, R-Precision and NMI of a retrieval test set, every
-    image a query against every other (:mod:`reid.metrics.retrieval_eval`), with the model's own
-    distance; streamed by blocks of rows above ``options.max_matrix_mb``."""
+    image a query against every other (:mod:`reid.metrics.retrieval_eval`), from its ``(N, N)``
+    distances (whole or by blocks of rows)."""
     from reid.metrics.retrieval_eval import nmi, retrieval_metrics
 
     num = len(test.features)
     ks = tuple(k for k in options.recall_ks if k <= num - 1)
     if len(ks) < len(options.recall_ks):
-        logger.warning("Recall@K for K in %s not reported: the test set has %d images", 
+        logger.warning("Recall@K for K in %s not reported: the test set has %d images",
                        [k for k in options.recall_ks if k > num - 1], num)
-    if 4.0 * num * num / 2**20 > options.max_matrix_mb:
-        rows: Any = DistanceRows.from_features(test.features, test.features, distances,
-                                               block_mb=min(STREAM_BLOCK_MB, options.max_matrix_mb))
-    else:
-        rows = distances(test.features, test.features)
-    result = retrieval_metrics(rows, test.pids, recall_ks=ks)
+    result = retrieval_metrics(distmat, test.pids, recall_ks=ks)
     out = {f"recall@{k}": float(v) for k, v in result.recall.items()}
     out["map@r"] = float(result.map_at_r)
     out["r_precision"] = float(result.r_precision)
