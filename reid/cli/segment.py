@@ -40,7 +40,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from reid.cli.common import config_or_exit, engine_with_weights, layer_or_exit, new_parser, parse_with_overrides
 
@@ -121,8 +120,9 @@ def pascal_pairs(root: str, fold: int, count: int) -> list[Pair]:
 
 
 def network_input(transform: Any, path: str) -> torch.Tensor:
-    with Image.open(path) as image:
-        return transform(image.convert("RGB"))
+    from reid.data.base import read_image
+
+    return transform(read_image(path))
 
 
 def masked(inputs: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
