@@ -205,19 +205,25 @@ def _map_json(values: np.ndarray, what: str) -> dict[str, object]:
 
 
 class _Images:
-    """Data URIs of the images, each distinct image stored once."""
+    """Data URIs of the images, each distinct image stored once (and an array shown several
+    times, e.g. a gallery image in several ranked lists, encoded once)."""
 
     def __init__(self) -> None:
         self.uris: list[str] = []
         self.sizes: list[tuple[int, int]] = []
         self._index: dict[str, int] = {}
+        self._encoded: dict[int, tuple[np.ndarray, int]] = {}  # id(array) -> (array, index)
 
     def add(self, image: np.ndarray) -> int:
+        known = self._encoded.get(id(image))
+        if known is not None and known[0] is image:
+            return known[1]
         uri = _data_uri(image)
         if uri not in self._index:
             self._index[uri] = len(self.uris)
             self.uris.append(uri)
             self.sizes.append((int(image.shape[0]), int(image.shape[1])))
+        self._encoded[id(image)] = (image, self._index[uri])
         return self._index[uri]
 
 
