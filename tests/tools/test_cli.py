@@ -58,7 +58,7 @@ def test_tools_shims_run_the_same_command(tool):
     assert f"usage: reid {tool.replace('_', '-')}" in done.stdout
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"weights"}))  # `reid weights` reads no config
 def test_every_subcommand_needs_a_config(command, capsys):
     with pytest.raises(SystemExit) as stop:
         main([command])
