@@ -286,6 +286,7 @@ def _pcb_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, 
             form=cfg.SAM.FORM, gamma=cfg.SAM.GAMMA, omega=cfg.SAM.OMEGA, sigma=cfg.SAM.SIGMA,
             layer=cfg.SAM.LAYER, bn_mode=cfg.SAM.BN_MODE, second_order=cfg.SAM.SECOND_ORDER,
             max_tuples=cfg.SAM.MAX_TUPLES, map_gradient=cfg.SAM.MAP_GRADIENT,
+            objective=cfg.SAM.OBJECTIVE, mining_start_epoch=cfg.SAM.START_EPOCH,
         )
     except ValueError as exc:  # SAM.LAYER names no module of the model (checked once it exists)
         raise ConfigError(f"SAM.LAYER {cfg.SAM.LAYER!r}: {exc}") from exc

@@ -155,6 +155,14 @@ _C.SAM.MAX_TUPLES = 0
 # L_sm reaches the first pass through the maps (A in M = ReLU(sum alpha_k A_k)), as published.
 # False detaches the maps: the masks are constants and L_sm trains through the masked pass only.
 _C.SAM.MAP_GRADIENT = True
+# Direction of L_sm (docs/method.md section 3): "erase" (minimising L_sm makes the masked tuple
+# fail its similarity condition, as the paper's text and Siamese form argue; triplet
+# ||f*a - f*n|| - ||f*a - f*p||) or "printed" (eq. 2 as printed, ||f*a - f*p|| - ||f*a - f*n||:
+# the ablation). The Siamese form -||f*1 - f*2|| is the same under both.
+_C.SAM.OBJECTIVE = "erase"
+# First epoch (0-based) trained with similarity mining: the epochs before it are plain PCB
+# epochs (no maps, no masked pass, no L_sm). 0: from the start.
+_C.SAM.START_EPOCH = 0
 
 # ---------------------------------------------------------------------------------------------
 # AVSL similarity head (AVSL paper; docs/method.md section 5). Used when MODEL.NAME is avsl;
@@ -428,7 +436,7 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
     from reid.engine.amp import AMP_MODES
     from reid.engine.distributed import BACKENDS
     from reid.engine.optim import OPTIMIZERS, SCHEDULERS
-    from reid.losses import AVSL_LOSSES, BN_MODES, FORMS
+    from reid.losses import AVSL_LOSSES, BN_MODES, FORMS, OBJECTIVES
     from reid.losses.metric import METRIC_LOSSES
     from reid.metrics import DISTANCE_METRICS
     from reid.models import BACKBONES, PADDING_MODES, list_models
@@ -445,6 +453,7 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
         "DATA.ON_BAD_IMAGE": ON_BAD_IMAGE_MODES,
         "SAMPLER.TRAIN": TRAIN_SAMPLERS,
         "SAM.FORM": tuple(FORMS),
+        "SAM.OBJECTIVE": OBJECTIVES,
         "LOSS.METRIC": METRIC_LOSSES,
         "SAM.BN_MODE": BN_MODES,
         "AVSL.LOSS": AVSL_LOSSES,
@@ -502,6 +511,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "SAM.OMEGA": _POSITIVE,
     "SAM.SIGMA": ((lambda v: _is_number(v) and 0 <= v <= 1), "a number in [0, 1] (a threshold of the normalised map)"),
     "SAM.MAX_TUPLES": _int_at_least(0, " (0: every mined tuple)"),
+    "SAM.START_EPOCH": _int_at_least(0, " (0: similarity mining from the first epoch)"),
     "AVSL.EMBED_DIM": _POSITIVE_INT,
     "AVSL.MOMENTUM": _PROBABILITY,
     "AVSL.MARGIN": _NON_NEGATIVE,

@@ -90,6 +90,7 @@ def test_allowed_values_come_from_their_components():
         "DATA.ON_BAD_IMAGE": ("error", "skip"),
         "SAMPLER.TRAIN": ("RandomIdentitySampler", "RandomSampler"),
         "SAM.FORM": ("siamese", "triplet", "quadruplet"),
+        "SAM.OBJECTIVE": ("erase", "printed"),
         "SAM.BN_MODE": ("eval", "train"),
         "LOSS.METRIC": ("triplet", "contrastive", "quadruplet"),
         "AVSL.LOSS": ("triplet", "proxy_anchor"),

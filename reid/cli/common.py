@@ -122,12 +122,28 @@ def check_weights_config(cfg, checkpoint: dict, weights: str, log: logging.Logge
         )
 
 
+def with_values_before_added_keys(saved: dict) -> dict:
+    """A checkpoint's config with the values that keys added to the config since then had in
+    effect, where that value is not the key's default (a copy; ``saved`` is left as it is).
+
+    ``SAM.OBJECTIVE`` (default ``erase``): a PCB+SAM checkpoint written before the key existed
+    trained with the printed form (``printed``), so a resume compares that value with the run's
+    and refuses a silent switch of the objective in mid-run (docs/method.md section 3).
+    """
+    sam = saved.get("SAM")
+    if not isinstance(sam, dict) or not sam.get("ENABLED") or "OBJECTIVE" in sam:
+        return saved
+    return {**saved, "SAM": {**sam, "OBJECTIVE": "printed"}}
+
+
 def check_resume_config(cfg, log: logging.Logger) -> None:
     """``--resume``: checks ``cfg`` against the config stored in the checkpoint the run resumes
     from (``OUTPUT_DIR/checkpoints/``), before anything is built (``reid.config.config_differences``).
 
     Logs the safe differences (the run uses their new values); nothing to check without a
-    checkpoint (the engine then starts from scratch) or without a config in it (logged).
+    checkpoint (the engine then starts from scratch) or without a config in it (logged). A key
+    added since the checkpoint was written counts with the value it had then where that is not
+    its default (:func:`with_values_before_added_keys`).
 
     Raises:
         ConfigError: a key that changes the model or the optimisation state differs (each one named,
@@ -143,7 +159,7 @@ def check_resume_config(cfg, log: logging.Logger) -> None:
     if not isinstance(saved, dict) or not saved:
         log.warning("--resume: %s holds no config: the run's config is not compared with it", path)
         return
-    refused, allowed = config_differences(saved, cfg)
+    refused, allowed = config_differences(with_values_before_added_keys(saved), cfg)
     if refused:
         raise ConfigError(
             f"--resume: the config differs from the checkpoint's ({path}) in keys that change the model or "

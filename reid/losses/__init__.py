@@ -31,6 +31,7 @@ from reid.losses.sam import (
 )
 from reid.losses.similarity_mining import (
     FORMS,
+    OBJECTIVES,
     ROLES,
     mining_tuples,
     quadruplet_mining_loss,
@@ -59,6 +60,7 @@ __all__ = [
     "FORMS",
     "LossTerms",
     "MinedTuples",
+    "OBJECTIVES",
     "ProxyAnchorLoss",
     "ROLES",
     "SimilarityMiningLoss",

@@ -14,9 +14,11 @@ the batch, its train-mode output and the tuples mined for the metric loss, it:
 3. soft-masks the member images (:func:`reid.losses.soft_mask`, ``omega``, ``sigma``) and passes
    all masked images once through the same encoder (``forward_features`` + ``embed_features``),
    BatchNorm in eval mode for that pass by default;
-4. returns ``L_sm`` on the masked embeddings (:func:`reid.losses.similarity_mining_loss`) with
-   what it was computed from (:class:`SimilarityMiningStep`); the engine adds ``gamma * L_sm``
-   to ``L_ml`` (:func:`reid.losses.combine`).
+4. returns ``L_sm`` on the masked embeddings (:func:`reid.losses.similarity_mining_loss`, in
+   the direction ``objective`` chooses: ``erase`` by default, ``printed`` as the ablation; see
+   :mod:`reid.losses.similarity_mining`) with what it was computed from
+   (:class:`SimilarityMiningStep`); the engine adds ``gamma * L_sm`` to ``L_ml``
+   (:func:`reid.losses.combine`).
 
 Decisions (docs/method.md sections 2-3 where it decides, ours otherwise):
 
@@ -90,6 +92,7 @@ from reid.explain import (
 )
 from reid.losses.similarity_mining import (
     FORMS,
+    OBJECTIVES,
     ROLES,
     mining_tuples,
     similarity_mining_loss,
@@ -195,10 +198,14 @@ class SimilarityMiningLoss:
             through ``A`` in the maps. False: the maps (hence the masks) are constants and
             ``L_sm`` trains the network through the masked pass only, so the model cannot lower
             ``L_sm`` by moving its attention off the evidence (an ablation).
+        objective: the direction of ``L_sm`` (:data:`reid.losses.OBJECTIVES`): ``"erase"``
+            (default: minimising ``L_sm`` makes the masked tuple fail its similarity condition,
+            as the SAM paper's text after eq. 2 and its Siamese form argue) or ``"printed"``
+            (eq. 2 as printed, the ablation; the Siamese form is the same under both).
 
     Raises:
-        ValueError: an unknown form or BatchNorm mode, ``gamma < 0``, ``max_tuples < 0``, or
-            ``second_order`` without ``map_gradient``.
+        ValueError: an unknown form, objective or BatchNorm mode, ``gamma < 0``,
+            ``max_tuples < 0``, or ``second_order`` without ``map_gradient``.
     """
 
     def __init__(
@@ -212,9 +219,12 @@ class SimilarityMiningLoss:
         second_order: bool = False,
         max_tuples: int = 0,
         map_gradient: bool = True,
+        objective: str = "erase",
     ) -> None:
         if form not in FORMS:
             raise ValueError(f"unknown similarity mining form {form!r}; expected one of {FORMS}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
         if gamma < 0:
@@ -233,6 +243,7 @@ class SimilarityMiningLoss:
         self.second_order = second_order
         self.max_tuples = max_tuples
         self.map_gradient = map_gradient
+        self.objective = objective
         self.num_negatives = 2 if form == "quadruplet" else 1
 
     def __repr__(self) -> str:
@@ -240,7 +251,7 @@ class SimilarityMiningLoss:
             f"{type(self).__name__}(form={self.form!r}, gamma={self.gamma}, omega={self.omega}, "
             f"sigma={self.sigma}, layer={self.layer!r}, bn_mode={self.bn_mode!r}, "
             f"second_order={self.second_order}, max_tuples={self.max_tuples}, "
-            f"map_gradient={self.map_gradient})"
+            f"map_gradient={self.map_gradient}, objective={self.objective!r})"
         )
 
     def check_model(self, model: nn.Module) -> None:
@@ -334,7 +345,7 @@ class SimilarityMiningLoss:
             return {role: split[r][inverse] for r, role in enumerate(self.roles)}
 
         embeddings = per_tuple(embedded)
-        loss = similarity_mining_loss(self.form, embeddings)
+        loss = similarity_mining_loss(self.form, embeddings, objective=self.objective)
         return SimilarityMiningStep(
             loss=loss,
             tuples={role: unique[inverse, r] for r, role in enumerate(self.roles)},

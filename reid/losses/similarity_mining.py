@@ -7,6 +7,20 @@ size, min-max normalised per sample and turned into a soft mask (:func:`soft_mas
 images go through the encoder again and their embeddings ``f*`` enter one of the losses below
 (:func:`similarity_mining_loss`).
 
+Objectives (:data:`OBJECTIVES`; docs/method.md section 3). The SAM paper prints its equation 2 as
+``L_sm = ||f*a - f*p|| - ||f*a - f*n||``, yet the sentence after it says that "by minimizing
+L_sm, the model has difficulties in predicting whether the input triplet would satisfy the
+triplet condition", and its Siamese form "attempts to maximize the distance between f*1 and f*2"
+(``L_sm = -|f*1 - f*2|``). Minimising the printed triplet form pulls the masked positive
+towards the anchor, the opposite of what the text and the Siamese form ask. So:
+
+- ``"erase"`` (default, the direction the text argues): minimising ``L_sm`` makes the masked
+  tuple FAIL its similarity condition. Triplet ``||f*a - f*n|| - ||f*a - f*p||``; quadruplet
+  ``(||f*a - f*n1|| - ||f*a - f*p||) + (||f*a - f*n2|| - ||f*a - f*p||)``; Siamese
+  ``-||f*1 - f*2||``. ``d L_sm / d ||f*a - f*p|| < 0`` in every form.
+- ``"printed"`` (the ablation): equation 2 as printed, and the quadruplet sum of it over both
+  negatives. The Siamese form has no printed triplet counterpart and is the same under both.
+
 Roles: ``"anchor"``, ``"positive"`` (Siamese: the positive pair), plus ``"negative"``
 (triplet) or ``"negative1"``, ``"negative2"`` (quadruplet).
 """
@@ -27,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FORMS",
+    "OBJECTIVES",
     "ROLES",
     "mining_tuples",
     "quadruplet_mining_loss",
@@ -49,6 +64,11 @@ ROLES: dict[str, tuple[str, ...]] = {
 
 FORMS: tuple[str, ...] = tuple(ROLES)
 """The forms of similarity mining: ``"siamese"``, ``"triplet"``, ``"quadruplet"``."""
+
+OBJECTIVES: tuple[str, ...] = ("erase", "printed")
+"""The directions of ``L_sm`` (see the module docstring): ``"erase"`` (default: minimising
+``L_sm`` makes the masked tuple fail its similarity condition, as the SAM paper's text argues) and
+``"printed"`` (the SAM paper's equation 2 as printed, kept as an ablation)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,6 +191,13 @@ def mining_tuples(tuples: MinedTuples, form: str) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(
+            f"unknown similarity mining objective {objective!r}; expected one of {OBJECTIVES}"
+        )
+
+
 def _prepare(embeddings: tuple[torch.Tensor, ...], normalize: bool) -> tuple[torch.Tensor, ...]:
     """Checks that all embeddings are ``(T, D)`` alike and L2-normalises them if asked."""
     shape = embeddings[0].shape
@@ -190,11 +217,24 @@ def _empty_loss(embeddings: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 def triplet_mining_loss(
-    fa: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, normalize: bool = True
+    fa: torch.Tensor,
+    fp: torch.Tensor,
+    fn: torch.Tensor,
+    normalize: bool = True,
+    objective: str = "erase",
 ) -> torch.Tensor:
-    """Triplet similarity-mining loss ``||f*a - f*p|| - ||f*a - f*n||``, mean over triplets.
+    """Triplet similarity-mining loss, mean over triplets.
 
-    Reference: SAM paper, section 3.2, eq. 2.
+    - ``objective="erase"`` (default): ``||f*a - f*n|| - ||f*a - f*p||``. Minimising it pushes
+      the masked positive away from the masked anchor and pulls the masked negative in, so the
+      masked triplet fails the triplet condition: what the SAM paper's text after equation 2
+      asks ("by minimizing L_sm, the model has difficulties in predicting whether the input
+      triplet would satisfy the triplet condition").
+    - ``objective="printed"``: ``||f*a - f*p|| - ||f*a - f*n||``, equation 2 as printed (the
+      ablation; minimising it helps the masked triplet satisfy the condition).
+
+    Reference: SAM paper, section 3.2, eq. 2 and the paragraph after it; docs/method.md
+    section 3.
 
     Args:
         fa: ``(T, D)`` masked-anchor embeddings.
@@ -202,31 +242,49 @@ def triplet_mining_loss(
         fn: ``(T, D)`` masked-negative embeddings.
         normalize: L2-normalise each embedding first (docs/method.md: ``f`` is always
             L2-normalised before the formulas). Harmless if they already are.
+        objective: ``"erase"`` or ``"printed"`` (:data:`OBJECTIVES`).
 
     Returns:
         Scalar tensor; a zero connected to the inputs when ``T = 0``.
+
+    Raises:
+        ValueError: an unknown objective, or embeddings of different shapes.
     """
+    _check_objective(objective)
     fa, fp, fn = _prepare((fa, fp, fn), normalize)
     if fa.shape[0] == 0:
         return _empty_loss((fa, fp, fn))
-    return (paired_euclidean_distance(fa, fp) - paired_euclidean_distance(fa, fn)).mean()
+    d_ap = paired_euclidean_distance(fa, fp)
+    d_an = paired_euclidean_distance(fa, fn)
+    return (d_an - d_ap).mean() if objective == "erase" else (d_ap - d_an).mean()
 
 
 def siamese_mining_loss(
-    f1: torch.Tensor, f2: torch.Tensor, normalize: bool = True
+    f1: torch.Tensor, f2: torch.Tensor, normalize: bool = True, objective: str = "erase"
 ) -> torch.Tensor:
     """Siamese similarity-mining loss ``-||f*1 - f*2||`` on positive pairs, mean over pairs.
 
-    Reference: SAM paper, section 3.2 ("Extensions to other architectures", Siamese case).
+    The paper's Siamese objective "attempts to maximize the distance between f*1 and f*2, i.e.,
+    Lsm = -|f*1 - f*2|", so that after erasing "the model can no longer predict that the data
+    pair belongs to the same class". It is the same under both objectives (the paper prints no
+    other sign for it) and agrees with the triplet ``"erase"`` form on the positive pair.
+
+    Reference: SAM paper, section 3.2, "Extensions to Other Architectures" (Siamese case);
+    docs/method.md section 3.
 
     Args:
         f1: ``(T, D)`` masked embeddings of the first images of the positive pairs.
         f2: ``(T, D)`` masked embeddings of the second images.
         normalize: L2-normalise each embedding first.
+        objective: ``"erase"`` or ``"printed"`` (:data:`OBJECTIVES`); checked, same value.
 
     Returns:
         Scalar tensor; a zero connected to the inputs when ``T = 0``.
+
+    Raises:
+        ValueError: an unknown objective, or embeddings of different shapes.
     """
+    _check_objective(objective)
     f1, f2 = _prepare((f1, f2), normalize)
     if f1.shape[0] == 0:
         return _empty_loss((f1, f2))
@@ -239,13 +297,19 @@ def quadruplet_mining_loss(
     fn1: torch.Tensor,
     fn2: torch.Tensor,
     normalize: bool = True,
+    objective: str = "erase",
 ) -> torch.Tensor:
     """Quadruplet similarity-mining loss, mean over quadruplets of the two triplet terms.
 
-    ``(||f*a - f*p|| - ||f*a - f*n1||) + (||f*a - f*p|| - ||f*a - f*n2||)``.
+    The paper builds it from the triplets ``T1 = (f*a, f*p, f*n1)`` and ``T2 = (f*a, f*p, f*n2)``
+    as ``L_sm = L_sm^T1 + L_sm^T2``, each the triplet loss of :func:`triplet_mining_loss` with the
+    same ``objective``:
 
-    Reference: SAM paper, section 3.2 ("Extensions to other architectures", quadruplet case:
-    ``L_sm = L_sm^T1 + L_sm^T2``).
+    - ``"erase"`` (default): ``(||f*a - f*n1|| - ||f*a - f*p||) + (||f*a - f*n2|| - ||f*a - f*p||)``;
+    - ``"printed"``: ``(||f*a - f*p|| - ||f*a - f*n1||) + (||f*a - f*p|| - ||f*a - f*n2||)``.
+
+    Reference: SAM paper, section 3.2, "Extensions to Other Architectures" (quadruplet case)
+    and eq. 2; docs/method.md section 3.
 
     Args:
         fa: ``(T, D)`` masked-anchor embeddings.
@@ -253,21 +317,31 @@ def quadruplet_mining_loss(
         fn1: ``(T, D)`` masked embeddings of the first negatives.
         fn2: ``(T, D)`` masked embeddings of the second negatives.
         normalize: L2-normalise each embedding first.
+        objective: ``"erase"`` or ``"printed"`` (:data:`OBJECTIVES`).
 
     Returns:
         Scalar tensor; a zero connected to the inputs when ``T = 0``.
+
+    Raises:
+        ValueError: an unknown objective, or embeddings of different shapes.
     """
+    _check_objective(objective)
     fa, fp, fn1, fn2 = _prepare((fa, fp, fn1, fn2), normalize)
     if fa.shape[0] == 0:
         return _empty_loss((fa, fp, fn1, fn2))
     d_ap = paired_euclidean_distance(fa, fp)
-    return (
-        (d_ap - paired_euclidean_distance(fa, fn1)) + (d_ap - paired_euclidean_distance(fa, fn2))
-    ).mean()
+    d_an1 = paired_euclidean_distance(fa, fn1)
+    d_an2 = paired_euclidean_distance(fa, fn2)
+    if objective == "erase":
+        return ((d_an1 - d_ap) + (d_an2 - d_ap)).mean()
+    return ((d_ap - d_an1) + (d_ap - d_an2)).mean()
 
 
 def similarity_mining_loss(
-    form: str, embeddings: Mapping[str, torch.Tensor], normalize: bool = True
+    form: str,
+    embeddings: Mapping[str, torch.Tensor],
+    normalize: bool = True,
+    objective: str = "erase",
 ) -> torch.Tensor:
     """Dispatches to the similarity-mining loss of a form.
 
@@ -276,13 +350,16 @@ def similarity_mining_loss(
         embeddings: Role -> ``(T, D)`` masked embeddings, with exactly the roles of
             ``ROLES[form]`` (the keys that :func:`mining_tuples` returns).
         normalize: L2-normalise each embedding first.
+        objective: ``"erase"`` (default) or ``"printed"`` (:data:`OBJECTIVES`; see the module
+            docstring).
 
     Returns:
         Scalar tensor ``L_sm``.
 
     Raises:
-        ValueError: On an unknown form or missing/extra roles.
+        ValueError: On an unknown form or objective, or missing/extra roles.
     """
+    _check_objective(objective)
     if form not in ROLES:
         raise ValueError(f"unknown similarity mining form {form!r}; expected one of {FORMS}")
     roles = ROLES[form]
@@ -290,7 +367,7 @@ def similarity_mining_loss(
         raise ValueError(f"form {form!r} needs roles {roles}, got {tuple(embeddings)}")
     ordered = [embeddings[role] for role in roles]
     if form == "siamese":
-        return siamese_mining_loss(*ordered, normalize=normalize)
+        return siamese_mining_loss(*ordered, normalize=normalize, objective=objective)
     if form == "triplet":
-        return triplet_mining_loss(*ordered, normalize=normalize)
-    return quadruplet_mining_loss(*ordered, normalize=normalize)
+        return triplet_mining_loss(*ordered, normalize=normalize, objective=objective)
+    return quadruplet_mining_loss(*ordered, normalize=normalize, objective=objective)

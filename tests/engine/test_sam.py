@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reid.engine.hooks import Hook
 from reid.engine.sam import SAMEngine
 from reid.explain import attention_maps_from_features, triplet_weights
 from reid.losses import batchnorm_modules, eval_mode, mining_tuples, soft_mask
@@ -250,7 +251,8 @@ def test_batch_without_positive_pairs_gives_zero_sm_and_no_masked_pass():
 @pytest.mark.parametrize("kwargs, error", [
     ({"form": "pairs"}, ValueError), ({"bn_mode": "frozen"}, ValueError),
     ({"gamma": -1.0}, ValueError), ({"layer": "layer9"}, ValueError),
-    ({"max_tuples": -1}, ValueError),
+    ({"max_tuples": -1}, ValueError), ({"objective": "flipped"}, ValueError),
+    ({"mining_start_epoch": -1}, ValueError), ({"mining_start_epoch": 1.5}, ValueError),
 ])
 def test_bad_arguments_are_reported(kwargs, error):
     with pytest.raises(error):
@@ -315,3 +317,104 @@ def test_run_uses_deterministic_algorithms_on_the_cpu_and_restores_the_setting(t
     engine.deterministic, seen[:] = False, []
     engine.run(max_epoch=2, eval_freq=0, checkpoint_freq=1, resume=True)
     assert seen == [False]
+
+
+# -- SAM.OBJECTIVE and SAM.START_EPOCH ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["siamese", "triplet", "quadruplet"])
+def test_objective_reaches_the_loss_of_the_step(form):
+    # Same weights, batch and seed: the maps, masks and masked embeddings do not depend on the
+    # objective, so L_sm under "printed" is exactly minus L_sm under "erase" for triplets and
+    # quadruplets (each term flips), and the same for Siamese pairs.
+    erase = mining_step(make_engine(form=form, objective="erase"))[3]
+    printed = mining_step(make_engine(form=form, objective="printed"))[3]
+    for role in erase.embeddings:
+        assert torch.allclose(erase.embeddings[role], printed.embeddings[role])
+    assert abs(erase.loss.item()) > 1e-4
+    flip = 1.0 if form == "siamese" else -1.0
+    assert printed.loss.item() == pytest.approx(flip * erase.loss.item(), rel=1e-6, abs=1e-7)
+    # the erase value recomputed from the masked embeddings (normalised), per the formula
+    f = {role: F.normalize(e.detach(), dim=1) for role, e in erase.embeddings.items()}
+    d = {role: (f["anchor"] - f[role]).norm(dim=1) for role in f if role != "anchor"}
+    negatives = [role for role in d if role.startswith("negative")]  # none for Siamese pairs
+    terms = [d[role] - d["positive"] for role in negatives] if negatives else [-d["positive"]]
+    expected = sum(terms).mean()
+    assert erase.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_builder_threads_objective_and_start_epoch_from_the_config():
+    from reid.builders import _pcb_engine
+    from reid.config import load_config
+
+    for opts, objective, start in (([], "erase", 0),
+                                   (["SAM.OBJECTIVE", "printed", "SAM.START_EPOCH", "3"], "printed", 3)):
+        cfg = load_config(None, ["SAM.ENABLED", "True", "MODEL.BACKBONE", "resnet18", *opts])
+        model = tiny_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+        engine = _pcb_engine(cfg, SimpleNamespace(train_loader=[], test_loader={}), model, optimizer,
+                             scheduler, torch.device("cpu"), dict(progress=False))
+        assert isinstance(engine, SAMEngine)
+        assert engine.sm_loss.objective == objective and engine.mining_start_epoch == start
+
+
+def run_two_epochs(tmp_path, resume_after_one=False, start_epoch=1):
+    """A PCB+SAM run of 2 epochs of one tiny batch each (SGD, lr 0.01) with similarity mining
+    from epoch index ``start_epoch``; optionally stopped after epoch 1 and resumed by a new engine
+    from the checkpoint. Returns the history and the number of encoder passes of each step."""
+    images, pids = tiny_batch()
+    passes = []
+
+    def engine():
+        e = make_engine(lr=0.01, mining_start_epoch=start_epoch)
+        e.output_dir = str(tmp_path)
+        e.datamanager.train_loader = e.train_loader = [{"img": images, "pid": pids}]
+        e.evaluate = lambda: {}
+        calls = count_forward_features(e.model)
+
+        class CountPasses(Hook):
+            def after_step(self, terms):
+                passes.append(len(calls))
+                calls.clear()
+
+        e.register_hooks([CountPasses()])
+        return e
+
+    if resume_after_one:
+        engine().run(max_epoch=1)
+        metrics = engine().run(max_epoch=2, resume=True)
+    else:
+        metrics = engine().run(max_epoch=2)
+    return metrics["history"], passes
+
+
+def test_start_epoch_trains_plain_pcb_steps_before_it(tmp_path, caplog):
+    caplog.set_level("INFO", logger="reid.engine.sam")
+    history, passes = run_two_epochs(tmp_path)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert "sm" not in history[0] and {"id", "triplet", "loss", "acc"} <= set(history[0])
+    assert "sm" in history[1] and math.isfinite(history[1]["sm"])
+    # epoch 1: the batch's pass only (a PCB step); epoch 2: the batch, then the masked images
+    assert passes == [1, 2]
+    messages = [r.getMessage() for r in caplog.records if r.name == "reid.engine.sam"]
+    assert sum("similarity mining starts at epoch 2 (SAM.START_EPOCH 1)" in m for m in messages) == 1
+    assert sum("similarity mining on from epoch 2" in m for m in messages) == 1
+
+
+def test_start_epoch_holds_across_resume(tmp_path, caplog):
+    caplog.set_level("INFO", logger="reid.engine.sam")
+    uninterrupted, _ = run_two_epochs(tmp_path / "whole")
+    caplog.clear()
+    resumed, passes = run_two_epochs(tmp_path / "resumed", resume_after_one=True)
+    assert passes == [1, 2]  # epoch 1 in the first run, epoch 2 in the resumed run
+    assert "sm" not in resumed[0] and "sm" in resumed[1]
+    for key in ("id", "triplet", "sm", "loss"):
+        assert resumed[1][key] == pytest.approx(uninterrupted[1][key], rel=1e-4)
+    messages = [r.getMessage() for r in caplog.records if r.name == "reid.engine.sam"]
+    assert sum("similarity mining on from epoch 2" in m for m in messages) == 1
+
+
+def test_start_epoch_zero_mines_from_the_first_step(tmp_path):
+    history, passes = run_two_epochs(tmp_path, start_epoch=0)
+    assert all("sm" in h for h in history) and passes == [2, 2]

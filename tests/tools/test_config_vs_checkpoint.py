@@ -153,3 +153,32 @@ def test_a_plain_state_dict_that_does_not_fit_is_one_line(trained, tiny_data_roo
                                          r"not fit PCB: Error\(s\) in loading state_dict for PCB: \| Unexpected key"):
         test_tool.main(["--config", CONFIG, "--weights", str(plain), "--no-progress",
                         *tiny_overrides(tiny_data_root, tmp_path), "MODEL.NUM_STRIPES", "1"])
+
+
+# -- keys added since the checkpoint was written -----------------------------------------------------
+
+
+def test_resume_of_a_pcb_sam_checkpoint_from_before_sam_objective_keeps_the_printed_form(tmp_path):
+    """Before SAM.OBJECTIVE existed, PCB+SAM trained with eq. 2 as printed: resuming such a checkpoint
+    under the new default (erase) would switch the objective in mid-run, so it is refused, and
+    resuming with SAM.OBJECTIVE printed is allowed."""
+    import logging
+
+    from reid.cli.common import check_resume_config, with_values_before_added_keys
+
+    opts = ["OUTPUT_DIR", str(tmp_path), "SAM.ENABLED", "True"]
+    saved = config_to_dict(load_config(CONFIG, opts))
+    del saved["SAM"]["OBJECTIVE"], saved["SAM"]["START_EPOCH"]
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"config": saved}, tmp_path / "checkpoints" / "checkpoint_last.pth")
+    log = logging.getLogger("test")
+    with pytest.raises(ConfigError, match=r"SAM.OBJECTIVE 'printed' -> 'erase'"):
+        check_resume_config(load_config(CONFIG, opts), log)
+    check_resume_config(load_config(CONFIG, [*opts, "SAM.OBJECTIVE", "printed"]), log)
+    assert "OBJECTIVE" not in saved["SAM"]  # the checkpoint's dict is not modified
+    # PCB checkpoints (SAM off) and checkpoints that record the key are compared as they are
+    pcb = config_to_dict(load_config(CONFIG, []))
+    del pcb["SAM"]["OBJECTIVE"]
+    assert with_values_before_added_keys(pcb) is pcb
+    recorded = config_to_dict(load_config(CONFIG, ["SAM.ENABLED", "True"]))
+    assert with_values_before_added_keys(recorded) is recorded
