@@ -366,6 +366,21 @@ def model_recipe(cfg: CfgNode) -> ModelRecipe:
     return recipe
 
 
+def require_pretrained_weights(cfg: CfgNode) -> None:
+    """Refuses (ConfigError, one line saying how to get them) a training run whose config asks for
+    ImageNet weights (``MODEL.PRETRAINED`` true) that are not on disk: nothing trains from random
+    weights where pretrained ones were expected. ``MODEL.PRETRAINED False`` is the explicit way to
+    train from scratch. A resumed run takes every weight from its checkpoint and is not checked."""
+    from reid.config import ConfigError
+    from reid.models.trunks import missing_weights_message
+
+    if not cfg.MODEL.PRETRAINED:
+        return
+    message = missing_weights_message(cfg.MODEL.BACKBONE, cfg.MODEL.PRETRAINED_PATH)
+    if message is not None:
+        raise ConfigError(message)
+
+
 def build_model(cfg: CfgNode, num_classes: int) -> nn.Module:
     """The configured model (see ``reid.models``)."""
     return create_model(cfg.MODEL.NAME, num_classes=num_classes, **model_recipe(cfg).model_options(cfg))

@@ -91,7 +91,9 @@ _C.SAMPLER.BATCH_SIZE_TEST = 64
 _C.MODEL = CN()
 # Registered model name (reid.models.create_model).
 _C.MODEL.NAME = "pcb"
-# Trunk: resnet18, resnet34 or resnet50.
+# Trunk: resnet18, resnet34, resnet50 or mobilenet_v2 (width 1.0; its ImageNet weights install
+# with `reid weights fetch mobilenet_v2`). Every trunk names its stages layer1..layer4 (strides 4,
+# 8, 16, 32; docs/method.md section 1).
 _C.MODEL.BACKBONE = "resnet50"
 # Number of horizontal stripes P.
 _C.MODEL.NUM_STRIPES = 6
@@ -105,9 +107,11 @@ _C.MODEL.LAST_STRIDE = 1
 # (normalised reduced stripes, P x REDUCED_DIM).
 _C.MODEL.TEST_FEATURE = "pooled"
 # Local file of ImageNet weights for the trunk (a torchvision state dict). Empty: look in the
-# torchvision cache; none found: random initialisation (logged). Never downloaded.
+# torchvision cache ($TORCH_HOME/hub/checkpoints/<backbone>-*.pth). Never downloaded: with
+# PRETRAINED true and no file, `reid train` refuses to start and says how to get one.
 _C.MODEL.PRETRAINED_PATH = ""
-# Use ImageNet weights at all (False: always random initialisation).
+# Use ImageNet weights at all (False: random initialisation, the explicit way to train from
+# scratch).
 _C.MODEL.PRETRAINED = True
 # Padding of the trunk's convolutions: "zeros" (torchvision's ResNet), "reflect" or "replicate"
 # (no zero-padding cue to where the image border is; the weights are the same, so ImageNet weights

@@ -81,7 +81,7 @@ def test_allowed_values_come_from_their_components():
 
     assert allowed_values() == {
         "MODEL.NAME": ("avsl", "pcb"),
-        "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
+        "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50", "mobilenet_v2"),
         "MODEL.TEST_FEATURE": ("pooled", "reduced"),
         "MODEL.PADDING_MODE": ("zeros", "reflect", "replicate"),
         "OPTIM.NAME": ("sgd", "adam"),

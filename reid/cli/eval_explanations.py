@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "image_size": measured["image_size"],
         },
         **{key: measured[key] for key in ("explainers", "table", "sanity", "values", "floors", "positive_pairs",
-                                          "pointing_game_by_attribute", "triplets")},
+                                          "pointing_game_by_attribute", "pointing_game_by_part", "triplets")},
         "config": config_to_dict(cfg),
     }
     path = os.path.join(cfg.OUTPUT_DIR, RESULT_FILE)

@@ -17,7 +17,7 @@ import logging
 
 from reid.cli.common import check_resume_config, load_checked_config, new_parser, parse_with_overrides
 from reid.config import ConfigError, validate_world_size
-from reid.builders import build_engine, resolve_device, setup_logging
+from reid.builders import build_engine, require_pretrained_weights, resolve_device, setup_logging
 from reid.engine.checkpoint import ExistingRunError, prepare_output_dir
 from reid.engine.distributed import destroy_distributed, init_distributed, world_from_env
 
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_checked_config(args.config, args.opts)
         world = world_from_env()
         validate_world_size(cfg, world.world_size)
+        if not args.resume:
+            require_pretrained_weights(cfg)
     except (ConfigError, ValueError) as exc:
         raise SystemExit(f"config error: {exc}") from exc
     try:

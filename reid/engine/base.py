@@ -181,9 +181,12 @@ class ReidEngine(TorchreidEngine):
             try:
                 self.call_hooks("before_train")
                 started = time.time()
+                self.train_seconds = 0.0  # in train_epoch only (no evaluation, no checkpoints)
                 for self.epoch in range(self.start_epoch, max_epoch):
                     self.call_hooks("before_epoch")
+                    epoch_started = time.perf_counter()
                     record = {"epoch": self.epoch + 1, **self.train_epoch(print_freq)}
+                    self.train_seconds += time.perf_counter() - epoch_started
                     self.history.append(record)
                     self.call_hooks("after_epoch", record)
                 logger.info("training took %.1f s", time.time() - started)

@@ -222,11 +222,13 @@ class TensorBoardHook(Hook):
 def metrics_content(engine: ReidEngine) -> dict[str, Any]:
     """What ``metrics.json`` holds after ``engine.run``: the first target's metrics of the last
     evaluation at top level, the epoch count, all targets, their CMC curves, the history of every
-    logged term and the config."""
+    logged term, the seconds this call of ``run`` spent in training steps (``train_seconds``: no
+    evaluation or checkpoint writing; a resumed run counts its own epochs only) and the config."""
     results = engine.results or {}
     return {
         **next(iter(results.values()), {}),
         "epoch": engine.max_epoch,
+        "train_seconds": getattr(engine, "train_seconds", 0.0),
         "targets": results,
         "cmc": dict(engine.cmc_curves),
         "history": engine.history,

@@ -61,7 +61,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from reid.data.controlled import ControlledTriplet, build_controlled_triplets
+from reid.data.controlled import ATTRIBUTE_PARTS, ControlledTriplet, build_controlled_triplets
 from reid.data.synthetic import is_complete
 from reid.metrics.explanation import baseline_images, curve_auc, deletion_curve, dilate_regions
 from reid.metrics.explanation import energy_inside, insertion_curve, pointing_game, rank_correlation
@@ -437,6 +437,20 @@ def sanity_check(model: nn.Module, names: Sequence[str], xa: torch.Tensor, xp: t
     return {"blocks": blocks, "correlation": curves}
 
 
+def pointing_game_by_part(values: dict[str, list[float]], triplets: Sequence[ControlledTriplet]) -> dict[str, list[float]]:
+    """Changed part (``head``, ``torso``, ``legs``, ``shoes``, ``bag``: the parts of
+    :data:`~reid.data.controlled.ATTRIBUTE_PARTS`) -> each of its triplets' pointing game, the mean
+    of the anchor's and the negative's hit (``values`` holds them per triplet, in order, under
+    ``pointing_game_anchor`` and ``pointing_game_negative``)."""
+    anchor, negative = values["pointing_game_anchor"], values["pointing_game_negative"]
+    if not len(anchor) == len(negative) == len(triplets):
+        raise ValueError(f"{len(anchor)} anchor and {len(negative)} negative hits for {len(triplets)} triplets")
+    parts: dict[str, list[float]] = defaultdict(list)
+    for t, a, n in zip(triplets, anchor, negative):
+        parts["+".join(ATTRIBUTE_PARTS[t.attribute])].append((float(a) + float(n)) / 2)
+    return dict(sorted(parts.items()))
+
+
 def evaluate_explanations(
     model: nn.Module,
     device: torch.device,
@@ -461,7 +475,8 @@ def evaluate_explanations(
         ``sanity_flagged`` when the sanity check ran), ``sanity`` (the cascade: ``blocks`` and
         each explainer's mean rank correlation per depth; None when off), ``values`` (every scored
         image's value per explainer and column, NaN where energy inside is undefined),
-        ``floors``, ``positive_pairs``, ``pointing_game_by_attribute``, ``triplets`` (records),
+        ``floors``, ``positive_pairs``, ``pointing_game_by_attribute``, ``pointing_game_by_part``
+        (:func:`pointing_game_by_part`), ``triplets`` (records),
         ``num_curves`` and ``image_size``.
 
     Raises:
@@ -519,6 +534,9 @@ def evaluate_explanations(
         "pointing_game_by_attribute": {
             name: {attr: float(np.mean(v)) for attr, v in sorted(scores.by_attribute[name].items())}
             for name in names
+        },
+        "pointing_game_by_part": {
+            name: pointing_game_by_part(scores.values[name], triplets) for name in names
         },
         "triplets": [t.to_record() for t in triplets],
         "num_curves": num_curves,

@@ -31,7 +31,7 @@ from torch import nn
 
 from .base import Explainability, ReidModel
 from .registry import register_model
-from .trunks import STAGES, build_trunk, check_backbone, stage_channels
+from .trunks import STAGES, build_trunk, check_backbone, stage_channels, trunk_stages
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class AVSL(ReidModel):
 
     Args:
         num_classes: number of training identities (used only by the proxies).
-        backbone: ``resnet18``, ``resnet34`` or ``resnet50``.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``mobilenet_v2``.
         levels: trunk stages giving the levels, bottom-up.
         embed_dim: R, nodes per level.
         topk: k, lower nodes used to rectify each node (paper: 128).
@@ -341,11 +341,12 @@ class AVSL(ReidModel):
             raise ValueError(f"proxies need num_classes >= 1, got {num_classes}")
         check_backbone(backbone)
         trunk = build_trunk(backbone, last_stride, pretrained, pretrained_path, padding_mode)
-        self.stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
+        pieces = trunk_stages(trunk)
+        self.stem = pieces[0]
         depth = STAGES.index(levels[-1]) + 1
         self._stage_names = STAGES[:depth]
-        for name in self._stage_names:
-            setattr(self, name, getattr(trunk, name))
+        for name, stage in zip(self._stage_names, pieces[1:]):
+            setattr(self, name, stage)
         self.levels = levels
         # the head map is the top level's (layer4 by default)
         self.explainability = Explainability(head_layer=levels[-1], attribution=True)
@@ -377,7 +378,7 @@ class AVSL(ReidModel):
 
     @property
     def trunk_modules(self) -> list[nn.Module]:
-        """The (pretrained) ResNet stages, for a separate learning rate."""
+        """The (pretrained) trunk's stem and stages, for a separate learning rate."""
         return [self.stem, *(getattr(self, name) for name in self._stage_names)]
 
     @property

@@ -14,7 +14,7 @@ from torch import nn
 
 from .base import Explainability, ReidModel
 from .registry import register_model
-from .trunks import build_trunk, stage_channels
+from .trunks import build_trunk, stage_channels, trunk_stages
 
 TEST_FEATURES = ("pooled", "reduced")
 
@@ -41,7 +41,7 @@ class PCB(ReidModel):
 
     Args:
         num_classes: number of training identities.
-        backbone: ``resnet18``, ``resnet34`` or ``resnet50``.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``mobilenet_v2``.
         num_stripes: P, the number of horizontal stripes.
         reduced_dim: R, channels of each reduced stripe feature.
         dropout: dropout probability before each stripe's reduction.
@@ -79,9 +79,7 @@ class PCB(ReidModel):
         if test_feature not in TEST_FEATURES:
             raise ValueError(f"test_feature must be one of {TEST_FEATURES}, got {test_feature!r}")
         trunk = build_trunk(backbone, last_stride, pretrained, pretrained_path, padding_mode)
-        self.stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
-        self.layer1, self.layer2 = trunk.layer1, trunk.layer2
-        self.layer3, self.layer4 = trunk.layer3, trunk.layer4
+        self.stem, self.layer1, self.layer2, self.layer3, self.layer4 = trunk_stages(trunk)
         self.num_stripes = num_stripes
         self.test_feature = test_feature
         # the pooled stripes split exactly; the reduced ones pass a ReLU, which does not
@@ -111,7 +109,7 @@ class PCB(ReidModel):
 
     @property
     def trunk_modules(self) -> list[nn.Module]:
-        """The (pretrained) ResNet stages, for a separate learning rate."""
+        """The (pretrained) trunk's stem and stages, for a separate learning rate."""
         return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
 
     @property

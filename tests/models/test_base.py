@@ -113,7 +113,7 @@ def test_optional_capabilities_name_the_model():
 
 
 def test_trunks_sizes_and_errors():
-    assert BACKBONES == ("resnet18", "resnet34", "resnet50") and LAST_STAGE == STAGES[-1] == "layer4"
+    assert BACKBONES == ("resnet18", "resnet34", "resnet50", "mobilenet_v2") and LAST_STAGE == STAGES[-1] == "layer4"
     assert [stage_channels("resnet50", s) for s in STAGES] == [256, 512, 1024, 2048]
     assert stage_channels("resnet18") == 512
     with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
