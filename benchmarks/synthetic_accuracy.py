@@ -1,16 +1,28 @@
 #!/usr/bin/env python
 """Multi-seed study: rank-1, mAP and mINP of each demo arm on the synthetic set, paired by seed.
 
-Arms (``--arms``, all by default), each trained at the demo budget on the same synthetic data
-with each ``--seeds`` value as ``SEED``:
+Arms (``--arms``; the default is every arm but ``torchreid_resnet18``), each trained at the demo
+budget on the same synthetic data with each ``--seeds`` value as ``SEED``:
 
-* ``pcb``: ``configs/synthetic_pcb.yaml`` through ``reid train``;
-* ``pcb_sam``: ``configs/synthetic_pcb_sam.yaml`` (the same config plus similarity mining);
-* ``avsl``: ``configs/synthetic_avsl.yaml``;
-* ``torchreid_resnet18``: the named reference. torchreid's own ``ImageTripletEngine`` (softmax +
-  triplet) and its ``resnet18`` (random weights), trained by torchreid's ``Engine.train`` epochs on the
-  same data manager, sampler, input size, optimiser, learning rate, schedule and epochs as
-  ``configs/synthetic_pcb.yaml``, then scored by the same evaluator as ours.
+* ``pcb``: ``configs/synthetic_pcb.yaml`` through ``reid train`` (PCB on an ImageNet-pretrained
+  MobileNetV2, the weights of ``reid weights fetch mobilenet_v2``);
+* ``pcb_sam``: ``configs/synthetic_pcb_sam.yaml`` (the same config plus similarity mining, the
+  ``erase`` objective);
+* ``pcb_sam_printed``: the same with ``SAM.OBJECTIVE printed`` (equation 2 as the SAM paper prints
+  it: the ablation);
+* ``avsl``: ``configs/synthetic_avsl.yaml`` (the same pretrained trunk);
+* ``pcb_scratch``: ``configs/synthetic_pcb_scratch.yaml``, the earlier demo: ResNet-18 from
+  random weights;
+* ``torchreid_mobilenetv2``: the named reference. torchreid's own ``ImageTripletEngine`` (softmax +
+  triplet) and its ``mobilenetv2_x1_0``, initialised with the same ImageNet weights as ours
+  (renamed to its layout, :mod:`reid.models.imagenet_weights`), trained by torchreid's
+  ``Engine.train`` epochs on the same data manager, sampler, input size, optimiser, learning rate,
+  schedule and epochs as ``configs/synthetic_pcb.yaml``, then scored by the same evaluator as ours;
+* ``torchreid_mobilenetv2_time``: the same reference at equal compute: as many epochs as fit in the
+  training time of the same seed's ``pcb`` run (``train_seconds`` of its ``metrics.json``: the time
+  in training steps, without evaluation), its learning-rate step moved in proportion;
+* ``torchreid_resnet18``: the earlier reference (torchreid's ``resnet18``, random weights) at
+  ``configs/synthetic_pcb_scratch.yaml``'s budget.
 
 Pairing: a seed fixes the initial weights and the identity sampler's order. ``pcb`` and
 ``pcb_sam`` start from the same weights; once similarity mining draws its tuples (torch's RNG) the
@@ -21,7 +33,9 @@ Variants (``--variant "NAME=ARM KEY VALUE ..."``) add arms: ``ARM``'s config wit
 e.g. ``--variant "pcb_sam_gamma1=pcb_sam SAM.GAMMA 1.0" --arms pcb pcb_sam_gamma1 --compare
 pcb_sam_gamma1:pcb``, for a sweep at the same protocol (same seeds, same data).
 
-Comparisons (``--compare A:B``, default ``pcb_sam:pcb``, ``avsl:pcb``, ``pcb:torchreid_resnet18``):
+Comparisons (``--compare A:B``; by default similarity mining against PCB under both objectives and
+the two objectives against each other, AVSL against PCB, PCB against the from-scratch PCB and
+against both torchreid references):
 the mean paired difference over the seeds both arms have, its 95% Student-t and bootstrap
 intervals, the wins and losses, and a verdict that says "no difference shown" when the t interval
 holds 0 (:mod:`reid.metrics.stats`).
@@ -33,6 +47,10 @@ gives each explainer's mean over seeds with a two-level bootstrap interval (seed
 ``--rescore-explanations`` scores the recorded runs' checkpoints again (same triplets) when the
 explainers changed, keeping their accuracy records.
 
+``--merge ROOT ...`` copies the runs that studies in other output roots recorded (same arm
+settings only) before training, so that two studies can run side by side on disjoint seeds (one
+process per core) and be gathered into one table.
+
 The study resumes: ``<output-root>/study.json`` records every finished run; a new call skips
 them and trains the rest (a killed study picks up at the run it was in, which restarts afresh).
 A call whose arm settings (config file contents, overrides) differ from the recorded ones is
@@ -41,7 +59,8 @@ Markdown tables) after every run.
 
 Usage::
 
-    python benchmarks/synthetic_accuracy.py                         # 5 seeds x 4 arms (hours on 2 cores)
+    reid weights fetch mobilenet_v2                                  # once: the pretrained trunk
+    python benchmarks/synthetic_accuracy.py                         # 5 seeds x 7 arms (hours on 2 cores)
     python benchmarks/synthetic_accuracy.py --arms pcb pcb_sam --seeds 0 1 2 3 4
     python benchmarks/synthetic_accuracy.py --explanation-triplets 60 --explanation-curves 24
     python benchmarks/synthetic_accuracy.py --seeds 0 1 OPTIM.MAX_EPOCH 1 DATA.SYNTHETIC.NUM_IDS 16 \\
@@ -52,6 +71,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -68,15 +88,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
     "pcb": "configs/synthetic_pcb.yaml",
     "pcb_sam": "configs/synthetic_pcb_sam.yaml",
+    "pcb_sam_printed": "configs/synthetic_pcb_sam.yaml",
     "avsl": "configs/synthetic_avsl.yaml",
-    "torchreid_resnet18": "configs/synthetic_pcb.yaml",
+    "pcb_scratch": "configs/synthetic_pcb_scratch.yaml",
+    "torchreid_mobilenetv2": "configs/synthetic_pcb.yaml",
+    "torchreid_mobilenetv2_time": "configs/synthetic_pcb.yaml",
+    "torchreid_resnet18": "configs/synthetic_pcb_scratch.yaml",
 }
+# Overrides that make an arm of its config (part of the arm's recorded settings).
+ARM_OVERRIDES = {"pcb_sam_printed": ["SAM.OBJECTIVE", "printed"]}
 ARMS = tuple(CONFIGS)
-DEFAULT_COMPARISONS = ("pcb_sam:pcb", "avsl:pcb", "pcb:torchreid_resnet18")
+DEFAULT_ARMS = tuple(arm for arm in ARMS if arm != "torchreid_resnet18")
+# Arms of torchreid's own engine (no explanations); the time-matched one and the arm whose
+# training time it matches.
+TORCHREID_ARMS = ("torchreid_mobilenetv2", "torchreid_mobilenetv2_time", "torchreid_resnet18")
+TIME_MATCHED = {"torchreid_mobilenetv2_time": "pcb"}
+DEFAULT_COMPARISONS = (
+    "pcb_sam:pcb", "pcb_sam_printed:pcb", "pcb_sam:pcb_sam_printed", "avsl:pcb", "pcb:pcb_scratch",
+    "pcb:torchreid_mobilenetv2", "pcb:torchreid_mobilenetv2_time",
+)
 METRICS = ("rank1", "rank5", "mAP", "mINP")
 # Recorded when the runs evaluate a retrieval set (e.g. DATA.SOURCES "['synthetic_retrieval']").
 RETRIEVAL_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
 EXPLANATION_COLUMNS = ("pointing_game", "energy_inside", "deletion_auc", "insertion_auc")
+PARTS = ("head", "torso", "legs", "shoes", "bag")
 STUDY_FILE, TABLE_FILE = "study.json", "study.md"
 
 logger = logging.getLogger("synthetic_accuracy")
@@ -86,7 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from reid.cli.common import parse_with_overrides
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS),
+    parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS),
                         help=f"arms to train: {', '.join(ARMS)} or a --variant's name")
     parser.add_argument("--variant", action="append", default=[], type=parse_variant, metavar='"NAME=ARM KEY VALUE ..."',
                         help="an extra arm: ARM with these overrides (e.g. \"pcb_sam_gamma1=pcb_sam SAM.GAMMA 1.0\")")
@@ -102,6 +137,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rescore-explanations", action="store_true",
                         help="score the explanations of the recorded runs of --arms again (after the "
                              "explainers changed); their accuracy records are kept")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="ROOT",
+                        help="first copy into this study the runs recorded by the studies in these output roots "
+                             "(same arm settings only; e.g. two studies run side by side on disjoint seeds)")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides for every arm")
     args = parse_with_overrides(parser, argv)
@@ -145,9 +183,21 @@ def train_ours(config: str, output_dir: str, seed: int, opts: list[str], progres
     return train_tool.main(argv)
 
 
-def train_torchreid(config: str, output_dir: str, seed: int, opts: list[str], progress: bool) -> dict[str, float]:
-    """torchreid's ``ImageTripletEngine`` with its ``resnet18`` at ``config``'s budget, scored by our
-    evaluator (module docstring)."""
+def train_torchreid(config: str, output_dir: str, seed: int, opts: list[str], progress: bool,
+                    arch: str = "resnet18", budget_seconds: float | None = None) -> dict[str, float]:
+    """torchreid's ``ImageTripletEngine`` with its ``arch`` at ``config``'s budget, scored by our
+    evaluator (module docstring).
+
+    Args:
+        arch: ``resnet18`` (random weights) or ``mobilenetv2_x1_0`` (the ImageNet weights that
+            ``reid weights fetch mobilenet_v2`` wrote, renamed to torchreid's layout).
+        budget_seconds: train as many epochs as fit in this many seconds of training steps instead
+            of ``OPTIM.MAX_EPOCH`` (the first epoch's time decides; at least one epoch), with the
+            learning-rate step at the same fraction of the epochs as the config's.
+
+    Returns:
+        Our evaluator's metrics, plus ``train_seconds`` and ``epochs``.
+    """
     import torch
     from torchreid.reid.engine import ImageTripletEngine
     from torchreid.reid.models import build_model
@@ -167,7 +217,18 @@ def train_torchreid(config: str, output_dir: str, seed: int, opts: list[str], pr
     device = resolve_device(cfg.DEVICE)
     seed_everything(seed)
     datamanager = build_datamanager(cfg, device)
-    model = build_model("resnet18", datamanager.num_train_pids, loss="triplet", pretrained=False).to(device)
+    model = build_model(arch, datamanager.num_train_pids, loss="triplet", pretrained=False)
+    if arch == "mobilenetv2_x1_0":
+        from reid.models.imagenet_weights import prepare_torchreid_mobilenetv2
+        from reid.models.trunks import find_pretrained_weights, missing_weights_message
+
+        message = missing_weights_message("mobilenet_v2", cfg.MODEL.PRETRAINED_PATH)
+        if message is not None:
+            raise SystemExit(f"error: the torchreid reference needs the same weights as ours: {message}")
+        state = torch.load(find_pretrained_weights("mobilenet_v2", cfg.MODEL.PRETRAINED_PATH), map_location="cpu",
+                           weights_only=True)
+        prepare_torchreid_mobilenetv2(model, state)
+    model = model.to(device)
     optimizer = build_optimizer(model, optim="adam", lr=cfg.OPTIM.LR, weight_decay=cfg.OPTIM.WEIGHT_DECAY)
     scheduler = build_lr_scheduler(optimizer, lr_scheduler="single_step", stepsize=cfg.OPTIM.STEPSIZE[0],
                                    gamma=cfg.OPTIM.GAMMA)
@@ -187,16 +248,27 @@ def train_torchreid(config: str, output_dir: str, seed: int, opts: list[str], pr
         # torchreid's own epoch (its loader loop, forward_backward and scheduler step), as its
         # Engine.run calls it; run's final test is left out (its Python evaluator needs 50+ gallery
         # images), our evaluator scores the model instead.
-        engine.max_epoch = cfg.OPTIM.MAX_EPOCH
-        for epoch in range(cfg.OPTIM.MAX_EPOCH):
+        epochs, trained, epoch = cfg.OPTIM.MAX_EPOCH, 0.0, 0
+        engine.max_epoch = epochs
+        while epoch < epochs:
             engine.epoch = epoch
+            started = time.perf_counter()
             engine.train(print_freq=10_000)
-        torch.save(model.state_dict(), os.path.join(output_dir, "torchreid_resnet18.pth"))
+            trained += time.perf_counter() - started
+            epoch += 1
+            if budget_seconds is not None and epoch == 1:
+                epochs = max(1, int(budget_seconds // trained))
+                engine.max_epoch = epochs
+                # the step at the config's fraction of the epochs (at least after the first)
+                scheduler.step_size = max(1, round(epochs * cfg.OPTIM.STEPSIZE[0] / cfg.OPTIM.MAX_EPOCH))
+                logger.info("%s: %.1f s budget, first epoch %.1f s: %d epochs, lr step after %d",
+                            arch, budget_seconds, trained, epochs, scheduler.step_size)
+        torch.save(model.state_dict(), os.path.join(output_dir, f"torchreid_{arch}.pth"))
         results, _ = evaluate_targets(model, datamanager.test_loader,
                                       lambda q, g: rank_features(q, g, options, distances), device, progress)
     if len(results) != 1:
         raise SystemExit(f"the torchreid reference scores one target, got {sorted(results)}")
-    return next(iter(results.values()))
+    return {**next(iter(results.values())), "train_seconds": trained, "epochs": epochs}
 
 
 def explain_run(config: str, run_dir: str, seed_opts: list[str], triplets: int, curves: int) -> dict[str, Any]:
@@ -209,7 +281,8 @@ def explain_run(config: str, run_dir: str, seed_opts: list[str], triplets: int, 
         "--seed", "0", "--no-progress", *seed_opts, "OUTPUT_DIR", os.path.join(run_dir, "explanation_quality"),
     ])
     return {name: {**{key: result["values"][name][key] for key in EXPLANATION_COLUMNS},
-                   "sanity_top": result["table"][name].get("sanity_top")}
+                   "sanity_top": result["table"][name].get("sanity_top"),
+                   "pointing_game_by_part": result["pointing_game_by_part"][name]}
             for name in result["explainers"]}
 
 
@@ -225,6 +298,8 @@ def arm_settings(base: str, opts: list[str], explanation: tuple[int, int],
         digest = hashlib.sha256(handle.read()).hexdigest()[:16]
     settings = {"config": CONFIGS[base], "config_sha256": digest, "overrides": list(opts),
                 "explanation_triplets": explanation[0], "explanation_curves": explanation[1]}
+    if base in ARM_OVERRIDES:
+        settings["arm_overrides"] = list(ARM_OVERRIDES[base])
     if variant is not None:
         settings["variant_overrides"] = list(variant)
     return settings
@@ -253,6 +328,21 @@ def check_settings(study: dict[str, Any], arm: str, settings: dict[str, Any], pa
         )
 
 
+def merge_study(study: dict[str, Any], other: dict[str, Any], where: str) -> None:
+    """Copies ``other``'s runs of the arms ``study`` has, for seeds it lacks; refuses an arm recorded
+    with other settings (the runs would not be comparable)."""
+    for arm, settings in study["arms"].items():
+        runs = other["runs"].get(arm)
+        if not runs:
+            continue
+        if other["arms"].get(arm) != settings:
+            raise SystemExit(f"error: the study in {where} ran '{arm}' with other settings: it cannot be merged")
+        for seed, record in runs.items():
+            if seed not in study["runs"][arm]:
+                study["runs"][arm][seed] = {**record, "merged_from": where}
+                logger.info("merged %s seed %s from %s", arm, seed, where)
+
+
 # -- tables ----------------------------------------------------------------------------------------
 
 
@@ -277,6 +367,12 @@ def summarize_study(study: dict[str, Any], comparisons: list[str]) -> dict[str, 
                if all(key in run["metrics"] for run in runs.values())},
             "minutes": summarize([run["seconds"] / 60 for run in runs.values()]),
         }
+        trained = [run["metrics"].get("train_seconds") for run in runs.values()]
+        if all(t for t in trained):
+            arms[arm]["train_minutes"] = summarize([t / 60 for t in trained])
+        epochs = [run["metrics"].get("epochs", run["metrics"].get("epoch")) for run in runs.values()]
+        if all(e for e in epochs):
+            arms[arm]["epochs"] = summarize(epochs)
     compared = {}
     for pair in comparisons:
         a, _, b = pair.partition(":")
@@ -304,6 +400,16 @@ def summarize_study(study: dict[str, Any], comparisons: list[str]) -> dict[str, 
                 if groups:
                     row[key] = {"mean": float(np.mean([np.mean(g) for g in groups])),
                                 "interval": list(bootstrap_interval(groups))}
+            by_part = {}
+            for part in PARTS:
+                groups = [r[name].get("pointing_game_by_part", {}).get(part, []) for r in scored.values() if name in r]
+                groups = [g for g in groups if g]
+                if groups:
+                    by_part[part] = {"mean": float(np.mean([np.mean(g) for g in groups])),
+                                     "interval": list(bootstrap_interval(groups)),
+                                     "triplets": int(sum(len(g) for g in groups))}
+            if by_part:
+                row["pointing_game_by_part"] = by_part
             sanity = [r[name].get("sanity_top") for r in scored.values() if name in r]
             sanity = [v for v in sanity if v is not None]
             if sanity:
@@ -313,12 +419,18 @@ def summarize_study(study: dict[str, Any], comparisons: list[str]) -> dict[str, 
 
 
 def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
-    lines = ["| arm | seeds | rank-1 (%) | rank-5 (%) | mAP (%) | mINP (%) | minutes per run |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| arm | seeds | rank-1 (%) | rank-5 (%) | mAP (%) | mINP (%) | minutes per run | training minutes "
+             "| epochs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for arm, row in summary["arms"].items():
         cells = [_cell(row[key]) if key in row else "n/a" for key in METRICS]
+        trained = row.get("train_minutes")
+        trained = "n/a" if trained is None else f"{trained['mean']:.1f}" + (
+            f" ± {trained['sd']:.1f}" if trained["sd"] is not None else "")
+        epochs = row.get("epochs")
+        epochs = "n/a" if epochs is None else f"{epochs['mean']:.1f}"
         lines.append(f"| {arm} | {len(row['seeds'])} ({', '.join(map(str, row['seeds']))}) | "
-                     + " | ".join(cells) + f" | {row['minutes']['mean']:.1f} |")
+                     + " | ".join(cells) + f" | {row['minutes']['mean']:.1f} | {trained} | {epochs} |")
     retrieval = [arm for arm, row in summary["arms"].items() if all(k in row for k in RETRIEVAL_METRICS)]
     if retrieval:
         lines += ["", "| arm | Recall@1 (%) | Recall@2 (%) | Recall@4 (%) | Recall@8 (%) | MAP@R (%) | R-Precision (%) "
@@ -358,8 +470,21 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         lines.append("Mean over seeds, with the 95% two-level bootstrap interval (seeds, then images); "
                      "sanity: mean ± sd over seeds of the rank correlation between the trained model's "
                      "maps and those of the model with its head and last stage re-initialised.")
+        parted = [(arm, name, row["pointing_game_by_part"]) for arm, rows in summary["explanations"].items()
+                  for name, row in rows.items() if name != "seeds" and row.get("pointing_game_by_part")]
+        if parted:
+            lines += ["", "Pointing game by changed part (the same triplets, split by the part the negative changes):",
+                      "", "| arm | explainer | " + " | ".join(PARTS) + " |",
+                      "| --- | --- | " + " | ".join("---" for _ in PARTS) + " |"]
+            for arm, name, parts in parted:
+                cells = [f"{parts[p]['mean']:.3f} [{parts[p]['interval'][0]:.3f}, {parts[p]['interval'][1]:.3f}]"
+                         if p in parts else "n/a" for p in PARTS]
+                lines.append(f"| {arm} | `{name}` | " + " | ".join(cells) + " |")
+            counts = {p: next((parts[p]["triplets"] for _, _, parts in parted if p in parts), 0) for p in PARTS}
+            lines += ["", "Triplets per part, over all seeds: " + ", ".join(f"{p} {n}" for p, n in counts.items()) + "."]
     lines += ["", "Settings: " + "; ".join(
         f"{arm}: `{s['config']}` (sha256 {s['config_sha256']})"
+        + (f" with `{' '.join(s['arm_overrides'])}`" if s.get("arm_overrides") else "")
         + (f" with `{' '.join(s['variant_overrides'])}`" if s.get("variant_overrides") else "")
         for arm, s in settings.items()
     ) + (f"; overrides `{' '.join(next(iter(settings.values()))['overrides'])}`"
@@ -377,6 +502,15 @@ def write_study(root: str, study: dict[str, Any], comparisons: list[str]) -> dic
     return study
 
 
+def default_trainers() -> dict[str, Callable[..., dict[str, float]]]:
+    """How each arm trains: ``reid train`` for ours, torchreid's engine for the references."""
+    trainers: dict[str, Callable[..., dict[str, float]]] = {arm: train_ours for arm in ARMS}
+    trainers["torchreid_resnet18"] = functools.partial(train_torchreid, arch="resnet18")
+    for arm in ("torchreid_mobilenetv2", "torchreid_mobilenetv2_time"):
+        trainers[arm] = functools.partial(train_torchreid, arch="mobilenetv2_x1_0")
+    return trainers
+
+
 def main(argv: list[str] | None = None,
          trainers: dict[str, Callable[..., dict[str, float]]] | None = None) -> dict[str, Any]:
     """Runs the study (``trainers`` replaces how an arm trains, for tests of the bookkeeping)."""
@@ -388,17 +522,20 @@ def main(argv: list[str] | None = None,
     study = load_study(path)
     explanation = (args.explanation_triplets, args.explanation_curves)
     base_of = {arm: args.variants[arm][0] if arm in args.variants else arm for arm in args.arms}
-    extra = {arm: args.variants[arm][1] if arm in args.variants else [] for arm in args.arms}
+    extra = {arm: [*ARM_OVERRIDES.get(base_of[arm], []), *(args.variants[arm][1] if arm in args.variants else [])]
+             for arm in args.arms}
     for arm in args.arms:
-        explained = explanation if base_of[arm] != "torchreid_resnet18" else (0, 0)
+        explained = explanation if base_of[arm] not in TORCHREID_ARMS else (0, 0)
         settings = arm_settings(base_of[arm], args.opts, explained, args.variants[arm][1] if arm in args.variants else None)
         check_settings(study, arm, settings, path)
         study["arms"][arm] = settings
         study["runs"].setdefault(arm, {})
-    trainers = trainers or {arm: (train_torchreid if arm == "torchreid_resnet18" else train_ours) for arm in ARMS}
+    for other in args.merge:
+        merge_study(study, load_study(os.path.join(other, STUDY_FILE)), other)
+    trainers = trainers or default_trainers()
     if args.rescore_explanations and args.explanation_triplets:
         for arm in args.arms:
-            if base_of[arm] == "torchreid_resnet18":
+            if base_of[arm] in TORCHREID_ARMS:
                 continue
             for seed, record in sorted(study["runs"][arm].items()):
                 logger.info("rescoring the explanations of %s seed %s", arm, seed)
@@ -415,10 +552,17 @@ def main(argv: list[str] | None = None,
         opts = [*args.opts, *extra[arm]]
         logger.info("[%d/%d] %s seed %d -> %s", number, len(todo), arm, seed, run_dir)
         start = time.perf_counter()
-        metrics = trainers[base_of[arm]](config, run_dir, seed, opts, args.progress)
+        budget = {}
+        if base_of[arm] in TIME_MATCHED:
+            matched = study["runs"].get(TIME_MATCHED[base_of[arm]], {}).get(str(seed))
+            if matched is None or not matched["metrics"].get("train_seconds"):
+                raise SystemExit(f"error: {arm} matches the training time of {TIME_MATCHED[base_of[arm]]} seed {seed}, "
+                                 "which has no recorded run with train_seconds: add that arm to --arms before it")
+            budget = {"budget_seconds": matched["metrics"]["train_seconds"]}
+        metrics = trainers[base_of[arm]](config, run_dir, seed, opts, args.progress, **budget)
         record = {"metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
                   "seconds": time.perf_counter() - start}
-        if args.explanation_triplets and base_of[arm] != "torchreid_resnet18":
+        if args.explanation_triplets and base_of[arm] not in TORCHREID_ARMS:
             record["explanations"] = explain_run(config, run_dir, opts, *explanation)
         study["runs"][arm][str(seed)] = record
         write_study(root, study, args.compare)

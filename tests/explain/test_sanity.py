@@ -69,3 +69,19 @@ def test_sanity_check_by_construction():
         assert result["correlation"][name][0] == pytest.approx(1.0), name
     # two independent random maps are uncorrelated
     assert abs(result["correlation"]["random"][0]) < 0.2
+
+
+def test_pointing_game_by_part_groups_triplets_by_the_changed_part():
+    """Hand oracle: the per-triplet hit is the mean of the anchor's and the negative's, grouped by
+    the part the negative's attribute draws."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from reid.explain.quality import pointing_game_by_part
+
+    triplets = [SimpleNamespace(attribute=a) for a in ("hair_colour", "top_colour", "hair_style", "bag_side")]
+    values = {"pointing_game_anchor": [1.0, 0.0, 1.0, 1.0], "pointing_game_negative": [0.0, 0.0, 1.0, 1.0]}
+    assert pointing_game_by_part(values, triplets) == {"bag": [1.0], "head": [0.5, 1.0], "torso": [0.0]}
+    with pytest.raises(ValueError, match="3 anchor and 4 negative hits for 4 triplets"):
+        pointing_game_by_part({**values, "pointing_game_anchor": [1.0, 0.0, 1.0]}, triplets)

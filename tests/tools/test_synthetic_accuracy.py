@@ -16,7 +16,7 @@ def fake_trainers(calls):
     """rank-1 = 0.5 + 0.01 seed (+0.02 for pcb_sam); mAP half of it."""
 
     def make(arm):
-        def train(config, output_dir, seed, opts, progress):
+        def train(config, output_dir, seed, opts, progress, **kwargs):
             calls.append((arm, seed))
             rank1 = 0.5 + 0.01 * seed + (0.02 if arm == "pcb_sam" else 0.0)
             return {"rank1": rank1, "rank5": 0.9, "mAP": rank1 / 2, "mINP": 0.1}
@@ -113,3 +113,75 @@ def test_explanations_are_pooled_over_seeds_and_can_be_rescored(tmp_path, monkey
     assert calls == []
     assert result["summary"]["explanations"]["pcb"]["sam_siamese"]["pointing_game"]["mean"] == 0.0
     assert result["summary"]["arms"]["pcb"]["rank1"]["mean"] == pytest.approx(0.505)
+
+
+def test_time_matched_reference_gets_the_pcb_runs_training_time(tmp_path):
+    seen = []
+
+    def pcb(config, output_dir, seed, opts, progress):
+        seen.append(("pcb", seed, opts))
+        return {"rank1": 0.6, "rank5": 0.9, "mAP": 0.4, "mINP": 0.1, "train_seconds": 100.0 + seed, "epoch": 7}
+
+    def reference(config, output_dir, seed, opts, progress, budget_seconds=None):
+        seen.append(("torchreid_mobilenetv2_time", seed, budget_seconds))
+        return {"rank1": 0.5, "rank5": 0.9, "mAP": 0.3, "mINP": 0.1, "train_seconds": budget_seconds - 1, "epochs": 9}
+
+    def printed(config, output_dir, seed, opts, progress):
+        seen.append(("pcb_sam_printed", seed, opts))
+        return {"rank1": 0.55, "rank5": 0.9, "mAP": 0.35, "mINP": 0.1}
+
+    trainers = {"pcb": pcb, "torchreid_mobilenetv2_time": reference, "pcb_sam_printed": printed}
+    result = study.main(["--arms", "pcb", "torchreid_mobilenetv2_time", "pcb_sam_printed", "--seeds", "0", "1",
+                         "--compare", "pcb:torchreid_mobilenetv2_time", "--output-root", str(tmp_path)],
+                        trainers=trainers)
+    assert ("torchreid_mobilenetv2_time", 1, 101.0) in seen
+    assert ("pcb_sam_printed", 0, ["SAM.OBJECTIVE", "printed"]) in seen
+    arms = result["summary"]["arms"]
+    assert arms["torchreid_mobilenetv2_time"]["epochs"]["mean"] == 9 and arms["pcb"]["epochs"]["mean"] == 7
+    assert arms["pcb"]["train_minutes"]["mean"] == pytest.approx(100.5 / 60)
+    table = (tmp_path / "study.md").read_text()
+    assert "| pcb_sam_printed | 2 (0, 1) |" in table and "with `SAM.OBJECTIVE printed`" in table
+    # the time-matched arm refuses to run before the arm whose time it matches
+    with pytest.raises(SystemExit, match="matches the training time of pcb seed 5"):
+        study.main(["--arms", "torchreid_mobilenetv2_time", "--seeds", "5", "--output-root", str(tmp_path / "b")],
+                   trainers=trainers)
+
+
+def test_torchreid_mobilenetv2_reference_starts_from_the_same_weights(tiny_data_root, tmp_path, monkeypatch):
+    import torch
+    import torchvision
+
+    from reid.models.imagenet_weights import output_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    out = tmp_path / "torchreid"
+    overrides = tiny_overrides(tiny_data_root, out, epochs=3)
+    with pytest.raises(SystemExit, match="reid weights fetch mobilenet_v2"):
+        study.train_torchreid(CONFIG, str(out), 0, overrides, False, arch="mobilenetv2_x1_0")
+    torch.manual_seed(0)
+    source = torchvision.models.mobilenet_v2().state_dict()
+    os.makedirs(os.path.dirname(output_path()))
+    torch.save(source, output_path())
+    metrics = study.train_torchreid(CONFIG, str(out), 0, overrides, False, arch="mobilenetv2_x1_0",
+                                    budget_seconds=1e-9)
+    assert metrics["epochs"] == 1 and metrics["train_seconds"] > 0  # the budget fits one epoch only
+    assert 0.0 <= metrics["rank1"] <= 1.0
+    trained = torch.load(out / "torchreid_mobilenetv2_x1_0.pth", weights_only=True)
+    assert isinstance(trained, dict) and "conv2.0.conv1.conv.weight" not in trained  # the identity expansion
+
+
+def test_studies_on_disjoint_seeds_merge(tmp_path):
+    calls = []
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    study.main(["--arms", "pcb", "pcb_sam", "--seeds", "0", "--output-root", first], trainers=fake_trainers(calls))
+    study.main(["--arms", "pcb", "pcb_sam", "--seeds", "1", "--output-root", second], trainers=fake_trainers(calls))
+    calls.clear()
+    result = study.main(["--arms", "pcb", "pcb_sam", "--seeds", "0", "1", "--output-root", second, "--merge", first],
+                        trainers=fake_trainers(calls))
+    assert calls == [] and result["summary"]["comparisons"]["pcb_sam:pcb"]["rank1"]["n"] == 2
+    assert result["runs"]["pcb"]["0"]["merged_from"] == first
+    study.main(["--arms", "pcb", "--seeds", "2", "--output-root", str(tmp_path / "c"), "OPTIM.LR", "0.5"],
+               trainers=fake_trainers(calls))
+    with pytest.raises(SystemExit, match="ran 'pcb' with other settings: it cannot be merged"):
+        study.main(["--arms", "pcb", "--seeds", "0", "--output-root", second, "--merge", str(tmp_path / "c")],
+                   trainers=fake_trainers(calls))
