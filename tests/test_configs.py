@@ -50,3 +50,32 @@ def test_the_comparison_key_is_the_only_one(tmp_path):
     changed = load_config(os.path.join(REPO, "configs", "synthetic_pcb.yaml"), ["OPTIM.LR", "0.5"])
     keys = {d.key for d in _all_differences(config_to_dict(_config("synthetic_pcb_sam.yaml")), changed)}
     assert keys == {"SAM.ENABLED", "OPTIM.LR", "OUTPUT_DIR"}
+
+
+PAPER_CONFIGS = sorted(
+    os.path.basename(path) for path in glob.glob(os.path.join(REPO, "configs", "*.yaml"))
+    if os.path.basename(path).startswith(("pcb_", "avsl_", "sam_"))
+)
+
+
+def test_paper_configs_are_found():
+    assert len(PAPER_CONFIGS) >= 15 and "pcb_sam_duke_baseline.yaml" in PAPER_CONFIGS
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS + ["synthetic_pcb.yaml", "synthetic_pcb_sam.yaml", "synthetic_avsl.yaml"])
+def test_configs_that_expect_imagenet_weights_refuse_to_train_without_them(name, tmp_path, monkeypatch):
+    from reid.builders import require_pretrained_weights
+    from reid.config import ConfigError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cfg = _config(name)
+    assert cfg.MODEL.PRETRAINED
+    with pytest.raises(ConfigError, match="no ImageNet weights for .* were found .* MODEL.PRETRAINED False"):
+        require_pretrained_weights(cfg)
+    # MODEL.PRETRAINED False is the explicit way to train from scratch
+    require_pretrained_weights(load_config(os.path.join(REPO, "configs", name), ["MODEL.PRETRAINED", "False"]))
+
+
+def test_from_scratch_configs_say_so():
+    for name in ("synthetic_pcb_scratch.yaml", "synthetic_retrieval.yaml", "synthetic_retrieval_baseline.yaml"):
+        assert not _config(name).MODEL.PRETRAINED, name
