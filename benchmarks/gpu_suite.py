@@ -191,8 +191,10 @@ def synthetic_overrides(p: Profile, root: str, num_ids: int, images_per_id: int,
 
 
 def model_overrides(p: Profile) -> list[str]:
+    # the demo configs now start from ImageNet MobileNetV2 weights; the suite's ResNet trunks start
+    # from random weights, as they always did here (a GPU machine has no ImageNet file for them)
     return ["MODEL.BACKBONE", p.backbone, "MODEL.NUM_STRIPES", str(p.stripes),
-            "MODEL.REDUCED_DIM", str(p.reduced_dim)]
+            "MODEL.REDUCED_DIM", str(p.reduced_dim), "MODEL.PRETRAINED", "False"]
 
 
 def section_nccl(p: Profile, device: torch.device, out: str) -> list[dict[str, Any]]:

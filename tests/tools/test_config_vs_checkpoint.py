@@ -40,11 +40,11 @@ def saved_config(*opts):
 
 def test_differences_split_into_refused_and_allowed():
     saved = saved_config("OPTIM.LR", "0.001")
-    cfg = load_config(CONFIG, ["OPTIM.LR", "0.5", "MODEL.PADDING_MODE", "zeros", "OPTIM.MAX_EPOCH", "20",
+    cfg = load_config(CONFIG, ["OPTIM.LR", "0.5", "MODEL.PADDING_MODE", "reflect", "OPTIM.MAX_EPOCH", "20",
                                "TEST.RANKS", "[1, 3]", "TRAIN.PRINT_FREQ", "3", "DATA.WORKERS", "2",
                                "DEVICE", "cpu", "NUM_THREADS", "1", "TRAIN.CHECKPOINT_FREQ", "2"])
     refused, allowed = config_differences(saved, cfg)
-    assert [str(d) for d in refused] == ["MODEL.PADDING_MODE 'reflect' -> 'zeros'", "OPTIM.LR 0.001 -> 0.5"]
+    assert [str(d) for d in refused] == ["MODEL.PADDING_MODE 'zeros' -> 'reflect'", "OPTIM.LR 0.001 -> 0.5"]
     assert sorted(d.key for d in allowed) == [
         "DATA.WORKERS", "DEVICE", "NUM_THREADS", "OPTIM.MAX_EPOCH", "TEST.RANKS", "TRAIN.CHECKPOINT_FREQ",
         "TRAIN.PRINT_FREQ",
@@ -86,12 +86,12 @@ def test_resume_refuses_model_and_optimisation_changes(trained, tiny_data_root, 
     out = copy_run(trained, tmp_path)
     before = (out / "checkpoints" / "checkpoint_last.pth").read_bytes()
     argv = ["--config", CONFIG, "--resume", "--no-progress", *tiny_overrides(tiny_data_root, out, 2),
-            "OPTIM.LR", "0.5", "MODEL.PADDING_MODE", "zeros"]
+            "OPTIM.LR", "0.5", "MODEL.PADDING_MODE", "reflect"]
     with pytest.raises(ConfigError) as info:
         train_tool.main(argv)
     message = str(info.value)
     assert "--resume" in message and str(out / "checkpoints" / "checkpoint_last.pth") in message
-    assert "MODEL.PADDING_MODE 'reflect' -> 'zeros', OPTIM.LR 0.001 -> 0.5" in message
+    assert "MODEL.PADDING_MODE 'zeros' -> 'reflect', OPTIM.LR 0.001 -> 0.5" in message
     assert "OPTIM.MAX_EPOCH" not in message  # allowed: continuing longer is the point of resume
     assert (out / "checkpoints" / "checkpoint_last.pth").read_bytes() == before  # nothing ran
 
@@ -116,16 +116,16 @@ def test_resume_logs_the_allowed_changes_and_continues(trained, tiny_data_root, 
 def test_weights_refuse_a_different_model_naming_the_keys(trained, tiny_data_root, tmp_path):
     ckpt = trained / "checkpoints" / "checkpoint_last.pth"
     base = ["--config", CONFIG, "--weights", str(ckpt), "--no-progress", *tiny_overrides(tiny_data_root, tmp_path)]
-    with pytest.raises(ConfigError, match=r"MODEL.PADDING_MODE 'reflect' -> 'zeros'"):
-        test_tool.main([*base, "MODEL.PADDING_MODE", "zeros"])
+    with pytest.raises(ConfigError, match=r"MODEL.PADDING_MODE 'zeros' -> 'reflect'"):
+        test_tool.main([*base, "MODEL.PADDING_MODE", "reflect"])
     # another stripe count and backbone: named, instead of torch's "Missing key(s) in state_dict"
     with pytest.raises(ConfigError, match=r"MODEL.BACKBONE 'resnet18' -> 'resnet34', MODEL.NUM_STRIPES 2 -> 1"):
         test_tool.main([*base, "MODEL.NUM_STRIPES", "1", "MODEL.BACKBONE", "resnet34"])
     with pytest.raises(ConfigError, match=r"DATA.HEIGHT 64 -> 128"):
         test_tool.main([*base, "DATA.HEIGHT", "128"])
     assert not (tmp_path / "test_metrics.json").exists()
-    cfg = load_config(CONFIG, [*tiny_overrides(tiny_data_root, tmp_path), "MODEL.PADDING_MODE", "zeros"])
-    with pytest.raises(ConfigError, match=r"MODEL.PADDING_MODE 'reflect' -> 'zeros'"):
+    cfg = load_config(CONFIG, [*tiny_overrides(tiny_data_root, tmp_path), "MODEL.PADDING_MODE", "reflect"])
+    with pytest.raises(ConfigError, match=r"MODEL.PADDING_MODE 'zeros' -> 'reflect'"):
         export_tool.load_model(cfg, str(ckpt))
 
 
