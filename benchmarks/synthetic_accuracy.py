@@ -140,6 +140,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--merge", nargs="+", default=[], metavar="ROOT",
                         help="first copy into this study the runs recorded by the studies in these output roots "
                              "(same arm settings only; e.g. two studies run side by side on disjoint seeds)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the tables of the recorded (and --merge'd) runs")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides for every arm")
     args = parse_with_overrides(parser, argv)
@@ -545,6 +547,9 @@ def main(argv: list[str] | None = None,
                 )
                 write_study(root, study, args.compare)
     todo = [(seed, arm) for seed in args.seeds for arm in args.arms if str(seed) not in study["runs"][arm]]
+    if args.report_only:
+        logger.info("--report-only: %d runs of the requested seeds are not recorded and are left out", len(todo))
+        todo = []
     logger.info("study %s: %d runs to go of %d", path, len(todo), len(args.seeds) * len(args.arms))
     for number, (seed, arm) in enumerate(todo, 1):
         run_dir = os.path.join(root, arm, f"seed{seed}")

@@ -185,3 +185,12 @@ def test_studies_on_disjoint_seeds_merge(tmp_path):
     with pytest.raises(SystemExit, match="ran 'pcb' with other settings: it cannot be merged"):
         study.main(["--arms", "pcb", "--seeds", "0", "--output-root", second, "--merge", str(tmp_path / "c")],
                    trainers=fake_trainers(calls))
+
+
+def test_report_only_trains_nothing(tmp_path):
+    calls = []
+    study.main(["--arms", "pcb", "--seeds", "0", "--output-root", str(tmp_path)], trainers=fake_trainers(calls))
+    calls.clear()
+    result = study.main(["--arms", "pcb", "pcb_sam", "--seeds", "0", "1", "--report-only", "--output-root",
+                         str(tmp_path)], trainers=fake_trainers(calls))
+    assert calls == [] and result["summary"]["arms"]["pcb"]["seeds"] == [0]
