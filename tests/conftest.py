@@ -1,6 +1,16 @@
-"""Shared fixtures: a tiny synthetic dataset generated once per test session."""
+"""Shared fixtures: a tiny synthetic dataset generated once per test session; an empty weights
+cache for the whole session."""
+
+import os
+import tempfile
 
 import pytest
+
+
+def pytest_configure(config):
+    """The suite runs as on a fresh machine: an empty torch cache ($TORCH_HOME), whatever weights
+    this machine has fetched (subprocesses inherit it; tests that need weights write fake ones)."""
+    os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="reid-tests-torch-home-")
 
 TINY_SYNTHETIC = {"num_ids": 16, "num_cams": 2, "images_per_id": 6, "height": 64, "width": 32, "seed": 3}
 

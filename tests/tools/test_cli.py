@@ -72,7 +72,7 @@ def test_every_subcommand_needs_a_config(command, capsys):
 def test_user_errors_are_one_line_with_status_2_and_debug_shows_the_traceback(tmp_path):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    argv = ["train", "--config", "configs/synthetic_pcb.yaml", "DATA.ROOT", str(not_a_folder),
+    argv = ["train", "--config", "configs/synthetic_pcb_scratch.yaml", "DATA.ROOT", str(not_a_folder),
             "OUTPUT_DIR", str(tmp_path / "out")]
     done = run("-m", "reid", *argv)
     assert done.returncode == 2
@@ -94,7 +94,7 @@ def test_user_errors_are_one_line_with_status_2_and_debug_shows_the_traceback(tm
     ],
 )
 def test_config_and_data_errors_in_process(argv, last_line, tmp_path, capsys):
-    status = main(["train", "--config", "configs/synthetic_pcb.yaml", "DATA.ROOT", str(tmp_path / "data"),
+    status = main(["train", "--config", "configs/synthetic_pcb_scratch.yaml", "DATA.ROOT", str(tmp_path / "data"),
                    "OUTPUT_DIR", str(tmp_path / "out"), *argv])
     assert status == 2
     err = capsys.readouterr().err
@@ -145,7 +145,7 @@ def test_a_device_this_machine_lacks_is_one_line(monkeypatch, capsys, tmp_path):
     from reid.cli.main import run_command
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    status = run_command("train", ["--config", os.path.join(ROOT, "configs", "synthetic_pcb.yaml"), "DEVICE", "cuda",
+    status = run_command("train", ["--config", os.path.join(ROOT, "configs", "synthetic_pcb_scratch.yaml"), "DEVICE", "cuda",
                                    "OUTPUT_DIR", str(tmp_path / "out"), "DATA.ROOT", str(tmp_path / "data")])
     assert status == 2
     err = capsys.readouterr().err.strip().splitlines()
