@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from reid.models.imagenet_weights import KNOWN_NAMES, default_directory, fetch, find_fetched, output_path
+from reid.models.imagenet_weights import KNOWN_NAMES, fetch, find_fetched, output_path
+from reid.models.trunks import weights_cache_dir
 
 logger = logging.getLogger("weights")
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.action == "list":
-        logger.info("looking in %s", args.dir or default_directory())
+        logger.info("looking in %s", args.dir or weights_cache_dir())
         width = max(len(name) for name in KNOWN_NAMES)
         for name in KNOWN_NAMES:
             found = find_fetched(name, args.dir)

