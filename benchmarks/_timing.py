@@ -51,16 +51,10 @@ def step_engine(cls: type, model: torch.nn.Module, device: torch.device, **kwarg
     return cls(datamanager, model, optimizer, scheduler, device, "unused", progress=False, **kwargs)
 
 
-def seeded_pcb_setup(args: argparse.Namespace) -> tuple[torch.device, torch.nn.Module, int]:
-    """The common start of the step benchmarks: quiet logging, ``--threads``, the P x K check,
-    the device (refused when CUDA is asked for and absent), then ``--seed`` and a random-weight PCB
-    (``--backbone``, ``--stripes``, ``--reduced-dim``) with one class per identity of a batch.
-
-    Returns:
-        ``(device, model, num_ids)``.
-    """
-    from reid.models.pcb import PCB
-
+def step_benchmark_device(args: argparse.Namespace) -> torch.device:
+    """The checks every step benchmark starts with: quiet logging, ``--threads``, the P x K check
+    of ``--batch-size`` and ``--num-instances``, and ``--device`` (refused when CUDA is asked for
+    and absent)."""
     logging.basicConfig(level=logging.WARNING)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -69,6 +63,20 @@ def seeded_pcb_setup(args: argparse.Namespace) -> tuple[torch.device, torch.nn.M
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but CUDA is not available")
+    return device
+
+
+def seeded_pcb_setup(args: argparse.Namespace) -> tuple[torch.device, torch.nn.Module, int]:
+    """The common start of the step benchmarks (:func:`step_benchmark_device`), then ``--seed``
+    and a random-weight PCB
+    (``--backbone``, ``--stripes``, ``--reduced-dim``) with one class per identity of a batch.
+
+    Returns:
+        ``(device, model, num_ids)``.
+    """
+    from reid.models.pcb import PCB
+
+    device = step_benchmark_device(args)
     torch.manual_seed(args.seed)
     num_ids = args.batch_size // args.num_instances
     model = PCB(num_classes=num_ids, backbone=args.backbone, num_stripes=args.stripes,

@@ -34,7 +34,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -42,7 +41,7 @@ from types import SimpleNamespace
 import torch
 
 
-from _timing import round_robin
+from _timing import round_robin, step_benchmark_device
 
 from reid.builders import MODEL_RECIPES, build_optimizer, build_scheduler
 from reid.config import load_config
@@ -146,17 +145,10 @@ def map_size(cfg) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.batch_size % args.num_instances:
-        raise SystemExit("--batch-size must be a multiple of --num-instances")
+    device = step_benchmark_device(args)
     num_ids = args.batch_size // args.num_instances
     if args.num_classes < num_ids:
         raise SystemExit(f"--num-classes must be at least the batch's {num_ids} identities")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but CUDA is not available")
     configs = {name: demo_config(args, overrides) for name, overrides in VARIANTS.items()}
     for name, cfg in configs.items():
         rows, cols = feature_map_size(args.height, args.width, cfg.MODEL.LAST_STRIDE)
