@@ -185,6 +185,15 @@ def train_ours(config: str, output_dir: str, seed: int, opts: list[str], progres
     return train_tool.main(argv)
 
 
+def time_matched_schedule(budget_seconds: float, first_epoch_seconds: float, max_epoch: int,
+                          stepsize: int) -> tuple[int, int]:
+    """``(epochs, lr step)`` of a time-matched run: as many whole epochs as the first one's time fits
+    in the budget (at least one), and the learning-rate step at the config's fraction of the epochs
+    (``stepsize / max_epoch``, rounded, at least after the first epoch)."""
+    epochs = max(1, int(budget_seconds // first_epoch_seconds))
+    return epochs, max(1, round(epochs * stepsize / max_epoch))
+
+
 def train_torchreid(config: str, output_dir: str, seed: int, opts: list[str], progress: bool,
                     arch: str = "resnet18", budget_seconds: float | None = None) -> dict[str, float]:
     """torchreid's ``ImageTripletEngine`` with its ``arch`` at ``config``'s budget, scored by our
@@ -259,10 +268,9 @@ def train_torchreid(config: str, output_dir: str, seed: int, opts: list[str], pr
             trained += time.perf_counter() - started
             epoch += 1
             if budget_seconds is not None and epoch == 1:
-                epochs = max(1, int(budget_seconds // trained))
+                epochs, scheduler.step_size = time_matched_schedule(
+                    budget_seconds, trained, cfg.OPTIM.MAX_EPOCH, cfg.OPTIM.STEPSIZE[0])
                 engine.max_epoch = epochs
-                # the step at the config's fraction of the epochs (at least after the first)
-                scheduler.step_size = max(1, round(epochs * cfg.OPTIM.STEPSIZE[0] / cfg.OPTIM.MAX_EPOCH))
                 logger.info("%s: %.1f s budget, first epoch %.1f s: %d epochs, lr step after %d",
                             arch, budget_seconds, trained, epochs, scheduler.step_size)
         torch.save(model.state_dict(), os.path.join(output_dir, f"torchreid_{arch}.pth"))

@@ -194,3 +194,11 @@ def test_report_only_trains_nothing(tmp_path):
     result = study.main(["--arms", "pcb", "pcb_sam", "--seeds", "0", "1", "--report-only", "--output-root",
                          str(tmp_path)], trainers=fake_trainers(calls))
     assert calls == [] and result["summary"]["arms"]["pcb"]["seeds"] == [0]
+
+
+def test_time_matched_schedule_by_hand():
+    # 323.5 s of budget, 35.1 s per epoch: 9 whole epochs (9 x 35.1 = 315.9 <= 323.5 < 351); the
+    # config steps after 6 of 7 epochs, so after 9 x 6 / 7 = 7.71 -> 8
+    assert study.time_matched_schedule(323.5, 35.1, 7, 6) == (9, 8)
+    assert study.time_matched_schedule(10.0, 35.1, 7, 6) == (1, 1)  # at least one epoch, step after it
+    assert study.time_matched_schedule(70.2, 35.1, 7, 6) == (2, 2)  # exactly two epochs fit
