@@ -34,11 +34,22 @@ CHECKPOINT_NAME = "checkpoint_last.pth"
 """The checkpoint of a run: ``<output_dir>/checkpoints/checkpoint_last.pth``."""
 
 RUN_OUTPUTS = (
-    "checkpoints", "metrics.json", "cmc.png", "tensorboard", "train.log", "test.log",
-    "test_metrics.json", "test_cmc.png", "explanations", "explanation_quality.json", "model.onnx",
+    # reid train
+    "checkpoints", "metrics.json", "cmc.png", "tensorboard", "train.log",
+    # reid test
+    "test.log", "test_metrics.json", "test_cmc.png",
+    # reid explain
+    "explain.log", "explanations",
+    # reid eval-explanations
+    "eval_explanations.log", "explanation_quality.json",
+    # reid segment
+    "segment.log", "segmentation",
+    # reid export (its default --output)
+    "export.log", "model.onnx",
 )
-"""What the commands write into ``OUTPUT_DIR`` about its model (docs/training.md, "Commands and
-outputs"): moved aside together when a new run replaces the previous one."""
+"""Every file and folder that the commands write into ``OUTPUT_DIR`` (docs/training.md, "Commands
+and outputs"; ``reid check-data`` and ``reid weights`` write none there): moved aside together
+when a new run replaces the previous one. Anything else in ``OUTPUT_DIR`` stays where it is."""
 
 
 class ExistingRunError(FileExistsError):
@@ -56,7 +67,10 @@ def prepare_output_dir(output_dir: str, resume: bool, overwrite: bool, main_proc
     A folder holding a previous run (its checkpoint) is refused unless the run continues it
     (``resume``) or replaces it (``overwrite``): then the previous run's files (:data:`RUN_OUTPUTS`)
     are moved, whole, into a new folder ``<output_dir>/replaced-<date>-<time>``, so that no stale
-    ``metrics.json``, ``cmc.png``, TensorBoard events or checkpoint stay beside the new run's.
+    checkpoint, ``metrics.json``, ``cmc.png``, TensorBoard events, log, or output of the other
+    commands (``reid test``, ``explain``, ``eval-explanations``, ``segment``, ``export``) made
+    with the previous model stays beside the new run's. Other files and folders in
+    ``output_dir`` (earlier ``replaced-*`` folders included) are left where they are.
 
     Args:
         output_dir: the run's ``OUTPUT_DIR``.

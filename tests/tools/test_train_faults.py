@@ -10,7 +10,7 @@ import torch
 
 from reid.cli import train as train_tool
 from reid.engine import evaluation as evaluation_module
-from reid.engine.checkpoint import save_checkpoint
+from reid.engine.checkpoint import RUN_OUTPUTS, prepare_output_dir, save_checkpoint
 from tests.conftest import tiny_overrides
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
@@ -109,6 +109,54 @@ def test_overwrite_moves_the_previous_run_aside(tiny_data_root, tmp_path):
     log = (out / "train.log").read_text()
     assert "old log" not in log and aside.name in log
     assert (out / "cmc.png").read_bytes() != b"\x89PNG old"
+
+
+COMMAND_LOGS = re.compile(
+    r'(?:setup_logging\(cfg\.OUTPUT_DIR|engine_with_weights\(cfg, args\.weights), "(\w+)"'
+)
+
+
+def test_run_outputs_name_every_output_of_the_commands():
+    """Each command's log (the names given to setup_logging / engine_with_weights in reid/cli) and
+    each fixed output name is one of RUN_OUTPUTS, so --overwrite moves it aside."""
+    from reid.cli import segment
+    from reid.engine.hooks import CMC_PLOT_NAME, METRICS_NAME
+    from reid.explain.dump import EXPLANATIONS_DIR
+    from reid.explain.quality import RESULT_FILE
+
+    cli = os.path.dirname(train_tool.__file__)
+    logs = {
+        name for module in os.listdir(cli) if module.endswith(".py")
+        for name in COMMAND_LOGS.findall(open(os.path.join(cli, module), encoding="utf-8").read())
+    }
+    assert logs == {"train", "test", "explain", "eval_explanations", "segment", "export"}
+    assert {f"{name}.log" for name in logs} <= set(RUN_OUTPUTS)
+    assert '"segmentation")' in open(segment.__file__, encoding="utf-8").read()
+    fixed = {"checkpoints", "tensorboard", METRICS_NAME, CMC_PLOT_NAME, EXPLANATIONS_DIR, RESULT_FILE,
+             "test_metrics.json", "test_cmc.png", "segmentation", "model.onnx"}
+    assert fixed <= set(RUN_OUTPUTS)
+
+
+def test_overwrite_moves_every_command_output_and_nothing_else(tmp_path):
+    out = tmp_path / "run"
+    previous_run(out)
+    for name in RUN_OUTPUTS:
+        if not (out / name).exists():
+            if "." in name:
+                (out / name).write_text(f"old {name}")
+            else:
+                (out / name).mkdir()
+                (out / name / "old.txt").write_text(f"old {name}")
+    (out / "notes.txt").write_text("mine")
+    (out / "replaced-20200101-000000").mkdir()
+    moved = tree(out)
+    del moved["notes.txt"]
+
+    line = prepare_output_dir(str(out), resume=False, overwrite=True)
+    (aside,) = [p for p in out.iterdir() if p.name.startswith("replaced-") and p.name != "replaced-20200101-000000"]
+    assert tree(aside) == moved  # every output of every command, whole
+    assert sorted(p.name for p in out.iterdir()) == sorted(["notes.txt", "replaced-20200101-000000", aside.name])
+    assert all(name in line for name in RUN_OUTPUTS) and str(aside) in line
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_data_root, tmp_path):
