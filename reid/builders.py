@@ -218,6 +218,14 @@ class ModelRecipe:
         model_keys: the config keys the model's weights depend on (its architecture and what its
             weights compute); weights are loaded only under a config whose values of these keys
             (and of ``reid.config.WEIGHTS_INPUT_KEYS``) equal those of the checkpoint's config.
+        missing_weights: config -> why ``reid train`` cannot start from the ImageNet (or other
+            initial) weights the config asks for, with how to get them; None when nothing is missing.
+        fit_state: ``(model, state)`` -> None; adapts the model to weights about to be loaded
+            strictly where they may legitimately differ (a torchreid checkpoint's classifier sized
+            for its training identities).
+        describe: config -> the model in a few words, for messages about weights that do not fit.
+        weights_of: a state dict that does not fit -> the model it is of, in the words of
+            ``describe`` (empty when unknown).
     """
 
     model_options: Callable[[CfgNode], dict]
@@ -227,6 +235,16 @@ class ModelRecipe:
     export_refusal: str = ""
     check_config: Callable[[CfgNode], None] = lambda cfg: None
     model_keys: tuple[str, ...] = ("MODEL.NAME",)
+    missing_weights: Callable[[CfgNode], str | None] = lambda cfg: _trunk_weights_missing(cfg)
+    fit_state: Callable[[nn.Module, dict], None] = lambda model, state: None
+    describe: Callable[[CfgNode], str] = lambda cfg: f"MODEL.NAME {cfg.MODEL.NAME}, MODEL.BACKBONE {cfg.MODEL.BACKBONE}"
+    weights_of: Callable[[dict], str] = lambda state: ""
+
+
+def _trunk_weights_missing(cfg: CfgNode) -> str | None:
+    from reid.models.trunks import missing_weights_message
+
+    return missing_weights_message(cfg.MODEL.BACKBONE, cfg.MODEL.PRETRAINED_PATH)
 
 
 def _check_padding(cfg: CfgNode, stage: str) -> tuple[int, int]:
@@ -330,6 +348,60 @@ def _avsl_classes(state: dict) -> int:
     return int(proxies.shape[0]) if proxies is not None else 1
 
 
+def _torchreid_options(cfg: CfgNode) -> dict:
+    return dict(
+        arch=cfg.MODEL.TORCHREID.ARCH, pretrained=cfg.MODEL.PRETRAINED, pretrained_path=cfg.MODEL.PRETRAINED_PATH,
+        test_normalized=bool(cfg.TEST.NORMALIZE_FEATURE or cfg.TEST.DIST_METRIC == "cosine"),
+    )
+
+
+def _torchreid_check(cfg: CfgNode) -> None:
+    from reid.config import ConfigError
+    from reid.models.torchreid_net import check_arch
+
+    try:
+        check_arch(cfg.MODEL.TORCHREID.ARCH, cfg.DATA.HEIGHT, cfg.DATA.WIDTH)
+    except ValueError as exc:
+        raise ConfigError(f"MODEL.TORCHREID.ARCH: {exc}") from exc
+
+
+def _torchreid_weights_missing(cfg: CfgNode) -> str | None:
+    path = cfg.MODEL.PRETRAINED_PATH
+    if path and os.path.isfile(path):
+        return None
+    if path:
+        return f"MODEL.PRETRAINED_PATH {path} does not exist"
+    return (
+        f"MODEL.NAME torchreid starts from MODEL.PRETRAINED_PATH (ImageNet or re-id weights of "
+        f"{cfg.MODEL.TORCHREID.ARCH}, loaded as torchreid's load_pretrained_weights does; nothing is downloaded): "
+        "set it, or set MODEL.PRETRAINED False to train from torchreid's random initialisation"
+    )
+
+
+def _torchreid_classes(state: dict) -> int:
+    from reid.models.torchreid_net import classifier_classes
+
+    return classifier_classes(state)
+
+
+def _torchreid_weights_of(state: dict) -> str:
+    from reid.models.torchreid_net import archs_of_state
+
+    archs = archs_of_state(state)
+    return f"MODEL.TORCHREID.ARCH {' or '.join(archs)}" if archs else ""
+
+
+def _torchreid_fit_state(model: nn.Module, state: dict) -> None:
+    from reid.models.torchreid_net import classifier_classes, resize_classifier
+
+    try:
+        classes = classifier_classes(state)
+    except ValueError:
+        return  # the strict load names what is missing
+    if classes != model.classifier_classes():
+        resize_classifier(model, classes)
+
+
 # The model keys of every trunk: the architecture and the padding its weights were trained with.
 _TRUNK_KEYS = ("MODEL.NAME", "MODEL.BACKBONE", "MODEL.LAST_STRIDE", "MODEL.PADDING_MODE")
 
@@ -347,6 +419,13 @@ MODEL_RECIPES: dict[str, ModelRecipe] = {
             "(reliabilities and top-down rectification), not by a distance between per-image embeddings, "
             "so an embedding network alone cannot rank a gallery"
         ),
+    ),
+    "torchreid": ModelRecipe(
+        _torchreid_options, _pcb_engine, _torchreid_classes,
+        similarity_mining=True, check_config=_torchreid_check, model_keys=("MODEL.NAME", "MODEL.TORCHREID.ARCH"),
+        missing_weights=_torchreid_weights_missing, fit_state=_torchreid_fit_state,
+        describe=lambda cfg: f"MODEL.NAME torchreid, MODEL.TORCHREID.ARCH {cfg.MODEL.TORCHREID.ARCH}",
+        weights_of=_torchreid_weights_of,
     ),
 }
 
@@ -372,11 +451,10 @@ def require_pretrained_weights(cfg: CfgNode) -> None:
     weights where pretrained ones were expected. ``MODEL.PRETRAINED False`` is the explicit way to
     train from scratch. A resumed run takes every weight from its checkpoint and is not checked."""
     from reid.config import ConfigError
-    from reid.models.trunks import missing_weights_message
 
     if not cfg.MODEL.PRETRAINED:
         return
-    message = missing_weights_message(cfg.MODEL.BACKBONE, cfg.MODEL.PRETRAINED_PATH)
+    message = model_recipe(cfg).missing_weights(cfg)
     if message is not None:
         raise ConfigError(message)
 
@@ -396,6 +474,7 @@ def build_model_for_state(cfg: CfgNode, state: dict) -> nn.Module:
     recipe = model_recipe(cfg)
     options = {**recipe.model_options(cfg), "pretrained": False}
     model = create_model(cfg.MODEL.NAME, num_classes=recipe.num_classes_in_state(state), **options)
+    recipe.fit_state(model, state)
     load_state_strict(model, state)
     return model.eval()
 

@@ -118,6 +118,16 @@ _C.MODEL.PRETRAINED = True
 # still load). "reflect" needs every padded map to be larger than its padding (e.g. >= 2 px).
 _C.MODEL.PADDING_MODE = "zeros"
 
+# A network of torchreid's model zoo, explained and trained as it is (MODEL.NAME torchreid;
+# docs/own-data-and-models.md). ARCH: a name of torchreid.reid.models' registry (osnet_x1_0,
+# resnet50, mobilenetv2_x1_0, pcb_p6, ...; `reid explain --help` and docs/explanations.md list
+# which families expose which layer). MODEL.PRETRAINED_PATH, when set, is an ImageNet or torchreid
+# weights file loaded as torchreid's load_pretrained_weights does (matching keys and shapes);
+# MODEL.BACKBONE, NUM_STRIPES, REDUCED_DIM, DROPOUT, LAST_STRIDE, TEST_FEATURE and PADDING_MODE do
+# not apply to it (the arch fixes them).
+_C.MODEL.TORCHREID = CN()
+_C.MODEL.TORCHREID.ARCH = "osnet_x0_25"
+
 # ---------------------------------------------------------------------------------------------
 _C.LOSS = CN()
 # Weight of the ID loss (mean over stripes of cross-entropy).
@@ -445,12 +455,14 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
     from reid.metrics import DISTANCE_METRICS
     from reid.models import BACKBONES, PADDING_MODES, list_models
     from reid.models.pcb import TEST_FEATURES
+    from reid.models.torchreid_net import TORCHREID_ARCHS
 
     return {
         "MODEL.NAME": tuple(list_models()),
         "MODEL.BACKBONE": BACKBONES,
         "MODEL.TEST_FEATURE": TEST_FEATURES,
         "MODEL.PADDING_MODE": PADDING_MODES,
+        "MODEL.TORCHREID.ARCH": TORCHREID_ARCHS,
         "OPTIM.NAME": OPTIMIZERS,
         "OPTIM.SCHEDULER": SCHEDULERS,
         "TEST.DIST_METRIC": tuple(DISTANCE_METRICS),

@@ -78,9 +78,11 @@ def test_every_default_key_is_commented():
 def test_allowed_values_come_from_their_components():
     """Each key's values are declared once, by the component that owns them; the config reads them."""
     from reid.config import allowed_values
+    from reid.models.torchreid_net import TORCHREID_ARCHS
 
     assert allowed_values() == {
-        "MODEL.NAME": ("avsl", "pcb"),
+        "MODEL.NAME": ("avsl", "pcb", "torchreid"),
+        "MODEL.TORCHREID.ARCH": TORCHREID_ARCHS,
         "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50", "mobilenet_v2"),
         "MODEL.TEST_FEATURE": ("pooled", "reduced"),
         "MODEL.PADDING_MODE": ("zeros", "reflect", "replicate"),
@@ -106,7 +108,7 @@ def test_model_capabilities_are_checked_by_the_builder_registry():
     from reid.builders import model_recipe
 
     cfg = load_config(None, ["MODEL.NAME", "avsl", "SAM.ENABLED", "True"])
-    with pytest.raises(ConfigError, match="SAM.ENABLED needs MODEL.NAME pcb, got 'avsl'"):
+    with pytest.raises(ConfigError, match="SAM.ENABLED needs MODEL.NAME pcb or torchreid, got 'avsl'"):
         model_recipe(cfg)
     with pytest.raises(ConfigError, match="AVSL.LEVELS: levels must be distinct and bottom-up"):
         load_config(None, ["AVSL.LEVELS", "[layer3, layer2]", "AVSL.LEVEL_WEIGHTS", "[1.0, 1.0]"])
@@ -204,12 +206,16 @@ def test_model_keys_of_the_recipes_are_config_keys_their_options_read():
 
     changed = {"MODEL.BACKBONE": "resnet34", "MODEL.LAST_STRIDE": 2, "MODEL.PADDING_MODE": "replicate",
                "MODEL.NUM_STRIPES": 3, "MODEL.REDUCED_DIM": 8, "AVSL.LEVELS": ["layer3", "layer4"],
-               "AVSL.EMBED_DIM": 32, "AVSL.TOPK": 8, "AVSL.LOSS": "proxy_anchor"}
+               "AVSL.EMBED_DIM": 32, "AVSL.TOPK": 8, "AVSL.LOSS": "proxy_anchor",
+               "MODEL.TORCHREID.ARCH": "resnet18"}
     for name, recipe in MODEL_RECIPES.items():
         assert recipe.model_keys[0] == "MODEL.NAME"
         for key in recipe.model_keys[1:]:
             cfg = get_default_config()
             before = recipe.model_options(cfg)
-            group, leaf = key.split(".")
-            cfg[group][leaf] = changed[key]
+            *groups, leaf = key.split(".")
+            node = cfg
+            for group in groups:
+                node = node[group]
+            node[leaf] = changed[key]
             assert recipe.model_options(cfg) != before, (name, key)

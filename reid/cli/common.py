@@ -107,7 +107,7 @@ def check_weights_config(cfg, checkpoint: dict, weights: str, log: logging.Logge
 
     saved = checkpoint.get("config")
     if not isinstance(saved, dict) or not saved:
-        log.info("%s holds no config (a plain state dict): the config is not compared with it", weights)
+        log.info("%s holds no config (a torchreid checkpoint or a plain state dict): the config is not compared with it", weights)
         return
     refused, allowed = model_differences(saved, cfg, model_recipe(cfg).model_keys)
     if refused:
@@ -174,15 +174,20 @@ def check_resume_config(cfg, log: logging.Logger) -> None:
 
 
 def load_weights(model, state: dict, weights: str, cfg) -> None:
-    """Loads ``state`` into ``model`` strictly; exits with a short reason when it does not fit."""
-    from reid.builders import load_state_strict
+    """Loads ``state`` into ``model`` strictly, after the model's recipe adapted the model to it
+    (``ModelRecipe.fit_state``: a torchreid classifier sized for other identities); exits with a
+    short reason when it does not fit, naming the arch the weights are of when the recipe can tell."""
+    from reid.builders import load_state_strict, model_recipe
 
+    recipe = model_recipe(cfg)
+    recipe.fit_state(model, state)
     try:
         load_state_strict(model, state)
     except ValueError as exc:
-        raise SystemExit(
-            f"{weights} (MODEL.NAME {cfg.MODEL.NAME}, MODEL.BACKBONE {cfg.MODEL.BACKBONE}): {exc}"
-        ) from exc
+        other = recipe.weights_of(state)
+        if other:
+            raise SystemExit(f"{weights} holds weights of {other}, not of {recipe.describe(cfg)}") from exc
+        raise SystemExit(f"{weights} ({recipe.describe(cfg)}): {exc}") from exc
 
 
 def engine_with_weights(cfg, weights: str, log_name: str, progress: bool = True):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from reid.io import atomic_write, remove_temporary_files
+from reid.models.torchreid_net import TORCHREID_CHECKPOINT_GLOBALS
 
 from .distributed import DistributedContext, gather_objects
 
@@ -150,7 +151,8 @@ class CheckpointError(ValueError):
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Loads a checkpoint with ``weights_only=True``.
+    """Loads a checkpoint with ``weights_only=True`` (ours, a state dict, or torchreid's
+    ``model.pth.tar-N``, whose NumPy rank-1 is allowed: :data:`reid.models.torchreid_net.TORCHREID_CHECKPOINT_GLOBALS`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -161,7 +163,8 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(TORCHREID_CHECKPOINT_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except torch.OutOfMemoryError:
         raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, KeyError, IndexError,
