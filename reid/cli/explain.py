@@ -3,14 +3,15 @@
 Usage::
 
     reid explain --config FILE --weights CKPT [--num-queries N] [--topk K] [--triplets]
-        [--same truth|model] [--layer NAME] [--keep-same-camera] [--batch-size B] [--no-progress]
+        [--same model|truth] [--layer NAME] [--keep-same-camera] [--batch-size B] [--no-progress]
         [--top-nodes T] [--feeders F] [--max-matrix-mb M] [--features DIR] [KEY VALUE ...]
 
 On the first target dataset of the config (``DATA.TARGETS``, else ``DATA.SOURCES``): ``N``
 queries evenly spread over the query set, each with its top-``K`` gallery matches by the model's
 own distance (same identity and camera removed as in the evaluation; ``--keep-same-camera`` keeps
 them; ``TEST.RERANK`` is ignored), explained with similarity attention (a Siamese map pair per
-match, ``--same`` picking the weights; ``--triplets`` adds "why is the top match closer than the
+match, ``--same`` picking the weights: ``model``, the default, explains each shown match as the
+model's match, ``truth`` by ground truth; ``--triplets`` adds "why is the top match closer than the
 best match of the other kind") or, for a model with exact attribution (AVSL), with attribution
 panels (``--top-nodes`` per level, ``--feeders`` of the rectified node; ``--triplets`` and
 ``--layer`` are refused). The layer is ``--layer``, else ``TEST.EXPLAIN_LAYER``; when both are
@@ -49,8 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--topk", type=int, default=5, help="matches explained per query (K)")
     parser.add_argument("--triplets", action="store_true", help="also explain 'why is A closer than B'")
     parser.add_argument(
-        "--same", choices=SAME_MODES, default="truth",
-        help="Siamese weights: ground-truth identity equality, or every shown match treated as a match",
+        "--same", choices=SAME_MODES, default="model",
+        help="Siamese weights: model (default) explains every shown match as a match (why the model put it "
+        "there); truth uses ground-truth identity equality (a wrong match explained as a dissimilar pair)",
     )
     parser.add_argument(
         "--layer", default=None,

@@ -20,10 +20,13 @@
    gallery size. All pairs and triplets are then explained through the cheap head only
    (:func:`reid.explain.explain_pair_features`). With an explicit layer the explanations run
    :func:`reid.explain.explain_pair` on the images, which re-runs the model on the explained images.
-4. **Siamese explanation** of each of the top-``K`` pairs. ``same="truth"`` (default): ``same`` is
-   the ground truth (query and gallery identities equal); ``same="model"``: every shown match is
-   treated as a match, because the model ranks it among its top ``K`` (the maps then show what the
-   model found alike). Reference: SAM paper, section 3.1; ``docs/method.md`` sections 2 and 4.
+4. **Siamese explanation** of each of the top-``K`` pairs. ``same="model"`` (default): every shown
+   match is explained as a match, because the model ranks it among its top ``K``: the maps answer
+   "why did the model put this image here?", for wrong matches too, whose ground truth the panels
+   and the explorer show by colour. ``same="truth"``: ``same`` is the ground truth (query and
+   gallery identities equal), so a wrong match is explained as a dissimilar pair ("what differs").
+   The explorer's notes say which one is shown. Reference: SAM paper, section 3.1;
+   ``docs/method.md`` sections 2 and 4.
 5. **Triplet explanation** (``triplets=True``): "why is the top match A closer than B", where B is
    the best-ranked gallery image whose correctness differs from A's: the first wrong match when A
    is correct, the first true match when A is wrong (why the model failed). B may rank below
@@ -102,7 +105,14 @@ logger = logging.getLogger(__name__)
 EXPLANATIONS_DIR = "explanations"
 EXPLORER_PAGE = "index.html"
 PANELS_PAGE = "panels.html"
-SAME_MODES = ("truth", "model")
+SAME_MODES = ("model", "truth")
+# What the explorer says about the Siamese maps it shows (ExplainOptions.same).
+SAME_NOTES = {
+    "model": "Maps explain the model's decision: every shown match as a similar pair (why the model put it "
+             "there), wrong matches included; green and red mark the ground truth (--same model, the default).",
+    "truth": "Maps explain the ground truth: a true match as a similar pair, a wrong match as a dissimilar one "
+             "(what tells them apart); green and red mark the ground truth (--same truth).",
+}
 # Relative tolerance between the ranking's distance and the attribution's d_hat of a pair.
 _DISTANCE_TOLERANCE = 1e-4
 
@@ -131,7 +141,7 @@ class ExplainOptions:
     num_queries: int = 10
     topk: int = 5
     triplets: bool = False
-    same: str = "truth"
+    same: str = "model"
     layer: str | None = None
     keep_same_camera: bool = False
     batch_size: int = 32
@@ -1026,7 +1036,8 @@ def write_explanations(
             [(os.path.relpath(p.path, dump.out_dir), p.caption) for p in dump.extra_panels.get(qi, [])],
         ))
     removed = "kept" if options.keep_same_camera else "removed"
-    notes = [
+    notes = [] if attribution else [SAME_NOTES[options.same]]
+    notes += [
         f"{len(encoded.queries)} queries explained, sorted by average precision (worst first); each with its top "
         f"{options.topk} gallery images by the model's own distance (gallery images of the query's identity and "
         f"camera {removed}). Panels for papers: {PANELS_PAGE}.",

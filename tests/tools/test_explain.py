@@ -68,7 +68,7 @@ def run_explain(checkpoint, root, out, *flags):
 @pytest.fixture(scope="module")
 def head_run(checkpoint, tiny_data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("explain-head")
-    return (*run_explain(checkpoint, tiny_data_root, out, "--triplets"), out)
+    return (*run_explain(checkpoint, tiny_data_root, out, "--triplets", "--same", "truth"), out)
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_panel_page_images_load_in_a_browser(head_run):
 
 
 def test_full_model_path_gives_the_same_explanations(checkpoint, tiny_data_root, tmp_path, head_run):
-    summary, content, calls = run_explain(checkpoint, tiny_data_root, tmp_path, "--layer", "layer4")
+    summary, content, calls = run_explain(checkpoint, tiny_data_root, tmp_path, "--layer", "layer4", "--same", "truth")
     assert summary["explained_with"] == "model" and summary["num_triplets"] == 0
     assert not (tmp_path / "explanations" / "triplets").exists()
     assert calls["forward"] > 0
@@ -238,10 +238,13 @@ def test_full_model_path_gives_the_same_explanations(checkpoint, tiny_data_root,
         assert p["stripe_terms"] == pytest.approx(h["stripe_terms"], rel=1e-4, abs=1e-6)
 
 
-def test_same_model_treats_every_shown_match_as_a_match(checkpoint, tiny_data_root, tmp_path, head_run):
-    summary, content, _ = run_explain(checkpoint, tiny_data_root, tmp_path, "--same", "model")
+def test_same_model_by_default_treats_every_shown_match_as_a_match(checkpoint, tiny_data_root, tmp_path, head_run):
+    summary, content, _ = run_explain(checkpoint, tiny_data_root, tmp_path)  # no --same: the model's decision
     assert summary["same"] == "model"
     assert all(p["same"] for p in content["pairs"])
+    page = (tmp_path / "explanations" / "index.html").read_text()
+    assert "Maps explain the model&#x27;s decision" in page and "(--same model, the default)" in page
+    assert "Maps explain the ground truth" in (head_run[3] / "explanations" / "index.html").read_text()
     key = lambda p: (p["query_index"], p["rank"])  # noqa: E731
     truth = {key(p): p for p in head_run[1]["pairs"]}
     changed = 0
@@ -266,7 +269,7 @@ def test_config_layer_is_explained_and_the_flag_overrides_it(checkpoint, tiny_da
                for p in content["pairs"])
     # --layer wins over the config: layer4 on the full model equals the head-only maps
     summary, content, _ = run_explain(
-        checkpoint, tiny_data_root, tmp_path / "flag", "--layer", "layer4", "TEST.EXPLAIN_LAYER", "layer1"
+        checkpoint, tiny_data_root, tmp_path / "flag", "--layer", "layer4", "TEST.EXPLAIN_LAYER", "layer1", "--same", "truth"
     )
     assert summary["layer"] == "layer4"
     for p in content["pairs"]:
@@ -368,7 +371,7 @@ def test_explaining_from_saved_features_runs_the_trunk_only_where_needed(checkpo
     test_tool.main(["--config", CONFIG, "--weights", str(checkpoint), "--no-progress", "--save-features",
                     str(features), "TEST.EXPLAIN_LAYER", "", *tiny_overrides(tiny_data_root, tmp_path / "test")])
     summary, content, calls = run_explain(checkpoint, tiny_data_root, tmp_path / "saved", "--triplets",
-                                          "--features", str(features))
+                                          "--features", str(features), "--same", "truth")
     # the same explanations as embedding everything again
     key = lambda p: (p["query_index"], p["rank"])  # noqa: E731
     ours, head = sorted(content["pairs"], key=key), sorted(head_run[1]["pairs"], key=key)
