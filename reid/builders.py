@@ -100,9 +100,19 @@ def dataset_options(cfg: CfgNode, name: str) -> dict:
 
     Every dataset gets ``on_bad_image`` (``DATA.ON_BAD_IMAGE``): ours read their images when
     built, and ``register_variant`` wraps the others (torchreid's built-ins) so that they do too.
-    The synthetic set also gets its size.
+    The synthetic set also gets its size; a dataset folder of the user's (``folder``) its folder,
+    layout and list files (``DATA.FOLDER``).
     """
     options = {"on_bad_image": cfg.DATA.ON_BAD_IMAGE}
+    if name == "folder":
+        folder = cfg.DATA.FOLDER
+        options.update(
+            folder=folder.ROOT,
+            layout=folder.LAYOUT,
+            train_list=folder.TRAIN_LIST,
+            query_list=folder.QUERY_LIST,
+            gallery_list=folder.GALLERY_LIST,
+        )
     if name in ("synthetic", "synthetic_retrieval"):
         syn = cfg.DATA.SYNTHETIC
         options.update(
@@ -116,8 +126,35 @@ def dataset_options(cfg: CfgNode, name: str) -> dict:
     return options
 
 
-def dataset_names(cfg: CfgNode, names: list[str]) -> list[str]:
-    """torchreid dataset names with the config's options bound (see ``register_variant``)."""
+def check_dataset_names(names: list[str], key: str) -> None:
+    """Fails unless every name of ``names`` is a dataset registered with torchreid: ours, torchreid's
+    built-ins, or one that a module given with ``--plugin`` registered (imported before the config
+    was loaded).
+
+    Raises:
+        ConfigError: naming ``key``, the unknown names and the registered ones.
+    """
+    from reid.config import ConfigError
+    from reid.data.base import registered_image_datasets
+
+    registry = registered_image_datasets()
+    unknown = [name for name in names if name not in registry]
+    if unknown:
+        known = sorted(name for name in registry if "[" not in name)  # not the variants of register_variant
+        raise ConfigError(
+            f"{key}: unknown dataset(s) {unknown}; registered datasets: {known} (a module given with "
+            "--plugin can register more)"
+        )
+
+
+def dataset_names(cfg: CfgNode, names: list[str], key: str = "DATA.SOURCES") -> list[str]:
+    """torchreid dataset names with the config's options bound (see ``register_variant``).
+
+    Raises:
+        ConfigError: a name is not a registered dataset (:func:`check_dataset_names`; ``key`` is
+            the config key the names come from).
+    """
+    check_dataset_names(names, key)
     return [register_variant(name, dataset_options(cfg, name)) for name in names]
 
 
@@ -130,8 +167,10 @@ def check_data_root(root: str) -> None:
 def build_datamanager(cfg: CfgNode, device: torch.device) -> ImageDataManager:
     """torchreid's ``ImageDataManager`` over the configured sources and targets."""
     check_data_root(cfg.DATA.ROOT)
-    sources = dataset_names(cfg, list(cfg.DATA.SOURCES))
-    targets = dataset_names(cfg, list(cfg.DATA.TARGETS or cfg.DATA.SOURCES))
+    sources = dataset_names(cfg, list(cfg.DATA.SOURCES), "DATA.SOURCES")
+    targets = dataset_names(
+        cfg, list(cfg.DATA.TARGETS or cfg.DATA.SOURCES), "DATA.TARGETS" if cfg.DATA.TARGETS else "DATA.SOURCES"
+    )
     return ImageDataManager(
         root=cfg.DATA.ROOT,
         sources=sources,

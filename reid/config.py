@@ -39,8 +39,9 @@ _C.NUM_THREADS = 0
 _C.DATA = CN()
 # Root folder of the datasets (each dataset documents its sub-folder layout).
 _C.DATA.ROOT = "reid-data"
-# Training dataset names registered with torchreid (ours: synthetic, cuhk03_np_labeled, ...; for
-# image retrieval cub200, cars196, sop, synthetic_retrieval).
+# Training dataset names registered with torchreid (ours: synthetic, cuhk03_np_labeled, ...,
+# folder (DATA.FOLDER); for image retrieval cub200, cars196, sop, synthetic_retrieval; or a name
+# that a module given with --plugin registered).
 _C.DATA.SOURCES = ["synthetic"]
 # Test dataset names; empty means the same as SOURCES.
 _C.DATA.TARGETS = []
@@ -74,6 +75,19 @@ _C.DATA.SYNTHETIC.IMG_HEIGHT = 128
 _C.DATA.SYNTHETIC.IMG_WIDTH = 64
 # Seed of the generator (identities, cameras, images).
 _C.DATA.SYNTHETIC.SEED = 0
+
+# A dataset folder of your own (reid/data/folder.py), used by naming "folder" in SOURCES/TARGETS.
+_C.DATA.FOLDER = CN()
+# The folder: an absolute path as it is, a relative one under DATA.ROOT ("~" expanded). Required
+# when a dataset of the config is "folder".
+_C.DATA.FOLDER.ROOT = ""
+# "market1501": bounding_box_train/, query/ and bounding_box_test/ with Market-1501 file names;
+# "lists": the three list files below, one "path identity camera" line per image.
+_C.DATA.FOLDER.LAYOUT = "market1501"
+# The list files of the "lists" layout (relative to DATA.FOLDER.ROOT, or absolute).
+_C.DATA.FOLDER.TRAIN_LIST = "train.txt"
+_C.DATA.FOLDER.QUERY_LIST = "query.txt"
+_C.DATA.FOLDER.GALLERY_LIST = "gallery.txt"
 
 # ---------------------------------------------------------------------------------------------
 _C.SAMPLER = CN()
@@ -446,6 +460,7 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
     validated, so that importing ``reid.config`` stays light).
     """
     from reid.data.base import ON_BAD_IMAGE_MODES
+    from reid.data.folder import FOLDER_LAYOUTS
     from reid.data.samplers import TRAIN_SAMPLERS
     from reid.engine.amp import AMP_MODES
     from reid.engine.distributed import BACKENDS
@@ -467,6 +482,7 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
         "OPTIM.SCHEDULER": SCHEDULERS,
         "TEST.DIST_METRIC": tuple(DISTANCE_METRICS),
         "DATA.ON_BAD_IMAGE": ON_BAD_IMAGE_MODES,
+        "DATA.FOLDER.LAYOUT": FOLDER_LAYOUTS,
         "SAMPLER.TRAIN": TRAIN_SAMPLERS,
         "SAM.FORM": tuple(FORMS),
         "SAM.OBJECTIVE": OBJECTIVES,
@@ -622,6 +638,21 @@ def _check_synthetic(cfg: CN) -> None:
         raise ConfigError(text) from exc
 
 
+def _check_folder(cfg: CN) -> None:
+    """The keys of a dataset folder of the user's (``DATA.FOLDER``): list file names are never
+    empty; the folder must be named when a dataset of the config is ``folder``. Whether the folder
+    and its files exist is checked when the dataset is built (``reid.data.folder``)."""
+    folder = cfg.DATA.FOLDER
+    for key in ("TRAIN_LIST", "QUERY_LIST", "GALLERY_LIST"):
+        if not folder[key].strip():
+            raise ConfigError(f"DATA.FOLDER.{key} must name a list file, got {folder[key]!r}")
+    if "folder" in {*cfg.DATA.SOURCES, *cfg.DATA.TARGETS} and not folder.ROOT.strip():
+        raise ConfigError(
+            f"DATA.FOLDER.ROOT must name your dataset folder when DATA.SOURCES or DATA.TARGETS uses "
+            f"'folder', got {folder.ROOT!r}"
+        )
+
+
 def validate(cfg: CN) -> None:
     """Checks values that a type alone does not constrain; raises :class:`ConfigError` naming the
     key, the value and what is allowed.
@@ -641,6 +672,7 @@ def validate(cfg: CN) -> None:
         raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, got {cfg.DEVICE!r}")
     _check_lists(cfg)
     _check_synthetic(cfg)
+    _check_folder(cfg)
     if cfg.SAMPLER.BATCH_SIZE_TRAIN % cfg.SAMPLER.NUM_INSTANCES:
         raise ConfigError(
             f"SAMPLER.BATCH_SIZE_TRAIN ({cfg.SAMPLER.BATCH_SIZE_TRAIN}) must be a multiple of "

@@ -90,6 +90,7 @@ def test_allowed_values_come_from_their_components():
         "OPTIM.SCHEDULER": ("single_step", "multi_step", "cosine"),
         "TEST.DIST_METRIC": ("euclidean", "cosine"),
         "DATA.ON_BAD_IMAGE": ("error", "skip"),
+        "DATA.FOLDER.LAYOUT": ("market1501", "lists"),
         "SAMPLER.TRAIN": ("RandomIdentitySampler", "RandomSampler"),
         "SAM.FORM": ("siamese", "triplet", "quadruplet"),
         "SAM.OBJECTIVE": ("erase", "printed"),

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = []
     for name in names:
         try:
-            registered = dataset_names(cfg, [name])[0]
+            key = "DATA.SOURCES" if name in cfg.DATA.SOURCES else "DATA.TARGETS"
+            registered = dataset_names(cfg, [name], key)[0]
             report = check_dataset(name, registered, cfg.DATA.ROOT)
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             errors.append(f"{name}: {exc}")
