@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import re
 import sys
+from types import ModuleType
 
 from reid.config import ConfigError, load_config
 
@@ -52,18 +57,103 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
         i += 1
     args = parser.parse_args(options)
     args.opts = overrides
+    load_plugins(getattr(args, "plugin", None) or [])
     return args
+
+
+# plugin files imported so far (real path -> module): a second import of one file reuses it
+_PLUGIN_FILES: dict[str, ModuleType] = {}
+
+
+def _import_plugin_file(name: str) -> ModuleType:
+    """Imports the Python file ``name`` once, as a module named after the file."""
+    path = os.path.realpath(os.path.abspath(os.path.expanduser(name)))
+    if path in _PLUGIN_FILES:
+        return _PLUGIN_FILES[path]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if not stem.isidentifier() or stem in sys.modules:
+        stem = f"reid_plugin_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"not a Python file: {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[stem] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[stem]
+        raise
+    _PLUGIN_FILES[path] = module
+    return module
+
+
+def import_plugin(name: str) -> ModuleType:
+    """Imports the ``--plugin`` module ``name``: a path to a ``.py`` file, or a dotted module name
+    importable as it is (an installed package) or from the current directory.
+
+    The current directory is searched without editing the import path: when the module's
+    top-level package is not importable, it is looked up in the current directory and loaded from
+    there, and the rest of the dotted name is imported from it.
+
+    Raises:
+        Exception: whatever importing the module raised (``ModuleNotFoundError`` when it is
+            nowhere, ``FileNotFoundError`` for a missing file, any error of the module's code).
+    """
+    if name.endswith(".py") or os.sep in name or (os.altsep and os.altsep in name):
+        return _import_plugin_file(name)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        top = name.split(".")[0]
+        if exc.name != top:  # the module was found; something it imports is missing
+            raise
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()])
+        if spec is None or spec.loader is None:
+            raise
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return importlib.import_module(name)
+
+
+def load_plugins(names: list[str]) -> None:
+    """Imports every ``--plugin`` module in order (before the config is loaded, so that a module can
+    register datasets with torchreid that ``DATA.SOURCES`` and ``DATA.TARGETS`` then name).
+
+    Raises:
+        SystemExit: ``cannot import plugin NAME: reason``, one line (exit status 2 through
+            ``reid.cli.main.run_command``).
+    """
+    for name in names:
+        try:
+            import_plugin(name)
+        except Exception as exc:
+            plain = isinstance(exc, (ModuleNotFoundError, FileNotFoundError))  # their text says it all
+            reason = str(exc) if plain else f"{type(exc).__name__}: {exc}"
+            raise SystemExit(f"cannot import plugin {name}: {' '.join(reason.split())}") from exc
 
 
 def new_parser(command: str, doc: str | None, weights: bool = False) -> argparse.ArgumentParser:
     """The parser of ``reid <command>``, its help text the module docstring, with the options every
-    command has: ``--config`` (and ``--weights`` for the commands that load a trained model)."""
+    command has: ``--config`` (and ``--weights`` for the commands that load a trained model),
+    ``--plugin`` (repeatable; imported by :func:`parse_with_overrides`) and ``--debug``."""
     parser = argparse.ArgumentParser(
         prog=f"reid {command}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True, help="YAML config file (overrides the defaults of reid/config.py)")
     if weights:
         parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE",
+        help="import MODULE first (a dotted module name importable from the current directory, or a path "
+        "to a .py file; repeatable), e.g. one that registers its own dataset with torchreid for DATA.SOURCES",
+    )
     parser.add_argument(
         "--debug", action="store_true",
         help="print the traceback of an error too (a usage error prints one line and exits with status 2)",
