@@ -2,13 +2,13 @@
 
 Usage::
 
-    reid explain --config FILE --weights CKPT [--num-queries N] [--topk K] [--triplets]
+    reid explain --config FILE --weights CKPT [--num-queries N | --queries I,J,...] [--topk K] [--triplets]
         [--same model|truth] [--layer NAME] [--keep-same-camera] [--batch-size B] [--no-progress]
         [--top-nodes T] [--feeders F] [--max-matrix-mb M] [--features DIR] [KEY VALUE ...]
 
 On the first target dataset of the config (``DATA.TARGETS``, else ``DATA.SOURCES``): ``N``
-queries evenly spread over the query set, each with its top-``K`` gallery matches by the model's
-own distance (same identity and camera removed as in the evaluation; ``--keep-same-camera`` keeps
+queries evenly spread over the query set (or the ones ``--queries`` names), each with its
+top-``K`` gallery matches by the model's own distance (same identity and camera removed as in the evaluation; ``--keep-same-camera`` keeps
 them; ``TEST.RERANK`` is ignored), explained with similarity attention (a Siamese map pair per
 match, ``--same`` picking the weights: ``model``, the default, explains each shown match as the
 model's match, ``truth`` by ground truth; ``--triplets`` adds "why is the top match closer than the
@@ -44,9 +44,25 @@ from reid.explain.dump import EXPLANATIONS_DIR, SAME_MODES, ExplainOptions, writ
 logger = logging.getLogger("explain")
 
 
+def query_indices(text: str) -> tuple[int, ...]:
+    """``"3,17,42"`` -> ``(3, 17, 42)``; an argparse type (a bad list is a usage error)."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated query indices, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative query indices, got {text!r}")
+    return values
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = new_parser("explain", __doc__, weights=True)
     parser.add_argument("--num-queries", type=int, default=10, help="queries explained, evenly spread (N)")
+    parser.add_argument(
+        "--queries", type=query_indices, default=(), metavar="I,J,...",
+        help="explain these queries (indices into the query set, as query_index in explanations.json) "
+        "instead of --num-queries spread ones",
+    )
     parser.add_argument("--topk", type=int, default=5, help="matches explained per query (K)")
     parser.add_argument("--triplets", action="store_true", help="also explain 'why is A closer than B'")
     parser.add_argument(
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if layer is not None:
         layer_or_exit(model, layer, "--layer / TEST.EXPLAIN_LAYER")
     options = ExplainOptions(
-        num_queries=args.num_queries, topk=args.topk, triplets=args.triplets, same=args.same, layer=layer,
+        num_queries=args.num_queries, query_indices=args.queries, topk=args.topk, triplets=args.triplets, same=args.same, layer=layer,
         keep_same_camera=args.keep_same_camera, batch_size=args.batch_size or cfg.SAMPLER.BATCH_SIZE_TEST,
         top_nodes=args.top_nodes, feeders=args.feeders, max_matrix_mb=cfg.TEST.MAX_MATRIX_MB if args.max_matrix_mb is None else args.max_matrix_mb,
         progress=not args.no_progress,
@@ -146,6 +162,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         how = f"the full model at {layer!r}"
     logger.info("explaining %s with %s", dataset_name, how)
+    num_query = len(engine.test_loader[dataset_name]["query"].dataset)
+    if args.queries and max(args.queries) >= num_query:
+        raise SystemExit(
+            f"--queries: {[i for i in args.queries if i >= num_query]} outside the query set of {dataset_name} "
+            f"(indices 0 to {num_query - 1})"
+        )
     saved = None if args.features is None else saved_features(args.features, dataset_name, engine.test_loader[dataset_name])
     summary = write_explanations(
         model, engine.device, engine.test_loader[dataset_name], engine.distance_matrix,

@@ -4,7 +4,8 @@
 
 1. **Queries.** ``N`` queries evenly spread over the query set (:func:`spread_indices`: indices
    ``round(linspace(0, Q - 1, N))``; the query set is sorted by identity, so spreading covers many
-   identities and cameras, unlike the first ``N``). All queries when ``N >= Q``.
+   identities and cameras, unlike the first ``N``). All queries when ``N >= Q``. Or the queries
+   a user names (``query_indices``, :func:`choose_queries`).
 2. **Ranking** by the model's own distance (the caller's ``distances_of``, the engine's
    :meth:`distance_matrix`, i.e. the model's :meth:`~reid.models.base.ReidModel.pairwise_distance`:
    ``TEST.DIST_METRIC``/``TEST.NORMALIZE_FEATURE`` for an embedding, ``d_hat`` for AVSL), with
@@ -123,6 +124,8 @@ class ExplainOptions:
 
     Attributes:
         num_queries: ``N``, queries explained, evenly spread.
+        query_indices: these queries instead (indices into the query set, as ``query_index`` of
+            ``explanations.json``); empty: ``num_queries`` spread ones.
         topk: ``K``, matches explained per query.
         triplets: also explain "why is A closer than B" (similarity attention only).
         same: Siamese weights from the ground truth (``truth``) or every shown match treated as a
@@ -139,6 +142,7 @@ class ExplainOptions:
     """
 
     num_queries: int = 10
+    query_indices: tuple[int, ...] = ()
     topk: int = 5
     triplets: bool = False
     same: str = "model"
@@ -266,13 +270,31 @@ class EncodedQueries:
     chosen: np.ndarray
 
 
-def encode_queries(setup: Setup, loader: DataLoader, count: int, saved: torch.Tensor | None = None) -> EncodedQueries:
+def choose_queries(total: int, count: int | Sequence[int]) -> list[int]:
+    """The query indices to explain: ``count`` evenly spread ones (:func:`spread_indices`), or the
+    given indices (a sequence), each once, in the query set's order (the order every later step
+    keeps; the explorer sorts the queries by AP anyway).
+
+    Raises:
+        ValueError: an index outside ``[0, total)`` (the message gives the query set's size).
+    """
+    if isinstance(count, int):
+        return spread_indices(total, count)
+    bad = [i for i in count if not 0 <= i < total]
+    if bad:
+        raise ValueError(f"query indices {bad} are outside the query set (0 to {total - 1})")
+    return sorted({int(i) for i in count})
+
+
+def encode_queries(setup: Setup, loader: DataLoader, count: int | Sequence[int],
+                   saved: torch.Tensor | None = None) -> EncodedQueries:
     """Runs the trunk once on every query of ``loader``'s dataset, keeping the explanation inputs of
-    ``count`` evenly spread ones (:func:`spread_indices`). With ``saved`` (the query set's
-    embeddings, in dataset order), the trunk runs on the chosen queries only."""
+    the chosen ones (:func:`choose_queries`: ``count`` evenly spread ones, or the given indices).
+    With ``saved`` (the query set's embeddings, in dataset order), the trunk runs on the chosen
+    queries only."""
     if saved is not None:
         return _encode_chosen_queries(setup, loader, count, saved)
-    chosen = spread_indices(len(loader.dataset), count)
+    chosen = choose_queries(len(loader.dataset), count)
     wanted = set(chosen)
     queries: list[QueryInfo] = []
     embeddings, inputs, pids, camids = [], [], [], []
@@ -296,10 +318,11 @@ def encode_queries(setup: Setup, loader: DataLoader, count: int, saved: torch.Te
     )
 
 
-def _encode_chosen_queries(setup: Setup, loader: DataLoader, count: int, saved: torch.Tensor) -> EncodedQueries:
+def _encode_chosen_queries(setup: Setup, loader: DataLoader, count: int | Sequence[int],
+                           saved: torch.Tensor) -> EncodedQueries:
     """:func:`encode_queries` from saved embeddings: one trunk pass per chosen query only."""
     items = list(loader.dataset.data)
-    chosen = spread_indices(len(items), count)
+    chosen = choose_queries(len(items), count)
     queries, inputs = [], []
     for start in range(0, len(chosen), loader.batch_size or 1):
         indices = chosen[start : start + (loader.batch_size or 1)]
@@ -979,7 +1002,8 @@ def write_explanations(
     )
     context = contextlib.nullcontext() if attribution else autocast()
     with context:
-        encoded = encode_queries(setup, loaders["query"], options.num_queries, None if saved is None else saved[0])
+        wanted = options.query_indices or options.num_queries
+        encoded = encode_queries(setup, loaders["query"], wanted, None if saved is None else saved[0])
         tracker, kept = rank_gallery(
             setup, loaders["gallery"], encoded, _as_numpy(distances_of), options.topk, not options.keep_same_camera,
             options.max_matrix_mb, None if saved is None else saved[1],

@@ -23,7 +23,7 @@ from tests.conftest import tiny_overrides
 from tests.vis.browser import canvas_pixels, open_page
 from tests.vis.test_report_browser import find_browser, images_in_browser
 from reid.cli import explain as explain_tool
-from reid.explain.dump import person_energy, spread_indices
+from reid.explain.dump import choose_queries, person_energy, spread_indices
 from reid.metrics.streaming import MatchTracker
 from reid.cli import train as train_tool
 
@@ -385,3 +385,18 @@ def test_explaining_from_saved_features_runs_the_trunk_only_where_needed(checkpo
     assert calls["trunk_images"] < head_run[2]["trunk_images"]
     with pytest.raises(SystemExit, match="features file not found"):
         run_explain(checkpoint, tiny_data_root, tmp_path / "none", "--features", str(tmp_path))
+
+
+def test_chosen_queries_are_explained(checkpoint, tiny_data_root, tmp_path, head_run):
+    summary, content, _ = run_explain(checkpoint, tiny_data_root, tmp_path, "--queries", "5,1,5", "--same", "truth")
+    assert summary["num_queries"] == 2
+    assert sorted({p["query_index"] for p in content["pairs"]}) == [1, 5]
+    head = {(p["query_index"], p["rank"]): p["gallery_path"] for p in head_run[1]["pairs"]}
+    for p in content["pairs"]:  # a query also explained by the spread run ranks the same gallery
+        if (p["query_index"], p["rank"]) in head:
+            assert head[(p["query_index"], p["rank"])] == p["gallery_path"]
+    with pytest.raises(SystemExit, match=r"--queries: \[999\] outside the query set of .* \(indices 0 to \d+\)"):
+        run_explain(checkpoint, tiny_data_root, tmp_path / "bad", "--queries", "1,999")
+    assert choose_queries(10, 3) == spread_indices(10, 3) and choose_queries(10, [4, 2, 4]) == [2, 4]
+    with pytest.raises(ValueError, match=r"query indices \[10\] are outside the query set \(0 to 9\)"):
+        choose_queries(10, [10])
