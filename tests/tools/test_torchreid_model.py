@@ -138,3 +138,16 @@ def test_reid_train_refuses_pretrained_without_a_weights_file(tmp_path):
     with pytest.raises(SystemExit, match="MODEL.PRETRAINED_PATH .*nope.pth does not exist"):
         train_tool.main(["--config", CONFIG, "--no-progress", "OUTPUT_DIR", str(tmp_path), "MODEL.PRETRAINED", "True",
                          "MODEL.PRETRAINED_PATH", str(tmp_path / "nope.pth")])
+
+
+def test_paper_figure_of_a_pair(torchreid_run, tmp_path):
+    root, checkpoint, _, _ = torchreid_run
+    spec = importlib.util.spec_from_file_location("paper_figure", os.path.join(REPO, "examples", "paper_figure.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    images = sorted((root / "synthetic").rglob("*.jpg"))
+    out = tmp_path / "figure.png"
+    panel = module.main(["--config", CONFIG, "--weights", str(checkpoint), "--query", str(images[0]),
+                         "--gallery", str(images[1]), "--out", str(out), "--correct", "yes",
+                         *overrides(root, tmp_path)])
+    assert out.read_bytes().startswith(b"\x89PNG") and panel.ndim == 3 and panel.shape[2] == 3
