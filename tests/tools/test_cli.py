@@ -47,7 +47,7 @@ def test_check_data_exit_status_passes_through(tmp_path):
 def test_config_errors_are_one_line():
     done = run("-m", "reid", "train", "--config", "configs/synthetic_avsl.yaml", "SAM.ENABLED", "True")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == "config error: SAM.ENABLED needs MODEL.NAME pcb, got 'avsl'"
+    assert done.stderr.strip().splitlines()[-1] == "config error: SAM.ENABLED needs MODEL.NAME pcb or torchreid, got 'avsl'"
     assert "Traceback" not in done.stderr
 
 
@@ -121,7 +121,7 @@ def test_every_subcommand_accepts_debug(command, capsys):
 def test_tools_shims_report_user_errors_and_pass_the_status_through(tmp_path):
     done = run(os.path.join("tools", "train.py"), "--config", "configs/synthetic_avsl.yaml", "SAM.ENABLED", "True")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == "config error: SAM.ENABLED needs MODEL.NAME pcb, got 'avsl'"
+    assert done.stderr.strip().splitlines()[-1] == "config error: SAM.ENABLED needs MODEL.NAME pcb or torchreid, got 'avsl'"
     done = run(os.path.join("tools", "check_data.py"), "--config", "configs/synthetic_pcb.yaml",
                "DATA.SOURCES", "[dukemtmc_reid]", "DATA.ROOT", str(tmp_path))
     assert done.returncode == 1  # a check result, not a usage error
