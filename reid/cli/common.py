@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib
 import importlib.machinery
@@ -11,6 +12,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from types import ModuleType
 
 from reid.config import ConfigError, load_config
@@ -78,14 +80,20 @@ def _import_plugin_file(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(stem, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"not a Python file: {path}")
+    module = _exec_module(spec, stem)
+    _PLUGIN_FILES[path] = module
+    return module
+
+
+def _exec_module(spec: importlib.machinery.ModuleSpec, name: str) -> ModuleType:
+    """Runs the module of ``spec`` as ``sys.modules[name]`` (removed again if its code raises)."""
     module = importlib.util.module_from_spec(spec)
-    sys.modules[stem] = module
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules[stem]
+        del sys.modules[name]
         raise
-    _PLUGIN_FILES[path] = module
     return module
 
 
@@ -112,13 +120,7 @@ def import_plugin(name: str) -> ModuleType:
         spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()])
         if spec is None or spec.loader is None:
             raise
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[top] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[top]
-        raise
+    _exec_module(spec, top)
     return importlib.import_module(name)
 
 
@@ -315,3 +317,21 @@ def parse_run(text: str) -> tuple[str, str, str]:
     if not (sep and sep2 and name and config and weights):
         raise argparse.ArgumentTypeError(f"expected NAME=CONFIG:CHECKPOINT, got {text!r}")
     return name, config, weights
+
+
+def releases_output_dirs(main: Callable) -> Callable:
+    """Decorates a command's ``main``: the folder locks it took (``setup_logging`` takes
+    ``OUTPUT_DIR``'s, :func:`reid.io.claim_folder`) are released when it returns or fails, so that
+    commands run one after another in one process (tests, notebooks) do not block each other."""
+    from reid.io import held_folders, release_folder
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None):
+        before = held_folders()
+        try:
+            return main(argv)
+        finally:
+            for folder in held_folders() - before:
+                release_folder(folder)
+
+    return wrapper
