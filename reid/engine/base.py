@@ -23,6 +23,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -35,7 +37,8 @@ from tqdm import tqdm
 from reid.losses import as_floats, combine
 
 from .amp import autocast_context, check_amp, deterministic_algorithms, to_float32
-from .checkpoint import checkpoint_path, remove_orphan_files, restore_training_state
+from .checkpoint import capture_rng_state, checkpoint_path, remove_orphan_files, restore_rng_state
+from .checkpoint import restore_training_state, save_training_state
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
 from .evaluation import EvalOptions, FeatureFiles, evaluate_targets, rank_features
@@ -45,7 +48,23 @@ from .torchreid_compat import TorchreidEngine, check_run_arguments
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalOptions", "ReidEngine", "to_float32"]
+__all__ = ["EvalOptions", "ReidEngine", "TrainingInterrupted", "to_float32"]
+
+#: The signals that stop training at the end of the current step with a resumable checkpoint.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(BaseException):
+    """Training stopped on a signal after writing a resumable checkpoint (like KeyboardInterrupt,
+    not an ``Exception``: nothing on the way out mistakes it for an error to handle).
+
+    Attributes:
+        signum: the signal (``SIGINT`` or ``SIGTERM``); the commands exit with ``128 + signum``.
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class ReidEngine(TorchreidEngine):
@@ -121,6 +140,12 @@ class ReidEngine(TorchreidEngine):
         self.saved_epoch: int | None = None  # the epoch of the checkpoint on disk, once known
         self.evaluation_pending = False  # that checkpoint was written before its evaluation
         self._active_hooks: list[Hook] = []
+        # interruption (SIGINT/SIGTERM): the signal received, and where a resumed run continues
+        self.stop_signal: int | None = None
+        self.resume_step = 0  # steps of epoch ``start_epoch`` done before the interruption
+        self.resume_progress: dict[str, Any] | None = None  # that epoch's RNG states and sums
+        self.epoch_start_rng: dict[str, Any] | None = None
+        self.epoch_sums: dict[str, float] = {}
         self.register_model("model", self.model, optimizer, scheduler)
 
     # -- training ------------------------------------------------------------------------------
@@ -177,18 +202,21 @@ class ReidEngine(TorchreidEngine):
         self._active_hooks = [*self.default_hooks(eval_freq, checkpoint_freq), *self.hooks]
         for hook in self._active_hooks:
             hook.engine = self
-        with deterministic_algorithms(self.deterministic and self.device.type == "cpu"):
+        with deterministic_algorithms(self.deterministic and self.device.type == "cpu"), self.stop_signals():
             try:
                 self.call_hooks("before_train")
                 started = time.time()
                 self.train_seconds = 0.0  # in train_epoch only (no evaluation, no checkpoints)
                 for self.epoch in range(self.start_epoch, max_epoch):
+                    self.stop_if_asked(epoch_done=False)
                     self.call_hooks("before_epoch")
                     epoch_started = time.perf_counter()
                     record = {"epoch": self.epoch + 1, **self.train_epoch(print_freq)}
                     self.train_seconds += time.perf_counter() - epoch_started
                     self.history.append(record)
                     self.call_hooks("after_epoch", record)
+                    if self.epoch + 1 < max_epoch:
+                        self.stop_if_asked(epoch_done=True)
                 logger.info("training took %.1f s", time.time() - started)
                 self.call_hooks("after_train")
             finally:
@@ -196,25 +224,94 @@ class ReidEngine(TorchreidEngine):
                 self._active_hooks = []
         return metrics_content(self) if self.dist.is_main else {}
 
+    @contextlib.contextmanager
+    def stop_signals(self):
+        """For the duration: SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption or time limit)
+        only record that the run must stop; :meth:`train_epoch` then stops at the end of the
+        current step and :meth:`interrupt` writes a resumable checkpoint of that step. A second
+        signal (e.g. during that write) is recorded too, so nothing cuts the write short. Only in
+        the main thread of a single-process run (a torchrun job keeps the default handlers: its
+        processes would have to agree on the step)."""
+        if self.dist.is_distributed or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self.stop_signal = None
+
+        def record(signum: int, _frame: Any) -> None:
+            if self.stop_signal is None:
+                self.stop_signal = signum
+
+        previous = {signum: signal.signal(signum, record) for signum in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def stop_if_asked(self, epoch_done: bool) -> None:
+        """At an epoch boundary: when a signal arrived, makes sure the checkpoint holds the epochs
+        done (writes it when the checkpoint period skipped this epoch) and stops the run."""
+        if self.stop_signal is None:
+            return
+        done = self.epoch + 1 if epoch_done else self.epoch
+        if done and self.saved_epoch != done:
+            save_training_state(self, done)
+        self._raise_interrupted(f"after epoch {done}" if done else "before the first step")
+
+    def interrupt(self, sums: dict[str, float]) -> None:
+        """Writes the checkpoint of the step just done (the epoch's progress: its step, its RNG
+        state at the start, the sums of its logged terms; every RNG state now) and stops the run
+        with :class:`TrainingInterrupted`."""
+        step = self.batch_idx + 1
+        self.epoch_sums = dict(sums)
+        save_training_state(self, self.epoch, step=step)
+        self._raise_interrupted(f"at epoch {self.epoch + 1}/{self.max_epoch}, step {step}/{self.num_batches}")
+
+    def _raise_interrupted(self, where: str) -> None:
+        name = signal.Signals(self.stop_signal).name
+        message = (
+            f"interrupted by {name} {where}: the checkpoint {self.checkpoint_path} holds this point of the run; "
+            f"continue it with reid train ... --resume"
+        )
+        logger.warning(message)
+        raise TrainingInterrupted(self.stop_signal, message)
+
     def call_hooks(self, event: str, *args: Any) -> None:
         """Calls ``event`` on the hooks of the running :meth:`run`, in order."""
         for hook in self._active_hooks:
             getattr(hook, event)(*args)
 
     def train_epoch(self, print_freq: int = 10) -> dict[str, float]:
-        """One epoch over the training loader; returns the mean of each logged term and the lr."""
+        """One epoch over the training loader; returns the mean of each logged term and the lr.
+
+        A run resumed from a checkpoint written inside this epoch (:meth:`interrupt`) continues
+        at the next step, as the uninterrupted run would have: the RNG state of the epoch's start
+        is restored, the loader is replayed (its batches loaded and dropped, which consumes the
+        random draws of sampling and augmentation as the first pass did) up to the step, then
+        the RNG state of the interruption and the epoch's sums are restored."""
         self.model.train()
+        resume_step, progress = self.resume_step, self.resume_progress
+        self.resume_step, self.resume_progress = 0, None
+        if resume_step:
+            restore_rng_state(progress["rng_at_epoch_start"])
+        self.epoch_start_rng = capture_rng_state()
         sampler = getattr(self.train_loader, "sampler", None)
         if callable(getattr(sampler, "set_epoch", None)):
             sampler.set_epoch(self.epoch)
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, float] = defaultdict(float, progress["sums"] if resume_step else {})
         self.num_batches = num_batches = len(self.train_loader)
         lr = self.optimizer.param_groups[-1]["lr"]
+        batches = iter(self.train_loader)
+        if resume_step:
+            for _ in range(resume_step):
+                next(batches)
+            restore_rng_state(progress["rng"])
+            logger.info("epoch %d: continuing after step %d of %d", self.epoch + 1, resume_step, num_batches)
         bar = tqdm(
-            self.train_loader, total=num_batches, desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
+            batches, total=num_batches, initial=resume_step, desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
             leave=False, dynamic_ncols=True, disable=not self.progress,
         )
-        for self.batch_idx, data in enumerate(bar):
+        for self.batch_idx, data in enumerate(bar, start=resume_step):
             self.call_hooks("before_step")
             terms = self.forward_backward(data)
             terms = mean_over_processes(terms, self.dist, self.device, check_keys=self.batch_idx == 0)
@@ -233,6 +330,9 @@ class ReidEngine(TorchreidEngine):
                     self.batch_idx + 1, num_batches,
                     " ".join(f"{k} {v:.4f}" for k, v in terms.items()), lr,
                 )
+            if self.stop_signal is not None:
+                bar.close()
+                self.interrupt(sums)
         self.scheduler.step()
         means = {name: total / max(num_batches, 1) for name, total in sums.items()}
         logger.info(

@@ -11,6 +11,7 @@ to start a new run over a previous one unless told to continue or replace it, an
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -120,8 +121,10 @@ def save_checkpoint(state: dict[str, Any], path: str) -> None:
     raised again."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with atomic_write(path, binary=True) as handle:
-        torch.save(state, handle)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # serialised in memory: a failed write is then Python's OSError
+    with atomic_write(path, binary=True) as handle:  # (with its errno), not torch's zip-writer error
+        handle.write(buffer.getbuffer())
     logger.info("checkpoint written to %s", path)
 
 
@@ -237,12 +240,17 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(engine: ReidEngine, epoch: int, evaluation_pending: bool = False) -> None:
+def save_training_state(engine: ReidEngine, epoch: int, evaluation_pending: bool = False, step: int = 0) -> None:
     """Writes ``engine``'s resumable state after ``epoch`` epochs to ``engine.checkpoint_path``:
     model, optimiser, scheduler, epoch, history, RNG states, config (and the fp16 loss scaler).
 
     ``evaluation_pending``: the state is written before the evaluation of ``epoch`` (whose
     results are not in the history yet); a run resumed from it evaluates that epoch first.
+
+    ``step`` > 0: the state is written inside epoch ``epoch + 1`` after that many of its steps
+    (an interruption, :meth:`ReidEngine.interrupt`); it also holds that epoch's progress: the RNG
+    state at the epoch's start and the sums of its logged terms, from which a resumed run
+    continues at the next step as the uninterrupted run would.
 
     Rank 0 writes; every process must call this, as it gathers every process's RNG state.
 
@@ -265,6 +273,9 @@ def save_training_state(engine: ReidEngine, epoch: int, evaluation_pending: bool
         "rng": rng[0],
         "config": engine.config,
     }
+    if step:
+        state["step"] = step
+        state["epoch_progress"] = {"rng_at_epoch_start": engine.epoch_start_rng, "sums": dict(engine.epoch_sums)}
     if engine.dist.is_distributed:
         state["rng_per_process"] = rng
     if engine.scaler.is_enabled():
@@ -321,8 +332,14 @@ def restore_training_state(engine: ReidEngine) -> int:
     if engine.scaler.is_enabled() and "scaler" in state:
         engine.scaler.load_state_dict(state["scaler"])
     restore_process_rng(state, engine.dist)
+    engine.resume_step = int(state.get("step", 0))
+    engine.resume_progress = {**state["epoch_progress"], "rng": state["rng"]} if engine.resume_step else None
     engine.saved_epoch = int(state["epoch"])
     engine.evaluation_pending = bool(state.get("evaluation_pending", False)) and bool(engine.history)
+    if engine.resume_step:
+        logger.info("resumed from %s inside epoch %d, after its step %d", path, int(state["epoch"]) + 1,
+                    engine.resume_step)
+        return int(state["epoch"])
     logger.info(
         "resumed from %s after epoch %d%s", path, state["epoch"],
         " (written before its evaluation, which did not complete: it runs first)"

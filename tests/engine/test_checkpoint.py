@@ -64,15 +64,33 @@ def test_disk_full_while_writing_keeps_the_previous_checkpoint_and_says_so(tmp_p
     path = tmp_path / "ckpt.pth"
     save_checkpoint({"x": torch.ones(2)}, str(path))
 
-    def full_disk(obj, handle, *args, **kwargs):
-        handle.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    import reid.io
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    fdopen = os.fdopen
+
+    class FullDisk:  # half the checkpoint reaches the disk, then the write fails as a full disk's does
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            self.handle.write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+    monkeypatch.setattr(reid.io.os, "fdopen", lambda *a, **k: FullDisk(fdopen(*a, **k)))
     with caplog.at_level(logging.ERROR), pytest.raises(OSError) as info:
         save_checkpoint({"x": torch.zeros(2)}, str(path))
     monkeypatch.undo()
     assert_previous_kept_on_full_disk(info.value, path, caplog)  # no partial file either
+    assert info.value.filename == str(path)  # the error names the checkpoint (a failed write() names none)
     assert torch.equal(load_checkpoint(str(path))["x"], torch.ones(2))
 
 
