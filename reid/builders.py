@@ -8,6 +8,7 @@ supports what (similarity mining, export); nothing else branches on the model's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -23,6 +24,7 @@ from yacs.config import CfgNode
 
 import reid.data  # noqa: F401  (registers our datasets with torchreid)
 from reid.data.base import register_variant
+from reid.io import claim_folder
 from reid.data.samplers import DistributedIdentitySampler
 from reid.models import create_model
 
@@ -33,7 +35,9 @@ logger = logging.getLogger(__name__)
 
 
 def setup_logging(output_dir: str, name: str, main_process: bool = True) -> None:
-    """Tools' logging: INFO to the console and to ``output_dir/<name>.log``.
+    """Tools' logging: INFO to the console and to ``output_dir/<name>.log``, after taking the
+    folder's lock (:func:`reid.io.claim_folder`: a second command writing into the same folder
+    is refused, naming the process that holds it).
 
     In a distributed job only rank 0 (``main_process``) logs that way; the other processes log
     warnings and errors to the console only, prefixed by their rank.
@@ -45,12 +49,14 @@ def setup_logging(output_dir: str, name: str, main_process: bool = True) -> None
             handlers=[logging.StreamHandler()], force=True,
         )
         return
-    os.makedirs(output_dir, exist_ok=True)
+    took_over = claim_folder(output_dir, name.replace("_", "-"))  # one run per OUTPUT_DIR
     handlers = [logging.StreamHandler(), logging.FileHandler(os.path.join(output_dir, f"{name}.log"))]
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=handlers, force=True,
     )
+    if took_over:
+        logger.warning(took_over)
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -164,13 +170,77 @@ def check_data_root(root: str) -> None:
         raise NotADirectoryError(f"DATA.ROOT is not a folder: {root}")
 
 
+def check_training_batches(data_source: list, batch_size: int, num_instances: int, sampler: str) -> None:
+    """Refuses a training set too small for the configured batches, naming the numbers that clash
+    and what to change (torchreid's samplers would fail with a bare assertion, or train no step).
+
+    ``RandomIdentitySampler`` draws ``P = BATCH_SIZE_TRAIN / NUM_INSTANCES`` identities per batch,
+    so the set needs at least ``P`` identities; an identity with fewer than ``NUM_INSTANCES``
+    images is drawn with repeats (logged). The other samplers drop the last incomplete batch, so
+    the set needs at least ``BATCH_SIZE_TRAIN`` images.
+
+    Raises:
+        ConfigError: the clash, in one line.
+    """
+    from reid.config import ConfigError
+
+    if sampler == "RandomIdentitySampler":
+        counts: dict[int, int] = {}
+        for item in data_source:
+            counts[item[1]] = counts.get(item[1], 0) + 1
+        per_batch = batch_size // num_instances
+        if len(counts) < per_batch:
+            raise ConfigError(
+                f"the training set has {len(counts)} identities, but SAMPLER.BATCH_SIZE_TRAIN {batch_size} / "
+                f"SAMPLER.NUM_INSTANCES {num_instances} = {per_batch} identities per batch: lower "
+                f"SAMPLER.BATCH_SIZE_TRAIN to at most {len(counts) * num_instances} (a multiple of "
+                f"SAMPLER.NUM_INSTANCES), or train on more identities"
+            )
+        few = sum(1 for n in counts.values() if n < num_instances)
+        if few:
+            logger.warning(
+                "%d of %d training identities have fewer than SAMPLER.NUM_INSTANCES %d images: their images "
+                "repeat within a batch", few, len(counts), num_instances,
+            )
+    elif len(data_source) < batch_size:
+        raise ConfigError(
+            f"the training set has {len(data_source)} images, fewer than SAMPLER.BATCH_SIZE_TRAIN {batch_size}: "
+            f"no full batch, so no training step; lower SAMPLER.BATCH_SIZE_TRAIN to at most {len(data_source)}"
+        )
+
+
+@contextlib.contextmanager
+def _checked_training_batches():
+    """While torchreid's data manager is built: its training sampler is built only after
+    :func:`check_training_batches` accepted the training set (which exists only then)."""
+    import torchreid.reid.data.datamanager as torchreid_datamanager
+
+    original = torchreid_datamanager.build_train_sampler
+
+    def checked(data_source, train_sampler, batch_size=32, num_instances=4, **kwargs):
+        check_training_batches(data_source, batch_size, num_instances, train_sampler)
+        return original(data_source, train_sampler, batch_size=batch_size, num_instances=num_instances, **kwargs)
+
+    torchreid_datamanager.build_train_sampler = checked
+    try:
+        yield
+    finally:
+        torchreid_datamanager.build_train_sampler = original
+
+
 def build_datamanager(cfg: CfgNode, device: torch.device) -> ImageDataManager:
-    """torchreid's ``ImageDataManager`` over the configured sources and targets."""
+    """torchreid's ``ImageDataManager`` over the configured sources and targets; a training set
+    too small for the batches is refused when it is built (:func:`check_training_batches`)."""
     check_data_root(cfg.DATA.ROOT)
     sources = dataset_names(cfg, list(cfg.DATA.SOURCES), "DATA.SOURCES")
     targets = dataset_names(
         cfg, list(cfg.DATA.TARGETS or cfg.DATA.SOURCES), "DATA.TARGETS" if cfg.DATA.TARGETS else "DATA.SOURCES"
     )
+    with _checked_training_batches():
+        return _image_data_manager(cfg, device, sources, targets)
+
+
+def _image_data_manager(cfg: CfgNode, device: torch.device, sources: list[str], targets: list[str]) -> ImageDataManager:
     return ImageDataManager(
         root=cfg.DATA.ROOT,
         sources=sources,

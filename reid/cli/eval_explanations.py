@@ -28,7 +28,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from reid.cli.common import config_or_exit, engine_with_weights, layer_or_exit, new_parser, parse_with_overrides
+from reid.cli.common import (
+    config_or_exit, engine_with_weights, layer_or_exit, new_parser, parse_with_overrides, releases_output_dirs,
+)
 from reid.config import config_to_dict
 from reid.explain.quality import (
     BASELINES,
@@ -81,6 +83,7 @@ def synthetic_dir(engine: Any) -> tuple[str, str]:
         raise SystemExit(str(exc)) from exc
 
 
+@releases_output_dirs
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     cfg = config_or_exit(args)

@@ -38,7 +38,9 @@ import logging
 import os
 from typing import Any
 
-from reid.cli.common import config_or_exit, engine_with_weights, layer_or_exit, new_parser, parse_with_overrides
+from reid.cli.common import (
+    config_or_exit, engine_with_weights, layer_or_exit, new_parser, parse_with_overrides, releases_output_dirs,
+)
 from reid.explain.dump import EXPLANATIONS_DIR, SAME_MODES, ExplainOptions, write_explanations
 
 logger = logging.getLogger("explain")
@@ -130,6 +132,7 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+@releases_output_dirs
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     cfg = config_or_exit(args)

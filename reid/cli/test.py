@@ -18,7 +18,9 @@ import argparse
 import logging
 import os
 
-from reid.cli.common import new_parser, config_or_exit, engine_with_weights, parse_with_overrides
+from reid.cli.common import (
+    config_or_exit, engine_with_weights, new_parser, parse_with_overrides, releases_output_dirs,
+)
 from reid.config import config_to_dict
 from reid.engine.evaluation import FeatureFiles
 from reid.io import write_json
@@ -39,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@releases_output_dirs
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = config_or_exit(args)

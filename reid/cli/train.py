@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from reid.cli.common import check_resume_config, load_checked_config, new_parser, parse_with_overrides
+from reid.cli.common import (
+    check_resume_config, load_checked_config, new_parser, parse_with_overrides, releases_output_dirs,
+)
 from reid.config import ConfigError, validate_world_size
+from reid.io import claim_folder
 from reid.builders import build_engine, require_pretrained_weights, resolve_device, setup_logging
 from reid.engine.checkpoint import ExistingRunError, prepare_output_dir
 from reid.engine.distributed import destroy_distributed, init_distributed, world_from_env
@@ -34,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parse_with_overrides(parser, argv)
 
 
+@releases_output_dirs
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:
@@ -44,11 +48,15 @@ def main(argv: list[str] | None = None) -> dict:
             require_pretrained_weights(cfg)
     except (ConfigError, ValueError) as exc:
         raise SystemExit(f"config error: {exc}") from exc
+    # one run per OUTPUT_DIR, also against --overwrite of a running run (before anything moves)
+    took_over = claim_folder(cfg.OUTPUT_DIR, "train") if world.is_main else None
     try:
         replaced = prepare_output_dir(cfg.OUTPUT_DIR, args.resume, args.overwrite, world.is_main)
     except ExistingRunError as exc:
         raise SystemExit(f"error: {exc}") from exc
     setup_logging(cfg.OUTPUT_DIR, "train", main_process=world.is_main)
+    if took_over:
+        logger.warning(took_over)
     if replaced:
         logger.info(replaced)
     logger.info("config:\n%s", cfg.dump())

@@ -46,6 +46,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from reid.io import names_file
+
 from .base import SafeImageDataset, register_once
 from .validation import prepare_splits, splits_in_use
 from .render import (
@@ -210,8 +212,13 @@ def _plan_images(config: SyntheticConfig, cameras: list[CameraStyle],
 
 
 def _write(path: str, image: np.ndarray, params: list[int]) -> None:
-    if not cv2.imwrite(path, image, params):
-        raise OSError(f"could not write {path}")
+    """Encodes with OpenCV (the bytes ``cv2.imwrite`` writes) and writes with Python, so that a
+    full disk or a file-size limit raises ``OSError`` with its errno and the file's name."""
+    ok, encoded = cv2.imencode(os.path.splitext(path)[1], image, params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode {path}")
+    with names_file(path), open(path, "wb") as fh:
+        fh.write(encoded.tobytes())
 
 
 def _image_record(job: _ImageJob, attrs: PersonAttributes, mask: np.ndarray,
@@ -257,7 +264,7 @@ def _generate(folder: str, config: SyntheticConfig, progress: bool) -> int:
 
 
 def _dump(path: str, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
+    with names_file(path), open(path, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=None, separators=(",", ":"))
 
 

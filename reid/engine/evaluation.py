@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from reid.metrics import DistanceRows, evaluate
 from reid.metrics.rerank import rerank_memory_mb
+from reid.io import names_file
 
 from .amp import autocast_context, check_amp
 
@@ -133,8 +134,9 @@ def save_features(path: str, target: str, query: ExtractedFeatures, gallery: Ext
         arrays[f"{split}_camids"] = np.asarray(extracted.camids)
         arrays[f"{split}_paths"] = np.asarray([str(p) for p in extracted.paths], dtype=np.str_)
     tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with names_file(path):
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
     logger.info("features of %s written to %s (%d queries, %d gallery images)", target, path, len(query.pids),
                 len(gallery.pids))
     return path

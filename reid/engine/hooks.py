@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from reid.io import names_file
+
 from reid.io import write_json
 
 from .checkpoint import save_training_state
@@ -193,7 +195,9 @@ class TensorBoardHook(Hook):
         self.lr = 0.0
 
     def before_train(self) -> None:
-        self.writer = SummaryWriter(log_dir=os.path.join(self.engine.output_dir, "tensorboard"))
+        self.folder = os.path.join(self.engine.output_dir, "tensorboard")
+        with names_file(self.folder):
+            self.writer = SummaryWriter(log_dir=self.folder)
 
     def before_epoch(self) -> None:
         self.lr = self.engine.optimizer.param_groups[-1]["lr"]  # the epoch's lr, as in the history
@@ -201,22 +205,25 @@ class TensorBoardHook(Hook):
     def after_step(self, terms: dict[str, float]) -> None:
         engine = self.engine
         step = engine.epoch * engine.num_batches + engine.batch_idx
-        for name, value in terms.items():
-            self.writer.add_scalar(f"Train/{name}", value, step)
-        self.writer.add_scalar("Train/lr", self.lr, step)
+        with names_file(self.folder):  # the writer's thread raises a failed write here
+            for name, value in terms.items():
+                self.writer.add_scalar(f"Train/{name}", value, step)
+            self.writer.add_scalar("Train/lr", self.lr, step)
 
     def after_evaluate(self, results: dict[str, dict[str, float]]) -> None:
-        for name, metrics in results.items():
-            for key, value in metrics.items():
-                self.writer.add_scalar(f"Test/{name}/{key}", value, self.engine.epoch + 1)
+        with names_file(self.folder):
+            for name, metrics in results.items():
+                for key, value in metrics.items():
+                    self.writer.add_scalar(f"Test/{name}/{key}", value, self.engine.epoch + 1)
 
     def after_train(self) -> None:
         self.close()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.writer = None
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            with names_file(self.folder):
+                writer.close()
 
 
 def metrics_content(engine: ReidEngine) -> dict[str, Any]:

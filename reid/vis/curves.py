@@ -8,6 +8,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from reid.io import names_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,7 +51,8 @@ def plot_cmc(curves: Mapping[str, Sequence[float]], path: str, title: str = "CMC
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path)
+        with names_file(path):
+            fig.savefig(path)
     finally:
         plt.close(fig)
     logger.info("CMC curve written to %s", path)

@@ -40,6 +40,7 @@ from PIL import Image
 
 from .image import check_rgb
 from .report import html_page
+from reid.io import names_file
 
 __all__ = [
     "ExplorerExplainer",
@@ -474,7 +475,8 @@ def write_explorer(
     ])
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    with names_file(str(out)):
+        out.write_text(page, encoding="utf-8")
     logger.info(
         "wrote the explorer %s (%d queries, %d images, %.1f MB)",
         out, len(queries), len(images.uris), out.stat().st_size / 2**20,

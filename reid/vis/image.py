@@ -6,6 +6,8 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from reid.io import names_file
 from PIL import Image
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "check_rgb", "denormalize_image", "load_image", "save_image"]
@@ -37,7 +39,8 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     parent = os.path.dirname(os.fspath(path))
     if parent:
         os.makedirs(parent, exist_ok=True)
-    Image.fromarray(image).save(path)
+    with names_file(path):
+        Image.fromarray(image).save(path)
 
 
 def denormalize_image(

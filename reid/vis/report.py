@@ -15,6 +15,8 @@ import logging
 import os
 import re
 import shutil
+
+from reid.io import names_file
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +241,7 @@ def write_html_report(
     if Path(file_name).name != file_name:
         raise ValueError(f"file_name must be a file name inside out_dir, got {file_name!r}")
     index = out / file_name
-    index.write_text(page, encoding="utf-8")
+    with names_file(str(index)):
+        index.write_text(page, encoding="utf-8")
     logger.info("wrote %s (%d queries, %d images)", index, len(query_results), len(assets.links))
     return index

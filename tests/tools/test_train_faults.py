@@ -11,6 +11,7 @@ import torch
 from reid.cli import train as train_tool
 from reid.engine import evaluation as evaluation_module
 from reid.engine.checkpoint import RUN_OUTPUTS, prepare_output_dir, save_checkpoint
+from reid.io import LOCK_NAME
 from tests.conftest import tiny_overrides
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synthetic_pcb.yaml")
@@ -88,7 +89,9 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tmp_path):
     message = str(info.value.code)
     assert str(out) in message and "--resume" in message and "--overwrite" in message
     assert "\n" not in message
-    assert tree(out) == before  # untouched, the log included
+    after = tree(out)
+    assert after.pop(LOCK_NAME) == b""  # the folder's lock file, released (it names no holder)
+    assert after == before  # untouched, the log included
 
 
 def test_resume_and_overwrite_together_are_refused(tmp_path):
