@@ -145,6 +145,9 @@ def run_command(command: str, argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    # a log file that cannot be written (the full disk the error line reports) must not print a
+    # traceback per record on stderr: the command's own error line says what happened
+    logging.raiseExceptions = debug
     module = importlib.import_module(f"reid.cli.{COMMANDS[command][0]}")
     try:
         result = _run(module, argv, debug)

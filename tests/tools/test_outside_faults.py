@@ -207,3 +207,75 @@ def test_a_training_set_too_small_for_the_batch_is_one_line(tiny_data_root, tmp_
     assert done.returncode == USAGE_ERROR, done.stderr
     assert last_line(done).startswith("config error: the training set has 48 images, fewer than "
                                       "SAMPLER.BATCH_SIZE_TRAIN 64: no full batch")
+
+
+# -- every kind of file the commands write names itself when the system refuses it ----------------
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")  # as a failed write(): no file name
+
+
+def _writers(tmp_path):
+    """(what, the file, a call that writes it)."""
+    import numpy as np
+
+    from reid.engine.evaluation import ExtractedFeatures, save_features
+    from reid.vis.curves import plot_cmc
+    from reid.vis.explorer import write_explorer
+    from reid.vis.image import save_image
+
+    features = ExtractedFeatures(torch.zeros(2, 4), np.array([0, 1]), np.array([0, 1]), ["a.jpg", "b.jpg"])
+    return [
+        ("plot", tmp_path / "cmc.png", lambda p: plot_cmc({"x": [0.5, 1.0]}, str(p)),
+         ("matplotlib.figure.Figure", "savefig")),
+        ("panel", tmp_path / "panel.png", lambda p: save_image(p, np.zeros((4, 4, 3), np.uint8)),
+         ("PIL.Image.Image", "save")),
+        ("explorer", tmp_path / "index.html", lambda p: write_explorer(p, [], []), ("pathlib.Path", "write_text")),
+        ("features", tmp_path / "features.npz", lambda p: save_features(str(p), "t", features, features),
+         ("numpy", "savez")),
+    ]
+
+
+@pytest.mark.parametrize("what", ["plot", "panel", "explorer", "features"])
+def test_each_written_file_is_named_when_the_disk_is_full(what, tmp_path, monkeypatch):
+    import importlib
+
+    (_, path, write, (owner, attribute)), = [w for w in _writers(tmp_path) if w[0] == what]
+    module_name, _, class_name = owner.rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        target = importlib.import_module(owner)
+    monkeypatch.setattr(target, attribute, _full_disk)
+    with pytest.raises(OSError) as info:
+        write(path)
+    assert info.value.filename == str(path)
+    assert os_error_message(info.value).startswith(f"os error: cannot write {path}: no space left on the device")
+
+
+def test_tensorboard_and_onnx_name_their_files(tmp_path, monkeypatch):
+    from reid.cli.export import export_onnx
+    from reid.engine.hooks import TensorBoardHook
+
+    hook = TensorBoardHook()
+    hook.folder, hook.writer = str(tmp_path / "tensorboard"), type("Writer", (), {"add_scalar": _full_disk})()
+    hook.engine = type("Engine", (), {"epoch": 0})()
+    with pytest.raises(OSError) as info:
+        hook.after_evaluate({"target": {"rank1": 0.5}})
+    assert info.value.filename == str(tmp_path / "tensorboard")
+    monkeypatch.setattr(torch.onnx, "export", _full_disk)
+    with pytest.raises(OSError) as info:
+        export_onnx(torch.nn.Identity(), torch.zeros(1, 3, 4, 4), str(tmp_path / "model.onnx"), 18, "torchscript")
+    assert info.value.filename == str(tmp_path / "model.onnx")
+
+
+def test_a_file_size_limit_while_generating_the_synthetic_set(tmp_path):
+    root = tmp_path / "data"
+    overrides = tiny_overrides(root, tmp_path / "run")
+    overrides[overrides.index("DATA.SYNTHETIC.SEED") + 1] = "4"  # a set nobody generated yet
+    done = reid("train", "--config", CONFIG, *overrides, preexec_fn=_file_size_limit(600))  # < one image
+    assert done.returncode == OS_ERROR, done.stderr
+    line = last_line(done)
+    assert line.startswith(f"os error: cannot write {root}/synthetic/") and ": file too large" in line
+    assert "Traceback" not in done.stderr
