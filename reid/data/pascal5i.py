@@ -23,13 +23,16 @@ training classes for ``train``.
 Building a :class:`Pascal5i` reads every mask of the split once to index which classes each image
 contains; an episode (:meth:`Pascal5i.episode`) picks a class, a query image and a different
 support image containing it, deterministically from ``(index, seed)``, and returns the binary
-masks of that class (the ignore pixels, value 255, are returned separately).
+masks of that class (the ignore pixels, value 255, are returned separately). An N-way K-shot
+episode (:meth:`Pascal5i.few_shot_episode`) draws N classes that appear together in a query image
+and K support images of each.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -169,6 +172,30 @@ class Episode(NamedTuple):
         return self.query_image
 
 
+@dataclass(frozen=True)
+class FewShotEpisode:
+    """An N-way K-shot episode: one query image holding every class of the episode, and ``K``
+    support images per class (none of them the query).
+
+    Attributes:
+        query_image: the query's path.
+        class_ids: the episode's classes, in the order drawn.
+        query_masks: per class (same order), the ``(H, W)`` bool mask of its pixels in the query.
+        query_ignore: the query's pixels labelled 255.
+        supports: per class, ``K`` ``(path, mask)`` pairs (the mask of that class in the support).
+    """
+
+    query_image: str
+    class_ids: tuple[int, ...]
+    query_masks: tuple[np.ndarray, ...]
+    query_ignore: np.ndarray
+    supports: tuple[tuple[tuple[str, np.ndarray], ...], ...]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(VOC_CLASSES[c - 1] for c in self.class_ids)
+
+
 class Pascal5i:
     """The images of one PASCAL-5i fold and split, indexed by class, and one-shot episodes.
 
@@ -211,6 +238,7 @@ class Pascal5i:
         self.classes = self.test_classes if split == "val" else train_classes(self.fold)
         self.list_file, self.image_ids = self._split_list(lists_dir)
         self.images_by_class = self._index()
+        self._groups: dict[tuple[int, int], list[tuple[tuple[int, ...], list[str]]]] = {}
         logger.info(
             "%s fold %d %s: %d images from %s; images per class: %s", NAME, self.fold, split,
             len(self.image_ids), self.list_file,
@@ -356,6 +384,67 @@ class Pascal5i:
             class_id=class_id,
             support_ignore=support == IGNORE_LABEL,
             query_ignore=query == IGNORE_LABEL,
+        )
+
+    def class_groups(self, ways: int, shots: int) -> list[tuple[tuple[int, ...], list[str]]]:
+        """The sets of ``ways`` classes that an episode can draw, each with the ids of the images
+        holding all of them (query candidates): a query candidate needs ``shots`` other images of
+        each class for the supports."""
+        from itertools import combinations
+
+        key = (ways, shots)
+        if key not in self._groups:
+            members = {c: set(self.images_by_class[c]) for c in self.classes}
+            groups = []
+            for classes in combinations(self.classes, ways):
+                # a query holds every class; each class then needs `shots` images besides the query
+                common = [i for i in self.images_by_class[classes[0]] if all(i in members[c] for c in classes[1:])]
+                if common and all(len(members[c]) - 1 >= shots for c in classes):
+                    groups.append((classes, common))
+            self._groups[key] = groups
+        return self._groups[key]
+
+    def few_shot_episode(self, index: int, seed: int = 0, ways: int = 2, shots: int = 1) -> FewShotEpisode:
+        """The ``ways``-way ``shots``-shot episode ``index`` of the stream ``seed``.
+
+        A set of ``ways`` classes is drawn uniformly among those that some image holds together
+        (:meth:`class_groups`), then a query image among those images, then for each class
+        ``shots`` distinct support images holding it (never the query; they may hold other
+        classes too), from a generator seeded with ``(seed, index, ways, shots)``: deterministic per
+        fold, split and seed, whatever was drawn before. ``ways=1`` draws as :meth:`episode`'s
+        protocol does, with ``shots`` supports.
+
+        Raises:
+            ValueError: a negative ``index`` or ``seed``, ``ways`` not in 1..5 or ``shots`` < 1.
+            DatasetError: no set of ``ways`` classes of the split appears together in an image with
+                ``shots`` other images of each.
+        """
+        for what, value in (("index", index), ("seed", seed)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"episode {what} must be an integer >= 0, got {value!r}")
+        if not 1 <= ways <= CLASSES_PER_FOLD or shots < 1:
+            raise ValueError(f"need 1 <= ways <= {CLASSES_PER_FOLD} and shots >= 1, got ways {ways}, shots {shots}")
+        groups = self.class_groups(ways, shots)
+        if not groups:
+            raise DatasetError(
+                f"{NAME}: no {ways} classes of fold {self.fold} ({self.split}) appear together in an image with "
+                f"{shots} other image(s) of each in {self.list_file}; a {ways}-way {shots}-shot episode needs them"
+            )
+        rng = np.random.default_rng([int(seed), int(index), int(ways), int(shots)])
+        classes, candidates = groups[int(rng.integers(len(groups)))]
+        query_id = candidates[int(rng.integers(len(candidates)))]
+        query = self.load_mask(query_id)
+        supports = []
+        for class_id in classes:
+            others = [i for i in self.images_by_class[class_id] if i != query_id]
+            chosen = rng.choice(len(others), size=shots, replace=False)
+            supports.append(tuple(
+                (self.image_path(others[k]), self.load_mask(others[k]) == class_id) for k in sorted(chosen)
+            ))
+        return FewShotEpisode(
+            query_image=self.image_path(query_id), class_ids=tuple(classes),
+            query_masks=tuple(query == c for c in classes), query_ignore=query == IGNORE_LABEL,
+            supports=tuple(supports),
         )
 
     def episodes(self, n: int, seed: int = 0) -> list[Episode]:

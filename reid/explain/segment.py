@@ -13,6 +13,12 @@ to the image (bilinear) and min-max normalised to ``[0, 1]``; a pixel is definit
 probable background otherwise. GrabCut needs both kinds: a map with no foreground seed returns an
 empty mask and one with no background seed the full frame, without running GrabCut.
 
+**Few-shot episodes** (``reid segment --ways 2 --shots 5``): with ``K`` supports per class, the
+query's map for a class is the mean of its ``K`` maps (:func:`combine_shots`); with two classes,
+each class's map comes from the triplet form of similarity attention (the class's support the
+positive, the other class's the negative: SAM paper, section 4.3) and a pixel both masks claim goes
+to the class whose normalised map is higher there (:func:`exclusive_masks`).
+
 **Baselines that need no model**: GrabCut from a centred box (the middle ``box_width`` x
 ``box_height`` of the frame, for crops centred on their object) and from the whole frame (a
 rectangle ``margin`` pixels inside the border, the least GrabCut accepts).
@@ -28,6 +34,9 @@ import numpy as np
 __all__ = [
     "SeedThresholds",
     "centred_box",
+    "combine_shots",
+    "exclusive_masks",
+    "normalised_map",
     "grabcut_from_rect",
     "grabcut_from_seeds",
     "seeds_from_map",
@@ -128,3 +137,38 @@ def whole_frame(height: int, width: int, margin: int = 1) -> tuple[int, int, int
     if height <= 2 * margin or width <= 2 * margin:
         raise ValueError(f"a {width}x{height} image has no room inside a {margin}-pixel margin")
     return margin, margin, width - 2 * margin, height - 2 * margin
+
+
+def combine_shots(maps: np.ndarray) -> np.ndarray:
+    """K-shot: the ``(h, w)`` mean of the ``(K, h, w)`` raw maps of the query against each of the
+    class's ``K`` supports (this project's rule; the paper does not give one). Raw maps of one query
+    share one scale (the same feature map, weighted by each support), so their mean weighs every
+    support alike; a single shot is returned as it is."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3 or maps.shape[0] < 1:
+        raise ValueError(f"need (K, h, w) maps with K >= 1, got shape {maps.shape}")
+    return maps.mean(axis=0)
+
+
+def exclusive_masks(masks: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
+    """N-way: gives every pixel to at most one class. ``masks`` ``(N, H, W)`` bool, one mask per
+    class; a pixel that several classes claim goes to the one whose map (``(N, H, W)``, each
+    normalised to ``[0, 1]``) is highest there, ties to the first class; without maps (the
+    model-free baselines) to the first claiming class. A pixel no class claims stays background.
+    (This project's rule: the paper does not say how the two masks of a 2-way episode meet.)"""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"need (N, H, W) masks, got shape {masks.shape}")
+    if maps is None:
+        score = np.broadcast_to(-np.arange(masks.shape[0], dtype=np.float64)[:, None, None], masks.shape)
+    else:
+        score = np.asarray(maps, dtype=np.float64)
+        if score.shape != masks.shape:
+            raise ValueError(f"maps of shape {score.shape} for masks of shape {masks.shape}")
+    winner = np.where(masks, score, -np.inf).argmax(axis=0)
+    return masks & (winner[None] == np.arange(masks.shape[0])[:, None, None])
+
+
+def normalised_map(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``attention`` resized to ``size`` (H, W) and min-max normalised, as seeds see it."""
+    return _normalised(attention, size)

@@ -5,14 +5,21 @@
 * :func:`fb_iou`: the mean of the foreground IoU and the background IoU, the "binary mean IoU"
   (FB-IoU) of the one-shot segmentation literature.
 
+* :func:`overlap_counts`: the intersections and unions of foreground and background, to add up
+  over the episodes of a class: the class IoU of Shaban et al.'s protocol is the summed
+  intersection over the summed union (not a mean of per-episode IoUs), and a fold's mean-IoU the
+  mean of its classes' IoUs.
+
 Pixels marked ``ignore`` (PASCAL's 255 border) count in neither.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["fb_iou", "foreground_iou"]
+__all__ = ["OverlapCounts", "fb_iou", "foreground_iou", "overlap_counts"]
 
 
 def _pair(predicted: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -42,3 +49,21 @@ def fb_iou(predicted: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None =
     """Mean of the foreground and the background IoU (module docstring)."""
     p, g = _pair(predicted, truth, ignore)
     return 0.5 * (_iou(p, g) + _iou(~p, ~g))
+
+
+class OverlapCounts(NamedTuple):
+    """Pixel counts of one predicted mask against the truth (ignored pixels left out)."""
+
+    fg_intersection: int
+    fg_union: int
+    bg_intersection: int
+    bg_union: int
+
+
+def overlap_counts(predicted: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -> OverlapCounts:
+    """Intersections and unions of the foregrounds and of the backgrounds (module docstring)."""
+    p, g = _pair(predicted, truth, ignore)
+    return OverlapCounts(
+        int(np.count_nonzero(p & g)), int(np.count_nonzero(p | g)),
+        int(np.count_nonzero(~p & ~g)), int(np.count_nonzero(~p | ~g)),
+    )

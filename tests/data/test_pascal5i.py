@@ -219,3 +219,42 @@ def test_malformed_list_line(tmp_path):
     (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
     with pytest.raises(DatasetError, match=r"val\.txt lists no image"):
         Pascal5i(str(tmp_path), 0)
+
+
+# fold 0 val with classes 1 and 2 together in three images, and more images of each
+TWO_WAY = {
+    "2008_000001": mask_with((1, slice(0, 4), slice(0, 8)), (2, slice(4, 8), slice(0, 8))),
+    "2008_000002": mask_with((1, slice(0, 8), slice(0, 3)), (2, slice(0, 8), slice(5, 8))),
+    "2008_000003": mask_with((1, slice(2, 4), slice(2, 4)), (2, slice(5, 7), slice(5, 7)), border=True),
+    **{f"2008_00001{k}": mask_with((1, slice(k % 4, 8), slice(0, 8))) for k in range(4)},
+    **{f"2008_00002{k}": mask_with((2, slice(0, 8 - k % 4), slice(0, 8))) for k in range(4)},
+    "2008_000030": mask_with((3, slice(0, 8), slice(0, 8))),
+}
+
+
+def test_two_way_five_shot_episodes(tmp_path):
+    make_voc(tmp_path, val=TWO_WAY)
+    data = Pascal5i(str(tmp_path), 0)
+    (classes, candidates), = data.class_groups(2, 5)  # only classes 1 and 2 appear together
+    assert classes == (1, 2) and candidates == ["2008_000001", "2008_000002", "2008_000003"]
+    episodes = [data.few_shot_episode(i, seed=3, ways=2, shots=5) for i in range(6)]
+    again = data.few_shot_episode(4, seed=3, ways=2, shots=5)
+    assert again.query_image == episodes[4].query_image and [
+        [p for p, _ in s] for s in again.supports] == [[p for p, _ in s] for s in episodes[4].supports]
+    for e in episodes:
+        assert e.class_ids == (1, 2) and e.class_names == ("aeroplane", "bicycle")
+        query_id = os.path.basename(e.query_image)[:-4]
+        labels = read_label_mask(data.mask_path(query_id))
+        for class_id, mask, supports in zip(e.class_ids, e.query_masks, e.supports):
+            assert np.array_equal(mask, labels == class_id) and mask.any()
+            assert len(supports) == 5 and len({p for p, _ in supports}) == 5
+            for path, support_mask in supports:
+                assert path != e.query_image and support_mask.any()
+                assert np.array_equal(support_mask, read_label_mask(data.mask_path(os.path.basename(path)[:-4])) == class_id)
+        assert np.array_equal(e.query_ignore, labels == IGNORE_LABEL)
+    one_way = data.few_shot_episode(0, seed=0, ways=1, shots=5)
+    assert len(one_way.class_ids) == 1 and len(one_way.supports[0]) == 5
+    with pytest.raises(DatasetError, match="no 2 classes of fold 0 .* with 9 other image"):
+        data.few_shot_episode(0, ways=2, shots=9)
+    with pytest.raises(ValueError, match="ways"):
+        data.few_shot_episode(0, ways=6)

@@ -65,3 +65,29 @@ def test_rectangles():
     assert foreground_iou(grabcut_from_rect(image, centred_box(48, 32)), truth) > 0.9
     with pytest.raises(ValueError, match="does not fit"):
         grabcut_from_rect(image, (0, 0, 40, 10))
+
+
+def test_combine_shots_is_the_mean_of_the_shots():
+    from reid.explain.segment import combine_shots
+
+    maps = np.array([[[0.0, 2.0]], [[4.0, 6.0]]])  # two shots of a 1x2 map
+    assert combine_shots(maps).tolist() == [[2.0, 4.0]]
+    assert combine_shots(maps[:1]).tolist() == [[0.0, 2.0]]  # one shot: as it is
+    with pytest.raises(ValueError, match=r"\(K, h, w\)"):
+        combine_shots(np.zeros((2, 2)))
+
+
+def test_exclusive_masks_gives_a_contested_pixel_to_the_higher_map():
+    from reid.explain.segment import exclusive_masks
+
+    masks = np.array([[[1, 1, 0, 0]], [[0, 1, 1, 0]]], dtype=bool)  # pixel 1 is claimed by both
+    maps = np.array([[[0.9, 0.2, 0.0, 0.0]], [[0.0, 0.7, 0.8, 0.0]]])
+    kept = exclusive_masks(masks, maps)
+    assert kept.tolist() == [[[True, False, False, False]], [[False, True, True, False]]]
+    ties = exclusive_masks(masks, np.full(masks.shape, 0.5))  # a tie: the first class
+    assert ties[:, 0, 1].tolist() == [True, False]
+    no_maps = exclusive_masks(masks, None)  # model-free: the first claiming class
+    assert no_maps.tolist() == [[[True, True, False, False]], [[False, False, True, False]]]
+    assert not (kept.sum(axis=0) > 1).any()
+    with pytest.raises(ValueError, match="maps of shape"):
+        exclusive_masks(masks, maps[:1])

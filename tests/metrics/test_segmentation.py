@@ -35,3 +35,14 @@ def test_empty_foregrounds_and_bad_shapes():
         foreground_iou(np.zeros((2, 3)), empty)
     with pytest.raises(ValueError, match="ignore mask"):
         fb_iou(empty, empty, np.zeros(3))
+
+
+def test_overlap_counts_by_hand():
+    from reid.metrics.segmentation import overlap_counts
+
+    predicted = np.array([[1, 1, 0, 0]], dtype=bool)
+    truth = np.array([[0, 1, 1, 0]], dtype=bool)
+    # foreground: 1 pixel in both, 3 in either; background: 1 in both (the last), 3 in either
+    assert overlap_counts(predicted, truth) == (1, 3, 1, 3)
+    ignore = np.array([[1, 0, 0, 0]], dtype=bool)  # the first pixel counts in neither
+    assert overlap_counts(predicted, truth, ignore) == (1, 2, 1, 2)

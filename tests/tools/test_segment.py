@@ -74,3 +74,72 @@ def test_segment_scores_pascal5i_episodes(checkpoint, tiny_data_root, tmp_path):
         assert "VOCdevkit" in record["query"] and record["support"] != record["query"]
         for method in segment_tool.METHODS:
             assert 0.0 <= record[method]["fb_iou"] <= 1.0
+
+
+def run_segment(checkpoint, root, out, *flags):
+    summary = segment_tool.main([
+        "--config", CONFIG, "--weights", str(checkpoint), "--no-progress", "TEST.EXPLAIN_LAYER", "", *flags,
+        *tiny_overrides(root, out),
+    ])
+    return summary, json.loads((out / "segmentation" / "segmentation.json").read_text())["pairs"]
+
+
+def test_two_way_on_the_synthetic_people_and_their_bags(checkpoint, tiny_data_root, tmp_path):
+    from reid.cli.segment import MIN_BAG_FRACTION
+    from reid.data.render import PART_LABELS
+
+    # two shots: the tiny set has too few bags of other identities for five (PASCAL-5i's test has five)
+    summary, records = run_segment(checkpoint, tiny_data_root, tmp_path, "--ways", "2", "--shots", "2",
+                                   "--pairs", "3", "--panels", "1")
+    assert (summary["ways"], summary["shots"], summary["pairs"]) == (2, 2, 3)
+    assert [r["class"] for r in records] == ["person", "bag"] * 3
+    for person, bag in zip(records[::2], records[1::2]):
+        query = person["query"]
+        assert bag["query"] == query
+        labels = load_mask(query)
+        assert (labels == PART_LABELS["bag"]).mean() >= MIN_BAG_FRACTION
+        for record, name in ((person, "person"), (bag, "bag")):
+            assert len(record["supports"]) == 2 and query not in record["supports"]
+            pid = os.path.basename(query).split("_")[0]
+            assert all(os.path.basename(s).split("_")[0] != pid for s in record["supports"])  # other identities
+            if name == "bag":
+                assert all((load_mask(s) == PART_LABELS["bag"]).mean() >= MIN_BAG_FRACTION for s in record["supports"])
+            for method in segment_tool.METHODS:
+                assert 0.0 <= record[method]["iou"] <= 1.0
+    # the model-free baselines cannot tell the classes apart: the first class takes the box's pixels
+    assert all(r["box+grabcut"]["iou"] == 0.0 for r in records[1::2])
+    table = summary["classes"]["attention+grabcut"]
+    assert set(table["per_class"]) == {"person", "bag"} and table["per_class"]["bag"]["episodes"] == 3
+    assert table["mean_iou"] == pytest.approx(np.mean([r["iou"] for r in table["per_class"].values()]))
+    assert sorted(os.listdir(tmp_path / "segmentation" / "panels")) == ["pair0000_bag.png", "pair0000_person.png"]
+
+
+def test_one_way_five_shot_uses_five_images_of_the_identity(checkpoint, tiny_data_root, tmp_path):
+    summary, records = run_segment(checkpoint, tiny_data_root, tmp_path, "--shots", "5", "--pairs", "2", "--panels", "0")
+    assert (summary["ways"], summary["shots"]) == (1, 5)
+    for record in records:
+        pid = os.path.basename(record["query"]).split("_")[0]
+        assert len(set(record["supports"])) == 5 and record["query"] not in record["supports"]
+        assert all(os.path.basename(s).split("_")[0] == pid for s in record["supports"])
+        assert record["support"] == record["supports"][0]
+    # the class table of one class: its IoU over both episodes, summed pixel counts (by hand)
+    row = summary["classes"]["frame+grabcut"]["per_class"]["person"]
+    inter = union = 0
+    for record in records:
+        image, truth = load_image(record["query"]), load_mask(record["query"]) > 0
+        mask = grabcut_from_rect(image, whole_frame(*truth.shape))
+        inter, union = inter + (mask & truth).sum(), union + (mask | truth).sum()
+    assert row["iou"] == pytest.approx(inter / union) and row["episodes"] == 2
+
+
+def test_two_way_five_shot_on_pascal5i(checkpoint, tiny_data_root, tmp_path):
+    from tests.data.test_pascal5i import TWO_WAY, make_voc
+
+    voc_root = tmp_path / "voc"
+    make_voc(voc_root, val=TWO_WAY)
+    summary, records = run_segment(checkpoint, tiny_data_root, tmp_path / "out", "--pascal5i", str(voc_root),
+                                   "--ways", "2", "--shots", "5", "--pairs", "2", "--panels", "0")
+    assert summary["source"] == "PASCAL-5i fold 0" and (summary["pairs"], summary["shots"]) == (2, 5)
+    assert [r["class"] for r in records] == ["aeroplane", "bicycle"] * 2
+    assert all(len(r["supports"]) == 5 and r["query"] not in r["supports"] for r in records)
+    assert set(summary["classes"]["attention+grabcut"]["per_class"]) == {"aeroplane", "bicycle"}
