@@ -378,7 +378,18 @@ def _pcb_options(cfg: CfgNode) -> dict:
         dropout=cfg.MODEL.DROPOUT, last_stride=cfg.MODEL.LAST_STRIDE, test_feature=cfg.MODEL.TEST_FEATURE,
         pretrained=cfg.MODEL.PRETRAINED, pretrained_path=cfg.MODEL.PRETRAINED_PATH,
         padding_mode=cfg.MODEL.PADDING_MODE,
+        margin_beta=cfg.LOSS.MARGIN_BETA if cfg.LOSS.METRIC == "margin" else None,
     )
+
+
+def _fit_margin_beta(model: nn.Module, state: dict) -> None:
+    """The margin loss's boundary (``margin_beta``) is in the model when the weights have it: it
+    only trains (the test embedding does not use it), so a checkpoint trained with
+    ``LOSS.METRIC margin`` loads under another ``LOSS.METRIC`` and the other way round."""
+    if "margin_beta" in state and getattr(model, "margin_beta", None) is None:
+        model.margin_beta = nn.Parameter(torch.zeros_like(state["margin_beta"]))
+    elif "margin_beta" not in state and getattr(model, "margin_beta", None) is not None:
+        model.margin_beta = None
 
 
 def _pcb_check(cfg: CfgNode) -> None:
@@ -401,6 +412,7 @@ def _pcb_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device, 
         **base,
         id_weight=cfg.LOSS.ID_WEIGHT, triplet_weight=cfg.LOSS.TRIPLET_WEIGHT,
         margin=cfg.LOSS.TRIPLET_MARGIN, label_smoothing=cfg.LOSS.LABEL_SMOOTH, metric=cfg.LOSS.METRIC,
+        margin_alpha=cfg.LOSS.MARGIN_ALPHA,
     )
     if not cfg.SAM.ENABLED:
         return PCBEngine(datamanager, model, optimizer, scheduler, device, cfg.OUTPUT_DIR, **common)
@@ -430,7 +442,8 @@ def _avsl_options(cfg: CfgNode) -> dict:
     return dict(
         backbone=cfg.MODEL.BACKBONE, levels=tuple(cfg.AVSL.LEVELS), embed_dim=cfg.AVSL.EMBED_DIM,
         topk=cfg.AVSL.TOPK, momentum=cfg.AVSL.MOMENTUM, last_stride=cfg.MODEL.LAST_STRIDE,
-        proxies=cfg.AVSL.LOSS == "proxy_anchor", pretrained=cfg.MODEL.PRETRAINED,
+        proxies=cfg.AVSL.LOSS == "proxy_anchor",
+        margin_beta=cfg.LOSS.MARGIN_BETA if cfg.AVSL.LOSS == "margin" else None, pretrained=cfg.MODEL.PRETRAINED,
         pretrained_path=cfg.MODEL.PRETRAINED_PATH, padding_mode=cfg.MODEL.PADDING_MODE,
     )
 
@@ -448,7 +461,7 @@ def _avsl_engine(cfg: CfgNode, datamanager, model, optimizer, scheduler, device,
         loss=avsl.LOSS, margin=avsl.MARGIN, level_weights=list(avsl.LEVEL_WEIGHTS),
         overall_weight=avsl.OVERALL_WEIGHT, proxy_alpha=avsl.PROXY_ALPHA,
         proxy_pos_margin=avsl.PROXY_POS_MARGIN, proxy_neg_margin=avsl.PROXY_NEG_MARGIN,
-        chunk_size=avsl.EVAL_CHUNK_SIZE or None,
+        margin_alpha=cfg.LOSS.MARGIN_ALPHA, chunk_size=avsl.EVAL_CHUNK_SIZE or None,
     )
 
 
@@ -472,6 +485,11 @@ def _torchreid_check(cfg: CfgNode) -> None:
         check_arch(cfg.MODEL.TORCHREID.ARCH, cfg.DATA.HEIGHT, cfg.DATA.WIDTH)
     except ValueError as exc:
         raise ConfigError(f"MODEL.TORCHREID.ARCH: {exc}") from exc
+    if cfg.LOSS.METRIC == "margin":
+        raise ConfigError(
+            "LOSS.METRIC margin learns its boundary beta as a parameter of the model, which a torchreid "
+            "network does not hold: use MODEL.NAME pcb, or another LOSS.METRIC"
+        )
 
 
 def _torchreid_weights_missing(cfg: CfgNode) -> str | None:
@@ -517,11 +535,11 @@ _TRUNK_KEYS = ("MODEL.NAME", "MODEL.BACKBONE", "MODEL.LAST_STRIDE", "MODEL.PADDI
 MODEL_RECIPES: dict[str, ModelRecipe] = {
     "pcb": ModelRecipe(
         _pcb_options, _pcb_engine, _pcb_classes, similarity_mining=True, check_config=_pcb_check,
-        model_keys=(*_TRUNK_KEYS, "MODEL.NUM_STRIPES", "MODEL.REDUCED_DIM"),
+        model_keys=(*_TRUNK_KEYS, "MODEL.NUM_STRIPES", "MODEL.REDUCED_DIM"), fit_state=_fit_margin_beta,
     ),
     "avsl": ModelRecipe(
         _avsl_options, _avsl_engine, _avsl_classes, check_config=_avsl_check,
-        # AVSL.LOSS: proxy_anchor adds the proxies to the weights
+        # AVSL.LOSS: proxy_anchor adds the proxies to the weights, margin the boundaries margin_beta
         model_keys=(*_TRUNK_KEYS, "AVSL.LEVELS", "AVSL.EMBED_DIM", "AVSL.TOPK", "AVSL.LOSS"),
         export_refusal=(
             "its test distance d_hat is computed by the model's similarity graph from pairs of images "

@@ -149,13 +149,24 @@ _C.LOSS.ID_WEIGHT = 1.0
 # Label smoothing epsilon of the ID loss (0 disables).
 _C.LOSS.LABEL_SMOOTH = 0.0
 # The metric loss of PCB models: "triplet" (batch hard), "contrastive" or "quadruplet" (the SAM
-# paper's Siamese / triplet / quadruplet networks; reid/losses/metric.py). TRIPLET_WEIGHT and
-# TRIPLET_MARGIN are its weight and margin, whichever it is.
+# paper's Siamese / triplet / quadruplet networks; reid/losses/metric.py), or "margin" (Wu et al.
+# 2017, with distance-weighted sampling; reid/losses/margin.py; its margin and boundary are
+# MARGIN_ALPHA and MARGIN_BETA below). TRIPLET_WEIGHT is its weight whichever it is, and
+# TRIPLET_MARGIN the margin of the first three.
 _C.LOSS.METRIC = "triplet"
 # Weight of the metric loss (batch-hard triplet by default) on the concatenated stripe features.
 _C.LOSS.TRIPLET_WEIGHT = 1.0
-# Margin of the metric loss.
+# Margin of the metric loss (triplet, contrastive, quadruplet).
 _C.LOSS.TRIPLET_MARGIN = 0.3
+# The margin loss of Wu et al. ("Sampling matters in deep embedding learning", ICCV 2017), used by
+# LOSS.METRIC margin (PCB) and AVSL.LOSS margin: max(0, alpha + y (D - beta)) on Euclidean
+# distances D of unit embeddings, y = +1 for positive and -1 for negative pairs (docs/method.md
+# section 13). In Wu et al.'s names: MARGIN_ALPHA is the margin alpha (0.2); MARGIN_BETA the
+# initial value of the learnable boundary beta (1.2), a parameter of the model (margin_beta),
+# trained with it and kept in its checkpoints. The AVSL paper (section 4.2) writes "alpha and beta
+# to 1.2 and 0.2": its names are swapped, its values these.
+_C.LOSS.MARGIN_ALPHA = 0.2
+_C.LOSS.MARGIN_BETA = 1.2
 
 # ---------------------------------------------------------------------------------------------
 # Similarity mining (SAM paper, sections 3.2-3.3; docs/method.md section 3).
@@ -205,7 +216,9 @@ _C.AVSL.TOPK = 128
 # gamma of the edge update: omega <- MOMENTUM * omega + (1 - MOMENTUM) * omega_hat.
 _C.AVSL.MOMENTUM = 0.5
 # Metric loss of each level and of the overall distance: triplet (batch hard, for P x K
-# batches) or proxy_anchor (the paper's ProxyAnchor; learns one proxy per identity and level).
+# batches), proxy_anchor (the paper's ProxyAnchor; learns one proxy per identity and level) or
+# margin (the paper's other base loss, Wu et al.'s margin loss with distance-weighted sampling;
+# LOSS.MARGIN_ALPHA and LOSS.MARGIN_BETA; learns one boundary per level and one for d_hat).
 _C.AVSL.LOSS = "triplet"
 # Triplet margin, in squared-distance units.
 _C.AVSL.MARGIN = 0.3
@@ -539,6 +552,9 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "LOSS.LABEL_SMOOTH": _PROBABILITY,
     "LOSS.TRIPLET_WEIGHT": _NON_NEGATIVE,
     "LOSS.TRIPLET_MARGIN": _NON_NEGATIVE,
+    "LOSS.MARGIN_ALPHA": _NON_NEGATIVE,
+    "LOSS.MARGIN_BETA": ((lambda v: _is_number(v) and 0 < v <= 2),
+                         "a number in (0, 2] (a distance between unit vectors)"),
     "SAM.GAMMA": _NON_NEGATIVE,
     "SAM.OMEGA": _POSITIVE,
     "SAM.SIGMA": ((lambda v: _is_number(v) and 0 <= v <= 1), "a number in [0, 1] (a threshold of the normalised map)"),

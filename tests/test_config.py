@@ -95,8 +95,8 @@ def test_allowed_values_come_from_their_components():
         "SAM.FORM": ("siamese", "triplet", "quadruplet"),
         "SAM.OBJECTIVE": ("erase", "printed"),
         "SAM.BN_MODE": ("eval", "train"),
-        "LOSS.METRIC": ("triplet", "contrastive", "quadruplet"),
-        "AVSL.LOSS": ("triplet", "proxy_anchor"),
+        "LOSS.METRIC": ("triplet", "contrastive", "quadruplet", "margin"),
+        "AVSL.LOSS": ("triplet", "proxy_anchor", "margin"),
         "TRAIN.AMP": ("off", "bf16", "fp16"),
         "DIST.BACKEND": ("auto", "nccl", "gloo"),
     }

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from reid.losses import AVSLLoss
+from reid.losses.margin import MARGIN_ALPHA
 from reid.models.avsl import AVSLOutput
 
 from .base import ReidEngine
@@ -26,21 +27,23 @@ class AVSLEngine(ReidEngine):
 
     Logged terms (returned by :meth:`forward_backward`): ``metric_<level>`` per level,
     ``overall``, their weighted sum ``loss``, and ``reliability`` (mean ``p`` over the batch's
-    pairs and the rectified levels, a diagnostic). The edge buffers are updated by the model's
+    pairs and the rectified levels, a diagnostic); with the margin loss also the boundaries
+    ``beta_<level>`` and ``beta_overall``. The edge buffers are updated by the model's
     train-mode forward at every step. ``EvalOptions.dist_metric`` and ``normalize_feature`` are
     ignored: test distances are ``d_hat``.
 
     Reference: AVSL paper, section 3.4, eq. 10 and "Evaluation".
 
     Args:
-        loss: ``triplet`` (batch hard, on squared distances) or ``proxy_anchor``
-            (:data:`reid.losses.AVSL_LOSSES`).
+        loss: ``triplet`` (batch hard, on squared distances), ``proxy_anchor`` or ``margin``
+            (Wu et al.; needs a model built with ``margin_beta``) (:data:`reid.losses.AVSL_LOSSES`).
         margin: triplet margin (squared-distance units).
         level_weights: weight of each level's metric loss (default all 1).
         overall_weight: weight of ``L_f``.
         proxy_alpha: ProxyAnchor scale.
         proxy_pos_margin: ProxyAnchor positive margin (distance).
         proxy_neg_margin: ProxyAnchor negative margin (distance).
+        margin_alpha: the margin loss's margin ``alpha`` (distance units).
         chunk_size: queries per chunk at test time (None: automatic).
         **kwargs: see :class:`~reid.engine.base.ReidEngine`.
     """
@@ -55,13 +58,14 @@ class AVSLEngine(ReidEngine):
         proxy_alpha: float = 16.0,
         proxy_pos_margin: float = 1.8,
         proxy_neg_margin: float = 2.2,
+        margin_alpha: float = MARGIN_ALPHA,
         chunk_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.criterion = AVSLLoss(
             self.model.levels, loss=loss, margin=margin, proxy_alpha=proxy_alpha,
-            proxy_pos_margin=proxy_pos_margin, proxy_neg_margin=proxy_neg_margin,
+            proxy_pos_margin=proxy_pos_margin, proxy_neg_margin=proxy_neg_margin, margin_alpha=margin_alpha,
         )
         self.criterion.check_model(self.model)
         levels = list(self.model.levels)

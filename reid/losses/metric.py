@@ -17,6 +17,10 @@ embedding (:func:`metric_loss_from_features` computes the distances).
   ``relu(d_ap - d_an + m) + relu(d_ap - d_{n1 n2} + m / 2)``, mean over anchors. Distances, not
   squared distances, as the batch-hard triplet loss; the second margin is half the first, as in
   the paper's experiments (1 and 0.5).
+* **Margin** (Wu et al., "Sampling Matters in Deep Embedding Learning", ICCV 2017;
+  :mod:`reid.losses.margin`): on the Euclidean distances of the features L2-normalised to unit
+  length, ``max(0, alpha + y (D - beta))`` over every positive pair and one negative per pair drawn
+  by distance-weighted sampling, with the learnable boundary ``beta`` that the model holds.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ import torch
 
 from reid.metrics.distance import euclidean_distance
 
+from .margin import MARGIN_ALPHA, MARGIN_BETA, margin_loss_from_features
 from .triplet import MinedTuples, batch_hard_mining, triplet_loss_from_distances
 
 __all__ = ["METRIC_LOSSES", "contrastive_loss_from_distances", "metric_loss_from_features",
            "quadruplet_loss_from_distances"]
 
-METRIC_LOSSES: tuple[str, ...] = ("triplet", "contrastive", "quadruplet")
+METRIC_LOSSES: tuple[str, ...] = ("triplet", "contrastive", "quadruplet", "margin")
 """The metric losses of ``LOSS.METRIC``."""
 
 
@@ -75,12 +80,25 @@ def quadruplet_loss_from_distances(
 
 
 def metric_loss_from_features(
-    name: str, features: torch.Tensor, pids: torch.Tensor, margin: float
+    name: str,
+    features: torch.Tensor,
+    pids: torch.Tensor,
+    margin: float,
+    margin_beta: torch.Tensor | float = MARGIN_BETA,
+    margin_alpha: float = MARGIN_ALPHA,
 ) -> tuple[torch.Tensor, MinedTuples]:
-    """``name``'s loss (``triplet``, ``contrastive`` or ``quadruplet``) on the Euclidean distances
-    of ``features``, and the batch-hard triplets of the batch (what similarity mining reuses)."""
+    """``name``'s loss (``triplet``, ``contrastive``, ``quadruplet`` or ``margin``) on the Euclidean
+    distances of ``features``, and the batch-hard triplets of the batch (what similarity mining
+    reuses).
+
+    ``margin`` is the margin of the first three; the margin loss takes ``margin_alpha`` and the
+    boundary ``margin_beta`` (the model's learnable parameter; a number gives a fixed boundary)
+    and sees the features L2-normalised, whose distances also give its batch-hard triplets."""
     if name not in METRIC_LOSSES:
         raise ValueError(f"metric loss must be one of {METRIC_LOSSES}, got {name!r}")
+    if name == "margin":
+        loss, _, unit_dist = margin_loss_from_features(features, pids, margin_beta, margin_alpha)
+        return loss, batch_hard_mining(unit_dist.detach(), pids)
     dist = euclidean_distance(features)
     if name == "triplet":
         return triplet_loss_from_distances(dist, pids, margin)

@@ -294,7 +294,8 @@ class AVSL(ReidModel):
     State: edge buffers ``edge_<low>_<high>`` ``(R, R)`` (rows: nodes of the higher level) and
     ``edges_initialised`` ``(L-1,)`` bool, saved in the state dict; reliability parameters
     ``reliability_scale[l]``, ``reliability_bias[l]`` ``(R,)`` for levels ``2..L`` (level 1 is
-    never rectified); optional class proxies ``proxies[l]`` ``(num_classes, R)``.
+    never rectified); optional class proxies ``proxies[l]`` ``(num_classes, R)``; optional boundaries
+    of the margin loss ``margin_beta`` ``(L + 1,)`` (one per level, the last for ``d_hat``).
 
     Explainability: exact attribution of ``d_hat`` (:meth:`attribute`); the head map is the top
     level's (:meth:`forward_features`) and the explained embedding ``e^L`` (:meth:`embed_features`).
@@ -308,6 +309,10 @@ class AVSL(ReidModel):
         momentum: gamma of the edge update ``omega <- gamma omega + (1 - gamma) omega_hat``.
         last_stride: stride of ``layer4`` (1 by default).
         proxies: learn one proxy per identity and level (for a proxy loss).
+        margin_beta: None, or the initial boundary ``beta`` of Wu et al.'s margin loss: then the
+            model holds one learnable boundary per level and one for ``d_hat``
+            (:mod:`reid.losses.margin`), trained and checkpointed with the other weights. They do
+            not enter the test distance.
         pretrained: load ImageNet weights from local disk when available.
         pretrained_path: explicit weights file (see :func:`~reid.models.trunks.find_pretrained_weights`).
         padding_mode: padding of the trunk's convolutions (:func:`~reid.models.trunks.set_padding_mode`).
@@ -325,6 +330,7 @@ class AVSL(ReidModel):
         momentum: float = 0.5,
         last_stride: int = 1,
         proxies: bool = False,
+        margin_beta: float | None = None,
         pretrained: bool = True,
         pretrained_path: str = "",
         padding_mode: str = "zeros",
@@ -369,6 +375,9 @@ class AVSL(ReidModel):
             self.proxies = nn.ParameterList(
                 nn.Parameter(torch.randn(num_classes, embed_dim) / embed_dim**0.5) for _ in levels
             )
+        self.margin_beta: nn.Parameter | None = None
+        if margin_beta is not None:
+            self.margin_beta = nn.Parameter(torch.full((len(levels) + 1,), float(margin_beta)))
         self._edge_names = [f"edge_{low}_{high}" for low, high in zip(levels[:-1], levels[1:])]
         for name in self._edge_names:
             self.register_buffer(name, torch.zeros(embed_dim, embed_dim))

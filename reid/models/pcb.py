@@ -50,6 +50,10 @@ class PCB(ReidModel):
         pretrained: load ImageNet weights from local disk when available.
         pretrained_path: explicit weights file (see :func:`reid.models.trunks.find_pretrained_weights`).
         padding_mode: padding of the trunk's convolutions (:func:`reid.models.trunks.set_padding_mode`).
+        margin_beta: None, or the initial boundary ``beta`` of Wu et al.'s margin loss
+            (``LOSS.METRIC margin``, :mod:`reid.losses.margin`): the model then holds it as the
+            learnable parameter ``margin_beta`` ``(1,)``, trained and checkpointed with the other
+            weights. It does not enter the test embedding.
 
     Explainability: the head map is ``layer4`` (:meth:`forward_features`), the explained embedding
     the test embedding (:meth:`embed_features`), and the stripe classifiers give identity logits
@@ -70,6 +74,7 @@ class PCB(ReidModel):
         pretrained: bool = True,
         pretrained_path: str = "",
         padding_mode: str = "zeros",
+        margin_beta: float | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -106,6 +111,9 @@ class PCB(ReidModel):
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.001)
                 nn.init.zeros_(module.bias)
+        self.margin_beta: nn.Parameter | None = None
+        if margin_beta is not None:
+            self.margin_beta = nn.Parameter(torch.tensor([float(margin_beta)]))
 
     @property
     def trunk_modules(self) -> list[nn.Module]:

@@ -79,7 +79,7 @@ def test_proxy_terms_are_proxy_anchor_losses_of_the_proxy_distances():
 
 
 def test_options_and_model_are_checked():
-    assert AVSL_LOSSES == ("triplet", "proxy_anchor")
+    assert AVSL_LOSSES == ("triplet", "proxy_anchor", "margin")
     with pytest.raises(ValueError, match="loss must be"):
         AVSLLoss(["layer3", "layer4"], loss="arcface")
     with pytest.raises(ValueError, match="proxies=True"):
