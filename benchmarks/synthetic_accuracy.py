@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Multi-seed study: rank-1, mAP and mINP of each demo arm on the synthetic set, paired by seed.
 
-Arms (``--arms``; the default is every arm but ``torchreid_resnet18``), each trained at the demo
+Arms (``--arms``; the default is every arm but ``torchreid_resnet18`` and ``avsl_margin``), each trained at the demo
 budget on the same synthetic data with each ``--seeds`` value as ``SEED``:
 
 * ``pcb``: ``configs/synthetic_pcb.yaml`` through ``reid train`` (PCB on an ImageNet-pretrained
@@ -10,7 +10,9 @@ budget on the same synthetic data with each ``--seeds`` value as ``SEED``:
   ``erase`` objective);
 * ``pcb_sam_printed``: the same with ``SAM.OBJECTIVE printed`` (equation 2 as the SAM paper prints
   it: the ablation);
-* ``avsl``: ``configs/synthetic_avsl.yaml`` (the same pretrained trunk);
+* ``avsl``: ``configs/synthetic_avsl.yaml`` (the same pretrained trunk, ProxyAnchor);
+* ``avsl_margin``: the same config with ``AVSL.LOSS margin`` (the AVSL paper's other base loss, Wu et
+  al.'s margin loss with distance-weighted sampling; not in the default arms);
 * ``pcb_scratch``: ``configs/synthetic_pcb_scratch.yaml``, the earlier demo: ResNet-18 from
   random weights;
 * ``torchreid_mobilenetv2``: the named reference. torchreid's own ``ImageTripletEngine`` (softmax +
@@ -63,6 +65,8 @@ Usage::
     python benchmarks/synthetic_accuracy.py                         # 5 seeds x 7 arms (hours on 2 cores)
     python benchmarks/synthetic_accuracy.py --arms pcb pcb_sam --seeds 0 1 2 3 4
     python benchmarks/synthetic_accuracy.py --explanation-triplets 60 --explanation-curves 24
+    python benchmarks/synthetic_accuracy.py --arms avsl avsl_margin --seeds 0 1 2 --compare avsl_margin:avsl \
+        --output-root output/avsl_margin_study NUM_THREADS 1 DATA.SOURCES "['synthetic_retrieval']"
     python benchmarks/synthetic_accuracy.py --seeds 0 1 OPTIM.MAX_EPOCH 1 DATA.SYNTHETIC.NUM_IDS 16 \\
         DATA.SYNTHETIC.IMAGES_PER_ID 6 DATA.HEIGHT 64 DATA.WIDTH 32 SAMPLER.BATCH_SIZE_TRAIN 8 \\
         SAMPLER.NUM_INSTANCES 2                              # a smoke run (a few minutes)
@@ -90,15 +94,16 @@ CONFIGS = {
     "pcb_sam": "configs/synthetic_pcb_sam.yaml",
     "pcb_sam_printed": "configs/synthetic_pcb_sam.yaml",
     "avsl": "configs/synthetic_avsl.yaml",
+    "avsl_margin": "configs/synthetic_avsl.yaml",
     "pcb_scratch": "configs/synthetic_pcb_scratch.yaml",
     "torchreid_mobilenetv2": "configs/synthetic_pcb.yaml",
     "torchreid_mobilenetv2_time": "configs/synthetic_pcb.yaml",
     "torchreid_resnet18": "configs/synthetic_pcb_scratch.yaml",
 }
 # Overrides that make an arm of its config (part of the arm's recorded settings).
-ARM_OVERRIDES = {"pcb_sam_printed": ["SAM.OBJECTIVE", "printed"]}
+ARM_OVERRIDES = {"pcb_sam_printed": ["SAM.OBJECTIVE", "printed"], "avsl_margin": ["AVSL.LOSS", "margin"]}
 ARMS = tuple(CONFIGS)
-DEFAULT_ARMS = tuple(arm for arm in ARMS if arm != "torchreid_resnet18")
+DEFAULT_ARMS = tuple(arm for arm in ARMS if arm not in ("torchreid_resnet18", "avsl_margin"))
 # Arms of torchreid's own engine (no explanations); the time-matched one and the arm whose
 # training time it matches.
 TORCHREID_ARMS = ("torchreid_mobilenetv2", "torchreid_mobilenetv2_time", "torchreid_resnet18")

@@ -45,6 +45,21 @@ def test_ablation_pair_differs_in_sam_enabled_only(mining, baseline):
     assert with_sam.OUTPUT_DIR != without.OUTPUT_DIR
 
 
+# AVSL with ProxyAnchor -> the same config with the paper's other base loss, Wu et al.'s margin loss
+BASE_LOSS_PAIRS = {f"avsl_{data}.yaml": f"avsl_margin_{data}.yaml" for data in ("cub", "cars", "sop")}
+
+
+@pytest.mark.parametrize("proxy, margin", sorted(BASE_LOSS_PAIRS.items()))
+def test_avsl_base_loss_pair_differs_in_the_loss_only(proxy, margin):
+    with_proxies, with_margin = _config(proxy), _config(margin)
+    differences = {d.key: (d.old, d.new) for d in _all_differences(config_to_dict(with_proxies), with_margin)}
+    assert differences.pop("AVSL.LOSS") == ("proxy_anchor", "margin")
+    assert set(differences) <= {"OUTPUT_DIR"}, differences
+    assert with_proxies.OUTPUT_DIR != with_margin.OUTPUT_DIR
+    # the margin loss at Wu et al.'s values: margin alpha 0.2, boundary beta from 1.2
+    assert (with_margin.LOSS.MARGIN_ALPHA, with_margin.LOSS.MARGIN_BETA) == (0.2, 1.2)
+
+
 def test_the_comparison_key_is_the_only_one(tmp_path):
     """The check above is not vacuous: one more changed key is seen."""
     changed = load_config(os.path.join(REPO, "configs", "synthetic_pcb.yaml"), ["OPTIM.LR", "0.5"])

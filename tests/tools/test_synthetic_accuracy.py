@@ -147,6 +147,27 @@ def test_time_matched_reference_gets_the_pcb_runs_training_time(tmp_path):
                    trainers=trainers)
 
 
+def test_avsl_margin_arm_is_avsl_with_the_margin_loss(tmp_path):
+    assert study.CONFIGS["avsl_margin"] == study.CONFIGS["avsl"] and "avsl_margin" not in study.DEFAULT_ARMS
+    seen = []
+
+    def make(arm, rank1):
+        def train(config, output_dir, seed, opts, progress):
+            seen.append((arm, os.path.basename(config), opts))
+            return {"rank1": rank1 + 0.01 * seed, "rank5": 0.9, "mAP": 0.4, "mINP": 0.1}
+        return train
+
+    result = study.main(["--arms", "avsl", "avsl_margin", "--seeds", "0", "1", "--compare", "avsl_margin:avsl",
+                         "--output-root", str(tmp_path), "NUM_THREADS", "1"],
+                        trainers={"avsl": make("avsl", 0.6), "avsl_margin": make("avsl_margin", 0.55)})
+    assert ("avsl", "synthetic_avsl.yaml", ["NUM_THREADS", "1"]) in seen
+    assert ("avsl_margin", "synthetic_avsl.yaml", ["NUM_THREADS", "1", "AVSL.LOSS", "margin"]) in seen
+    assert result["arms"]["avsl_margin"]["arm_overrides"] == ["AVSL.LOSS", "margin"]
+    comparison = result["summary"]["comparisons"]["avsl_margin:avsl"]["rank1"]
+    assert comparison["mean_difference"] == pytest.approx(-0.05) and comparison["losses"] == 2
+    assert "with `AVSL.LOSS margin`" in (tmp_path / "study.md").read_text()
+
+
 def test_torchreid_mobilenetv2_reference_starts_from_the_same_weights(tiny_data_root, tmp_path, monkeypatch):
     import torch
     import torchvision
