@@ -1,44 +1,40 @@
-"""Explanation dumps of a model's top matches: panels, an HTML report and ``explanations.json``.
+"""Explanation dumps of a model's top matches: panels, the explorer and ``explanations.json``.
 
-:func:`write_explanations` does what ``reid explain`` runs, on one query and gallery set:
+:func:`write_explanations` does what ``reid explain`` runs, on one query and gallery set. Its
+stages live in one file each:
 
-1. **Queries.** ``N`` queries evenly spread over the query set (:func:`spread_indices`: indices
-   ``round(linspace(0, Q - 1, N))``; the query set is sorted by identity, so spreading covers many
-   identities and cameras, unlike the first ``N``). All queries when ``N >= Q``. Or the queries
-   a user names (``query_indices``, :func:`choose_queries`).
-2. **Ranking** by the model's own distance (the caller's ``distances_of``, the engine's
-   :meth:`distance_matrix`, i.e. the model's :meth:`~reid.models.base.ReidModel.pairwise_distance`:
-   ``TEST.DIST_METRIC``/``TEST.NORMALIZE_FEATURE`` for an embedding, ``d_hat`` for AVSL), with
-   gallery images of the query's identity *and* camera removed as in the evaluation protocol
-   (``keep_same_camera`` keeps them); ties broken by gallery order
-   (:class:`reid.metrics.streaming.MatchTracker`). Re-ranking is never applied: explanations
-   explain the model's own distance (``docs/method.md`` section 4).
-3. **One trunk pass per image.** On the head-only path (no explicit layer; the model's
-   ``forward_features`` gives its head map, ``embed_features`` the embedding), each chosen query
-   and each gallery image goes through the trunk exactly once; the gallery is streamed, and only
-   the maps of the images an explanation needs are kept (each query's current top-``K`` and its
-   best true and best wrong match), so memory is bounded by ``N (K + 2)`` maps whatever the
-   gallery size. All pairs and triplets are then explained through the cheap head only
-   (:func:`reid.explain.explain_pair_features`). With an explicit layer the explanations run
-   :func:`reid.explain.explain_pair` on the images, which re-runs the model on the explained images.
-4. **Siamese explanation** of each of the top-``K`` pairs. ``same="model"`` (default): every shown
-   match is explained as a match, because the model ranks it among its top ``K``: the maps answer
-   "why did the model put this image here?", for wrong matches too, whose ground truth the panels
-   and the explorer show by colour. ``same="truth"``: ``same`` is the ground truth (query and
-   gallery identities equal), so a wrong match is explained as a dissimilar pair ("what differs").
-   The explorer's notes say which one is shown. Reference: SAM paper, section 3.1;
-   ``docs/method.md`` sections 2 and 4.
-5. **Triplet explanation** (``triplets=True``): "why is the top match A closer than B", where B is
-   the best-ranked gallery image whose correctness differs from A's: the first wrong match when A
-   is correct, the first true match when A is wrong (why the model failed). B may rank below
-   ``K``; its map was kept while streaming. No triplet when no such B exists.
+* :mod:`reid.explain.ranking`: which queries are explained (``N`` evenly spread ones, or the ones
+  named), their one trunk pass, and the gallery streamed once and ranked for them by the model's
+  own distance (evaluation protocol, ties in gallery order), keeping only the maps the
+  explanations need;
+* :mod:`reid.explain.explainer`: the maps of the chosen pairs and triplets (similarity attention,
+  head-only or on the full model), the exact stripe decompositions, and AVSL's attributions;
+* :mod:`reid.explain.run_stats`: the run's CMC, mAP, mINP, distance histograms and failure table;
+* this module: what is explained (steps 4-5 below), and writing the panels, ``panels.html``, the
+  explorer ``index.html`` and ``explanations.json``.
+
+What is explained:
+
+* **Siamese explanation** of each of the top-``K`` pairs. ``same="model"`` (default): every shown
+  match is explained as a match, because the model ranks it among its top ``K``: the maps answer
+  "why did the model put this image here?", for wrong matches too, whose ground truth the panels
+  and the explorer show by colour. ``same="truth"``: ``same`` is the ground truth (query and
+  gallery identities equal), so a wrong match is explained as a dissimilar pair ("what differs").
+  The explorer's notes say which one is shown. Reference: SAM paper, section 3.1;
+  ``docs/method.md`` sections 2 and 4.
+* **Triplet explanation** (``triplets=True``): "why is the top match A closer than B", where B is
+  the best-ranked gallery image whose correctness differs from A's: the first wrong match when A
+  is correct, the first true match when A is wrong (why the model failed). B may rank below
+  ``K``; its map was kept while streaming. No triplet when no such B exists.
 
 Everything goes under ``out_dir``:
 
 * ``panels/q<query>_r<rank>.png``: one panel per pair (query, both overlays, gallery, distance,
   rank, correct or wrong);
 * ``triplets/q<query>.png``: triplet panels;
-* ``index.html``: the report (query and gallery images are copied under ``images/``);
+* ``index.html``: the explorer (one self-contained page, :mod:`reid.vis.explorer`);
+* ``panels.html``: the report over the panels (query and gallery images are copied under
+  ``images/``);
 * ``explanations.json``: per pair the query and gallery paths and identities, distance, rank,
   correct (identity equality), the ``same`` used for the weights, the panel path relative to
   the report, and, where a ground-truth person mask exists beside the image (the synthetic set),
@@ -47,10 +43,11 @@ Everything goes under ``out_dir``:
 
 **Models with exact attribution** (``model.explainability.attribution``, e.g. AVSL) are not
 explained with similarity attention (their eval features are not an embedding; the distance is
-``d_hat``). Steps 1-2 are the same; step 3 runs the full model; steps 4-5 are replaced by one
-**attribution panel** per pair (triplets and an explicit layer are refused by the caller, ``same``
-is ignored), from the model's :meth:`~reid.models.base.ReidModel.attribute` and
-:mod:`reid.vis.attribution`:
+``d_hat``). The queries and the ranking are the same; the trunk pass is the full model's; the
+Siamese and triplet explanations are replaced by one **attribution panel** per pair (triplets and
+an explicit layer are refused by the caller, ``same`` is ignored), from the model's
+:meth:`~reid.models.base.ReidModel.attribute` (:meth:`reid.explain.explainer.Explainer.attributions`)
+and :mod:`reid.vis.attribution`:
 
 * the overall distance ``d_hat`` and its split over the levels, ``sum_i lambda^l_i delta^l_i``
   (exact: AVSL paper, section 3.4, eq. 11);
@@ -62,7 +59,7 @@ is ignored), from the model's :meth:`~reid.models.base.ReidModel.attribute` and
   ``feeders`` lower-level nodes ``j`` with the largest ``W~_ij delta_hat^(L-1)_j`` (their edge
   weights and CAMs).
 
-Panels go to ``attributions/q<query>_r<rank>.png`` and join ``index.html`` as each match's panel;
+Panels go to ``attributions/q<query>_r<rank>.png`` and join ``panels.html`` as each match's panel;
 ``explanations.json`` holds per pair the ranking's ``distance``, the attribution pass's
 ``attributed_distance`` (equal to float precision; a warning is logged otherwise) and
 ``attribution``: per level the ``total``, every node's ``contributions``, the ``top`` nodes (node,
@@ -76,7 +73,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,22 +81,20 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from reid.data.synthetic import load_mask, mask_path
 from reid.metrics.explanation import energy_inside
-from reid.metrics.rank import NoValidQueryError, evaluate
-from reid.metrics.streaming import MatchTracker
 from reid.io import write_json
 from reid.vis import Match, Panel, QueryResult, load_image, pair_panel, save_image, triplet_panel
 from reid.vis import attribution_panel, summarize_attribution, write_html_report
-from reid.vis.explorer import (
-    ExplorerExplainer, ExplorerMatch, ExplorerQuery, FailureTable, RunStatistics, write_explorer,
-)
+from reid.vis.explorer import ExplorerExplainer, ExplorerMatch, ExplorerQuery, write_explorer
 
-from .decomposition import Decomposition, decompose_pair
+from .common import chunks, mean_of
+from .explainer import Explainer
 from .postprocess import normalize_maps, resize_maps
-from .tuples import explain_pair, explain_pair_features, explain_triplet, explain_triplet_features
+from .ranking import Setup, encode_queries, numpy_distances, rank_gallery
+from .ranking import spread_indices  # noqa: F401  (imported from here by reid/cli/segment.py)
+from .run_stats import failure_analysis, failure_table, run_summary
 
 logger = logging.getLogger(__name__)
 
@@ -166,340 +161,7 @@ class ExplainOptions:
             raise ValueError(f"max_matrix_mb must be non-negative, got {self.max_matrix_mb}")
 
 
-# -- choosing queries and ranking -----------------------------------------------------------------
-
-
-def spread_indices(total: int, count: int) -> list[int]:
-    """``count`` indices evenly spread over ``range(total)`` (all of them when ``count >= total``)."""
-    if count >= total:
-        return list(range(total))
-    return sorted({int(round(v)) for v in np.linspace(0, total - 1, count)})
-
-
-def _features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    feature_maps = model.forward_features(images)
-    if not isinstance(feature_maps, torch.Tensor) or feature_maps.dim() != 4:
-        raise TypeError(
-            f"{type(model).__name__}.forward_features must return one (B, C, h, w) map for the head-only "
-            f"path; pass --layer to explain a named layer on the full model instead"
-        )
-    return feature_maps
-
-
-@dataclass
-class EncodedBatch:
-    """Embeddings of a batch and, on the head-only path, its ``layer4`` maps.
-
-    Attributes:
-        embeddings: ``(b, D)`` float32 on the CPU.
-        feature_maps: ``(b, C, h, w)`` on the model's device, or None.
-    """
-
-    embeddings: torch.Tensor
-    feature_maps: torch.Tensor | None
-
-
-@torch.no_grad()
-def encode(model: nn.Module, images: torch.Tensor, head_path: bool) -> EncodedBatch:
-    """Runs the trunk once on ``images``: embeddings, plus the maps on the head-only path."""
-    if not head_path:
-        return EncodedBatch(model(images).float().cpu(), None)
-    feature_maps = _features(model, images)
-    return EncodedBatch(model.embed_features(feature_maps).float().cpu(), feature_maps)
-
-
-# -- encoding and ranking -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every stage of the dump needs.
-
-    Attributes:
-        model: the model, in eval mode.
-        device: where it runs.
-        head_path: explain through ``embed_features`` from maps of ``forward_features``.
-        layer: the explained layer on the full-model path.
-        batch_size: pairs (or triplets) per explanation batch.
-        progress: show progress bars.
-    """
-
-    model: nn.Module
-    device: torch.device
-    head_path: bool
-    layer: str
-    batch_size: int
-    progress: bool
-
-    def bar(self, iterable: Iterable[Any] | None = None, desc: str = "", total: int | None = None) -> tqdm:
-        """A tqdm bar that disappears when done (hidden with ``--no-progress``)."""
-        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=not self.progress)
-
-
-@dataclass(frozen=True)
-class QueryInfo:
-    """A chosen query: its index in the query set, image path, identity and camera."""
-
-    index: int
-    path: str
-    pid: int
-    camid: int
-
-
-@dataclass
-class EncodedQueries:
-    """The query set after its one trunk pass.
-
-    Attributes:
-        queries: the chosen queries, in query-set order.
-        embeddings: ``(N, D)`` float32 embeddings of the chosen queries on the CPU.
-        inputs: per chosen query, what explanations start from: its ``(C, h, w)`` ``layer4`` map
-            on the head-only path, its ``(3, H, W)`` network input otherwise.
-        all_embeddings: ``(Q, D)`` float32 embeddings of every query (the run's statistics).
-        all_pids: ``(Q,)`` identities of every query.
-        all_camids: ``(Q,)`` cameras of every query.
-        chosen: ``(N,)`` indices of the chosen queries in the query set.
-    """
-
-    queries: list[QueryInfo]
-    embeddings: torch.Tensor
-    inputs: list[torch.Tensor]
-    all_embeddings: torch.Tensor
-    all_pids: np.ndarray
-    all_camids: np.ndarray
-    chosen: np.ndarray
-
-
-def choose_queries(total: int, count: int | Sequence[int]) -> list[int]:
-    """The query indices to explain: ``count`` evenly spread ones (:func:`spread_indices`), or the
-    given indices (a sequence), each once, in the query set's order (the order every later step
-    keeps; the explorer sorts the queries by AP anyway).
-
-    Raises:
-        ValueError: an index outside ``[0, total)`` (the message gives the query set's size).
-    """
-    if isinstance(count, int):
-        return spread_indices(total, count)
-    bad = [i for i in count if not 0 <= i < total]
-    if bad:
-        raise ValueError(f"query indices {bad} are outside the query set (0 to {total - 1})")
-    return sorted({int(i) for i in count})
-
-
-def encode_queries(setup: Setup, loader: DataLoader, count: int | Sequence[int],
-                   saved: torch.Tensor | None = None) -> EncodedQueries:
-    """Runs the trunk once on every query of ``loader``'s dataset, keeping the explanation inputs of
-    the chosen ones (:func:`choose_queries`: ``count`` evenly spread ones, or the given indices).
-    With ``saved`` (the query set's embeddings, in dataset order), the trunk runs on the chosen
-    queries only."""
-    if saved is not None:
-        return _encode_chosen_queries(setup, loader, count, saved)
-    chosen = choose_queries(len(loader.dataset), count)
-    wanted = set(chosen)
-    queries: list[QueryInfo] = []
-    embeddings, inputs, pids, camids = [], [], [], []
-    seen = 0
-    for batch in setup.bar(loader, "queries"):
-        images = batch["img"].to(setup.device)
-        encoded = encode(setup.model, images, setup.head_path)
-        embeddings.append(encoded.embeddings)
-        for k, (path, pid, camid) in enumerate(zip(batch["impath"], batch["pid"], batch["camid"])):
-            if seen + k in wanted:
-                queries.append(QueryInfo(seen + k, path, int(pid), int(camid)))
-                inputs.append(encoded.feature_maps[k].clone() if setup.head_path else images[k])
-        pids.append(np.asarray(batch["pid"]))
-        camids.append(np.asarray(batch["camid"]))
-        seen += len(images)
-    all_embeddings = torch.cat(embeddings)
-    index = torch.as_tensor(chosen, dtype=torch.long)
-    return EncodedQueries(
-        queries, all_embeddings[index], inputs, all_embeddings, np.concatenate(pids), np.concatenate(camids),
-        np.asarray(chosen, dtype=np.int64),
-    )
-
-
-def _encode_chosen_queries(setup: Setup, loader: DataLoader, count: int | Sequence[int],
-                           saved: torch.Tensor) -> EncodedQueries:
-    """:func:`encode_queries` from saved embeddings: one trunk pass per chosen query only."""
-    items = list(loader.dataset.data)
-    chosen = choose_queries(len(items), count)
-    queries, inputs = [], []
-    for start in range(0, len(chosen), loader.batch_size or 1):
-        indices = chosen[start : start + (loader.batch_size or 1)]
-        images = torch.stack([loader.dataset[i]["img"] for i in indices]).to(setup.device)
-        encoded = encode(setup.model, images, setup.head_path)
-        for k, i in enumerate(indices):
-            path, pid, camid = items[i][:3]
-            queries.append(QueryInfo(i, path, int(pid), int(camid)))
-            inputs.append(encoded.feature_maps[k].clone() if setup.head_path else images[k])
-    index = torch.as_tensor(chosen, dtype=torch.long)
-    return EncodedQueries(
-        queries, saved[index].float(), inputs, saved.float(), np.asarray([it[1] for it in items]),
-        np.asarray([it[2] for it in items]), np.asarray(chosen, dtype=np.int64),
-    )
-
-
-@dataclass
-class GalleryRows:
-    """What the gallery pass keeps for the run's statistics (None where over the budget).
-
-    Attributes:
-        distances: ``(Q, G)`` float32 distances of every query, or None.
-        embeddings: ``(G, D)`` float32 gallery embeddings (only for the failure table of a
-            decomposable model), or None.
-    """
-
-    distances: np.ndarray | None = None
-    embeddings: torch.Tensor | None = None
-
-
-def rank_gallery(
-    setup: Setup,
-    loader: DataLoader,
-    encoded: EncodedQueries,
-    distances_of: Callable[[torch.Tensor, torch.Tensor], np.ndarray],
-    topk: int,
-    remove_same_camera: bool,
-    max_matrix_mb: float = 0.0,
-    saved: torch.Tensor | None = None,
-) -> tuple[MatchTracker, GalleryRows]:
-    """Streams the gallery once through the trunk, ranking it for the chosen queries and keeping
-    the needed maps; keeps every query's distances too when they fit ``max_matrix_mb``. With
-    ``saved`` (the gallery's embeddings, in dataset order) the ranking reads them instead, and the
-    trunk runs only on the images the explanations need."""
-    tracker = MatchTracker(
-        np.array([q.pid for q in encoded.queries]), np.array([q.camid for q in encoded.queries]), topk,
-        remove_same_camera,
-    )
-    num_q, num_g = len(encoded.all_embeddings), len(loader.dataset)
-    keep_embeddings = bool(setup.model.explainability.decomposable_stripes)
-    needed_mb = 4 * num_q * num_g / 2**20
-    if keep_embeddings:
-        needed_mb += 4 * num_g * encoded.all_embeddings.shape[1] / 2**20
-    keep_all = needed_mb <= max_matrix_mb
-    if not keep_all:
-        logger.warning(
-            "the run's statistics cover the %d explained queries only: all %d queries would need %.0f MB "
-            "(--max-matrix-mb %.0f)", len(encoded.queries), num_q, needed_mb, max_matrix_mb,
-        )
-    rows, gallery_embeddings = [], []
-    for batch in setup.bar(_gallery_batches(loader, saved), "gallery"):
-        if saved is None:
-            batch_encoded = encode(setup.model, batch["img"].to(setup.device), setup.head_path)
-        else:
-            batch_encoded = EncodedBatch(batch["embeddings"], None)
-        maps = batch_encoded.feature_maps
-        if keep_all:
-            block = distances_of(encoded.all_embeddings, batch_encoded.embeddings).astype(np.float32)
-            rows.append(block)
-            chosen_rows = block[encoded.chosen].astype(np.float64)
-            if keep_embeddings:
-                gallery_embeddings.append(batch_encoded.embeddings)
-        else:
-            chosen_rows = distances_of(encoded.embeddings, batch_encoded.embeddings)
-        tracker.update(
-            chosen_rows, np.asarray(batch["pid"]), np.asarray(batch["camid"]), list(batch["impath"]),
-            [m.clone() for m in maps] if maps is not None else None,  # a clone frees the batch
-        )
-    if saved is not None and setup.head_path:  # the maps of the images the explanations need
-        needed = tracker.needed()
-        for start in range(0, len(needed), loader.batch_size or 1):
-            indices = needed[start : start + (loader.batch_size or 1)]
-            images = torch.stack([loader.dataset[j]["img"] for j in indices]).to(setup.device)
-            for j, feature_map in zip(indices, encode(setup.model, images, True).feature_maps):
-                tracker.payload[j] = feature_map.clone()
-    kept = GalleryRows()
-    if keep_all:
-        kept.distances = np.concatenate(rows, axis=1) if rows else np.empty((num_q, 0), dtype=np.float32)
-        kept.embeddings = torch.cat(gallery_embeddings) if gallery_embeddings else None
-    return tracker, kept
-
-
-def _gallery_batches(loader: DataLoader, saved: torch.Tensor | None) -> Iterable[dict[str, Any]]:
-    """The gallery loader's batches, or batches of the saved embeddings with the dataset's labels."""
-    if saved is None:
-        yield from loader
-        return
-    items = list(loader.dataset.data)
-    size = loader.batch_size or 1
-    for start in range(0, len(items), size):
-        chunk = items[start : start + size]
-        yield {"embeddings": saved[start : start + size].float(), "pid": [it[1] for it in chunk],
-               "camid": [it[2] for it in chunk], "impath": [it[0] for it in chunk]}
-
-
-# -- explaining -----------------------------------------------------------------------------------
-
-
-class Explainer:
-    """Siamese and triplet maps of query-gallery tuples, head-only or on the full model.
-
-    Args:
-        setup: model and options.
-        encoded: the chosen queries.
-        tracker: the ranked gallery (holding the kept ``layer4`` maps on the head-only path).
-        gallery_set: the gallery dataset (network inputs for the full-model path).
-    """
-
-    def __init__(self, setup: Setup, encoded: EncodedQueries, tracker: MatchTracker, gallery_set: Any) -> None:
-        self.setup = setup
-        self.encoded = encoded
-        self.tracker = tracker
-        self.gallery_set = gallery_set
-
-    def _query_inputs(self, queries: Sequence[int]) -> torch.Tensor:
-        return torch.stack([self.encoded.inputs[qi] for qi in queries])
-
-    def _gallery_inputs(self, gallery: Sequence[int]) -> torch.Tensor:
-        if self.setup.head_path:
-            return torch.stack([self.tracker.payload[j] for j in gallery])
-        return torch.stack([self.gallery_set[j]["img"] for j in gallery]).to(self.setup.device)
-
-    def pairs(self, queries: Sequence[int], gallery: Sequence[int], same: Sequence[bool]) -> tuple[torch.Tensor, ...]:
-        """Raw Siamese maps ``(T, h, w)`` of the queries and of the gallery images."""
-        first, second = self._query_inputs(queries), self._gallery_inputs(gallery)
-        same_t = torch.tensor(list(same), dtype=torch.bool, device=self.setup.device)
-        model = self.setup.model
-        with torch.no_grad():
-            if self.setup.head_path:
-                return explain_pair_features(model.embed_features, first, second, same_t)
-            return explain_pair(model, self.setup.layer, first, second, same_t)
-
-    def decompositions(
-        self, queries: Sequence[int], gallery: Sequence[int]
-    ) -> tuple[Decomposition, Decomposition] | None:
-        """The exact splits of each pair's score (:mod:`reid.explain.decomposition`): of the
-        squared Euclidean embedding distance (its stripe terms are recorded) and of the dot
-        product (its cell maps and cell pairs are what the explorer shows); None when the model's
-        score does not split."""
-        model = self.setup.model
-        stripes = model.explainability.decomposable_stripes
-        if not stripes:
-            return None
-        first, second = self._query_inputs(queries), self._gallery_inputs(gallery)
-        with torch.no_grad():
-            if not self.setup.head_path:
-                first, second = model.forward_features(first), model.forward_features(second)
-            first, second = first.float(), second.float()
-            return decompose_pair(first, second, stripes, "euclidean"), decompose_pair(first, second, stripes, "dot")
-
-    def attributions(self, queries: Sequence[int], gallery: Sequence[int]) -> "PairAttributions":
-        """AVSL attribution of the pairs ``(query, gallery image)`` (full-model path)."""
-        return attribute_pairs(self.setup.model, self._query_inputs(queries), self._gallery_inputs(gallery))
-
-    def triplets(
-        self, queries: Sequence[int], closer: Sequence[int], farther: Sequence[int]
-    ) -> tuple[torch.Tensor, ...]:
-        """Raw triplet maps ``(T, h, w)`` of the queries, the closer and the farther images."""
-        anchors, a, b = self._query_inputs(queries), self._gallery_inputs(closer), self._gallery_inputs(farther)
-        model = self.setup.model
-        with torch.no_grad():
-            if self.setup.head_path:
-                return explain_triplet_features(model.embed_features, anchors, a, b)
-            return explain_triplet(model, self.setup.layer, anchors, a, b)
-
-
-# -- writing --------------------------------------------------------------------------------------
+# -- writing ---------------------------------------------------------------------------------------
 
 
 def person_energy(raw_map: torch.Tensor, image_path: str) -> tuple[float | None, float | None]:
@@ -525,11 +187,6 @@ def person_energy(raw_map: torch.Tensor, image_path: str) -> tuple[float | None,
     return (None if np.isnan(energy) else energy), float(person.mean())
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return float(np.mean(kept)) if kept else None
-
-
 class ImageCache:
     """RGB images read once per path."""
 
@@ -540,11 +197,6 @@ class ImageCache:
         if path not in self._images:
             self._images[path] = load_image(path)
         return self._images[path]
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), max(size, 1)):
-        yield items[start : start + size]
 
 
 @dataclass
@@ -581,7 +233,7 @@ def dump_pairs(explainer: Explainer, dump: Dump, same_mode: str) -> None:
     pairs = [(qi, rank, j) for qi in range(len(queries)) for rank, j in enumerate(tracker.ranked(qi), start=1)]
     bar = explainer.setup.bar(desc="pairs", total=len(pairs))
     dump.explainers = [SA_EXPLAINER]
-    for chunk in _chunks(pairs, explainer.setup.batch_size):
+    for chunk in chunks(pairs, explainer.setup.batch_size):
         correct = [bool(pids[j] == queries[qi].pid) for qi, _, j in chunk]
         same = correct if same_mode == "truth" else [True] * len(chunk)
         m_query, m_gallery = explainer.pairs([qi for qi, _, _ in chunk], [j for _, _, j in chunk], same)
@@ -641,7 +293,7 @@ def dump_triplets(explainer: Explainer, dump: Dump) -> None:
         for qi in range(len(queries))
         if tracker.ranked(qi) and (b := tracker.contrast(qi)) is not None
     ]
-    for chunk in explainer.setup.bar(list(_chunks(triples, explainer.setup.batch_size)), "triplets"):
+    for chunk in explainer.setup.bar(list(chunks(triples, explainer.setup.batch_size)), "triplets"):
         maps = explainer.triplets(*([row[k] for row in chunk] for k in range(3)))
         m_anchor, m_a, m_b = (normalize_maps(m).cpu().numpy() for m in maps)
         for t, (qi, a, b) in enumerate(chunk):
@@ -664,65 +316,8 @@ def dump_triplets(explainer: Explainer, dump: Dump) -> None:
             dump.extra_panels.setdefault(qi, []).append(Panel(os.path.join(dump.out_dir, panel), caption))
 
 
+
 # -- AVSL attribution -----------------------------------------------------------------------------
-
-
-@dataclass
-class PairAttributions:
-    """AVSL attribution of B pairs as CPU numpy arrays (see :meth:`reid.models.avsl.AVSL.attribute`).
-
-    Attributes:
-        levels: the names of the L levels, bottom-up.
-        distance: ``(B,)`` ``d_hat`` from the attribution pass.
-        nodes: L arrays ``(B, R)`` ``delta^l``.
-        weights: L arrays ``(B, R)`` ``lambda^l``; ``sum_l (weights * nodes).sum(1) == distance``.
-        reliabilities: L-1 arrays ``(B, R)`` ``p^l`` of levels ``2..L``.
-        rectified: L arrays ``(B, R)`` ``delta_hat^l`` (eq. 8; ``delta_hat^1 = delta^1``).
-        edge_weights: L-1 arrays ``(R, R)`` ``W~^l`` of levels ``2..L``.
-        cams1: L arrays ``(B, R, h_l, w_l)``: the first images' node CAMs, each min-max normalised.
-        cams2: L arrays of the second images' normalised node CAMs.
-    """
-
-    levels: list[str]
-    distance: np.ndarray
-    nodes: list[np.ndarray]
-    weights: list[np.ndarray]
-    reliabilities: list[np.ndarray]
-    rectified: list[np.ndarray]
-    edge_weights: list[np.ndarray]
-    cams1: list[np.ndarray]
-    cams2: list[np.ndarray]
-
-
-def _unit_cams(cams: torch.Tensor) -> np.ndarray:
-    """``(B, R, h, w)`` -> the same, each map min-max normalised to ``[0, 1]``, numpy float32."""
-    return normalize_maps(cams.flatten(0, 1).float()).reshape(cams.shape).cpu().numpy()
-
-
-@torch.no_grad()
-def attribute_pairs(model: nn.Module, first: torch.Tensor, second: torch.Tensor) -> PairAttributions:
-    """The model's exact attribution of the pairs (:meth:`reid.models.base.ReidModel.attribute`)
-    as CPU numpy arrays.
-
-    Reference: AVSL paper, section 3.3 (eq. 8) and section 3.4 (eq. 11); ``docs/method.md``
-    section 5.
-
-    Args:
-        model: a model with ``explainability.attribution``, in eval mode.
-        first: ``(B, 3, H, W)`` query images.
-        second: ``(B, 3, H, W)`` gallery images.
-    """
-    out = model.attribute(first, second)
-
-    def arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
-        return [t.detach().double().cpu().numpy() for t in tensors]
-
-    return PairAttributions(
-        levels=list(out["levels"]), distance=out["distance"].detach().double().cpu().numpy(), nodes=arrays(out["nodes"]),
-        weights=arrays(out["weights"]), reliabilities=arrays(out["reliabilities"]),
-        rectified=arrays(out["rectified"]), edge_weights=arrays(out["edge_weights"]),
-        cams1=[_unit_cams(c) for c in out["cams1"]], cams2=[_unit_cams(c) for c in out["cams2"]],
-    )
 
 
 def attribution_explainers(levels: Sequence[str]) -> list[ExplorerExplainer]:
@@ -747,7 +342,7 @@ def dump_attributions(explainer: Explainer, dump: Dump, top_nodes: int, feeders:
     pids, camids, dist = np.concatenate(tracker.pids), np.concatenate(tracker.camids), tracker.distances()
     pairs = [(qi, rank, j) for qi in range(len(queries)) for rank, j in enumerate(tracker.ranked(qi), start=1)]
     bar = explainer.setup.bar(desc="attributions", total=len(pairs))
-    for chunk in _chunks(pairs, explainer.setup.batch_size):
+    for chunk in chunks(pairs, explainer.setup.batch_size):
         att = explainer.attributions([qi for qi, _, _ in chunk], [j for _, _, j in chunk])
         dump.levels = att.levels
         for t, (qi, rank, j) in enumerate(chunk):
@@ -805,7 +400,7 @@ def level_shares(dump: Dump) -> dict[str, float | None]:
         total = record["attribution"]["distance"]
         for level in record["attribution"]["levels"]:
             shares.setdefault(level["level"], []).append(level["total"] / total if total > 0 else None)
-    return {name: _mean(values) for name, values in shares.items()}
+    return {name: mean_of(values) for name, values in shares.items()}
 
 
 def summarize_dump(dump: Dump) -> dict[str, Any]:
@@ -822,135 +417,13 @@ def summarize_dump(dump: Dump) -> dict[str, Any]:
         "num_pairs": len(dump.pairs),
         "num_triplets": len(dump.triplets),
         "rank1_correct": sum(r["correct"] for r in dump.pairs if r["rank"] == 1),
-        "mean_mask_fraction_correct": _mean(fractions(True)),
-        "mean_mask_fraction_wrong": _mean(fractions(False)),
-        "mean_mask_area": _mean(r.get(k) for r in dump.pairs for k in ("query_mask_area", "gallery_mask_area")),
+        "mean_mask_fraction_correct": mean_of(fractions(True)),
+        "mean_mask_fraction_wrong": mean_of(fractions(False)),
+        "mean_mask_area": mean_of(r.get(k) for r in dump.pairs for k in ("query_mask_area", "gallery_mask_area")),
         # wrong top-1 matches: how often each stripe (0 = top) was the impostor's closest
         **({"wrong_top1_closest_stripe": [closest.count(s) for s in range(len(wrong_top1[0]["stripe_terms"]))]}
            if wrong_top1 else {}),
     }
-
-
-# -- the run's statistics and failures ------------------------------------------------------------
-
-HISTOGRAM_BINS = 40
-# Query rows per block of the failure analysis (bounds its temporaries).
-_FAILURE_ROWS = 1024
-
-
-@dataclass
-class RunSummary:
-    """The run's ranking numbers over the queries it covers.
-
-    Attributes:
-        stats: what the explorer draws.
-        ap: ``(R,)`` average precision of each covered query (NaN without a true match).
-        first_match_rank: ``(R,)`` rank of each covered query's first true match (0: none).
-        num_queries: queries covered.
-    """
-
-    stats: RunStatistics
-    ap: np.ndarray
-    first_match_rank: np.ndarray
-    num_queries: int
-
-
-def run_summary(
-    distances: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray,
-    source: str, bins: int = HISTOGRAM_BINS,
-) -> RunSummary | None:
-    """CMC, mAP, mINP and per-query AP (:func:`reid.metrics.evaluate`, equal distances in gallery
-    order as the shown ranking), and histograms of the distances of true pairs (same identity,
-    other camera) and wrong pairs (other identity) over ``bins`` equal bins; None when no query
-    has a true match."""
-    if distances.shape[1] == 0:
-        return None
-    try:
-        result = evaluate(
-            distances, q_pids, g_pids, q_camids, g_camids, max_rank=min(50, distances.shape[1]), tie_break="stable"
-        )
-    except NoValidQueryError:
-        return None
-    same_pid = q_pids[:, None] == g_pids[None, :]
-    positive = same_pid & (q_camids[:, None] != g_camids[None, :])
-    finite = np.isfinite(distances)
-    values = distances[finite]
-    low, high = float(values.min()), float(values.max())
-    edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
-    pos_counts, _ = np.histogram(distances[positive & finite], bins=edges)
-    neg_counts, _ = np.histogram(distances[~same_pid & finite], bins=edges)
-    stats = RunStatistics(
-        source=source, cmc=[float(v) for v in result.cmc], mAP=float(result.mAP), mINP=float(result.mINP),
-        edges=[float(e) for e in edges], positive_counts=[int(c) for c in pos_counts],
-        negative_counts=[int(c) for c in neg_counts],
-    )
-    return RunSummary(stats, result.ap, result.first_match_rank, len(q_pids))
-
-
-def failure_analysis(
-    distances: np.ndarray, query_embeddings: torch.Tensor, gallery_embeddings: torch.Tensor, num_stripes: int,
-    q_pids: np.ndarray, q_camids: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray,
-) -> dict[str, Any]:
-    """Which stripe made the wrong top-1 matches close, over every query whose top-1 is wrong.
-
-    The top-1 match and the best true match follow the evaluation protocol (gallery images of the
-    query's identity and camera removed, equal distances in gallery order). For a decomposable
-    model the embedding is ``P`` unit stripe vectors, so the squared Euclidean embedding distance
-    splits exactly into stripe terms ``||n_qs - n_gs||^2`` (:mod:`reid.explain.decomposition`).
-
-    Returns:
-        ``num_wrong_top1``; per stripe (top first): ``closest`` (how often it was the impostor's
-        smallest term), ``most_favoured`` (how often it had the largest margin ``term(true) -
-        term(impostor)``, i.e. did most to put the impostor ahead of the best true match) and
-        ``mean_margin``.
-    """
-    q_emb = query_embeddings.double().reshape(len(q_pids), num_stripes, -1)
-    g_emb = gallery_embeddings.double().reshape(len(g_pids), num_stripes, -1)
-    closest, favoured = np.zeros(num_stripes, dtype=np.int64), np.zeros(num_stripes, dtype=np.int64)
-    margins = []
-    for start in range(0, len(q_pids), _FAILURE_ROWS):
-        rows = slice(start, start + _FAILURE_ROWS)
-        same_pid = q_pids[rows, None] == g_pids[None, :]
-        junk = same_pid & (q_camids[rows, None] == g_camids[None, :])
-        kept = np.where(junk, np.inf, distances[rows].astype(np.float64))
-        top1 = np.argmin(kept, axis=1)  # the first of equal minima: gallery order
-        true_rows = np.where(same_pid & ~junk, kept, np.inf)
-        best_true = np.argmin(true_rows, axis=1)
-        local = np.arange(kept.shape[0])
-        failed = ~same_pid[local, top1] & np.isfinite(true_rows[local, best_true]) & np.isfinite(kept[local, top1])
-        for q in np.flatnonzero(failed):
-            query = q_emb[start + q]
-            impostor = ((query - g_emb[top1[q]]) ** 2).sum(1).numpy()
-            truth = ((query - g_emb[best_true[q]]) ** 2).sum(1).numpy()
-            closest[int(np.argmin(impostor))] += 1
-            favoured[int(np.argmax(truth - impostor))] += 1
-            margins.append(truth - impostor)
-    mean_margin = np.mean(margins, axis=0) if margins else np.full(num_stripes, np.nan)
-    return {
-        "num_wrong_top1": len(margins),
-        "closest": closest.tolist(),
-        "most_favoured": favoured.tolist(),
-        "mean_margin": [None if np.isnan(v) else float(v) for v in mean_margin],
-    }
-
-
-def failure_table(failures: dict[str, Any], num_queries: int) -> FailureTable:
-    """The explorer's table of :func:`failure_analysis`."""
-    rows = [
-        (f"stripe {s + 1}", closest, favoured, "n/a" if margin is None else f"{margin:+.4f}")
-        for s, (closest, favoured, margin) in enumerate(
-            zip(failures["closest"], failures["most_favoured"], failures["mean_margin"])
-        )
-    ]
-    return FailureTable(
-        f"Wrong top-1 matches: which stripe made the impostor close ({failures['num_wrong_top1']} of "
-        f"{num_queries} queries)",
-        ("stripe (top first)", "impostor's closest stripe", "most in the impostor's favour",
-         "mean margin term(true) - term(impostor)"),
-        rows,
-        "Stripe terms of the squared embedding distance (exact: they sum to it). A positive margin means the "
-        "stripe is closer to the impostor than to the best true match.",
-    )
 
 
 # -- the whole dump -------------------------------------------------------------------------------
@@ -1005,7 +478,7 @@ def write_explanations(
         wanted = options.query_indices or options.num_queries
         encoded = encode_queries(setup, loaders["query"], wanted, None if saved is None else saved[0])
         tracker, kept = rank_gallery(
-            setup, loaders["gallery"], encoded, _as_numpy(distances_of), options.topk, not options.keep_same_camera,
+            setup, loaders["gallery"], encoded, numpy_distances(distances_of), options.topk, not options.keep_same_camera,
             options.max_matrix_mb, None if saved is None else saved[1],
         )
         explainer = Explainer(setup, encoded, tracker, loaders["gallery"].dataset)
@@ -1093,12 +566,3 @@ def write_explanations(
     })
     return summary
 
-
-def _as_numpy(
-    distances_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | np.ndarray]
-) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
-    def distances(query: torch.Tensor, gallery: torch.Tensor) -> np.ndarray:
-        result = distances_of(query, gallery)
-        return result.cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
-
-    return distances

@@ -75,6 +75,7 @@ from .baselines import (
     dot_product_maps_features,
     random_maps,
 )
+from .common import chunks, mean_of
 from .decomposition import decompose_pair
 from .postprocess import resize_maps
 from .sanity import cascade_blocks, randomized_copy
@@ -159,9 +160,6 @@ def check_synthetic_folder(name: str, dataset: Any) -> str:
             f"regions come from re-rendering it); {name!r} is not. Set DATA.TARGETS [synthetic]."
         )
     return folder
-
-
-# -- maps -------------------------------------------------------------------------------------------
 
 
 # -- maps -------------------------------------------------------------------------------------------
@@ -276,11 +274,6 @@ class Scores:
         self.values[name][key].extend(float(v) for v in values)
 
 
-def _nanmean(values: Sequence[float]) -> float | None:
-    kept = [v for v in values if not np.isnan(v)]
-    return float(np.mean(kept)) if kept else None
-
-
 def score_localisation(maps: BatchMaps, names: Sequence[str], triplets: Sequence[ControlledTriplet],
                        tolerance: int, generator: torch.Generator, scores: Scores) -> None:
     """Pointing game and energy inside of the anchor's and negative's maps against the region."""
@@ -346,7 +339,7 @@ def summarize_scores(scores: Scores, names: Sequence[str], seed: int = 0) -> dic
     table: dict[str, dict[str, Any]] = {}
     for name in names:
         values = scores.values[name]
-        row = {key: _nanmean(values.get(key, [])) for key in (*COLUMNS, "pointing_game_anchor", "pointing_game_negative")}
+        row = {key: mean_of(values.get(key, [])) for key in (*COLUMNS, "pointing_game_anchor", "pointing_game_negative")}
         for key in COLUMNS:
             kept = [v for v in values.get(key, []) if not np.isnan(v)]
             row[f"{key}_interval"] = list(bootstrap_interval(kept, seed=seed)) if kept else None
@@ -392,11 +385,6 @@ def format_tables(tables: dict[str | None, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterable[tuple[int, Sequence[Any]]]:
-    for start in range(0, len(items), size):
-        yield start, items[start : start + size]
-
-
 def load_inputs(transform: Callable[[Image.Image], torch.Tensor], triplets: Sequence[ControlledTriplet],
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network inputs of the anchors, positives and negatives (the test transform)."""
@@ -433,7 +421,7 @@ def sanity_check(model: nn.Module, names: Sequence[str], xa: torch.Tensor, xp: t
         randomised = randomized_copy(model, depth, seed=seed + depth).eval()
         maps = maps_of(randomised)
         for name in names:
-            curves[name].append(_nanmean(rank_correlation(trained[name], maps[name]).tolist()))
+            curves[name].append(mean_of(rank_correlation(trained[name], maps[name]).tolist()))
     return {"blocks": blocks, "correlation": curves}
 
 
@@ -494,8 +482,9 @@ def evaluate_explanations(
     )
     generator = torch.Generator().manual_seed(options.seed)
     scores = Scores()
-    batches = list(_chunks(triplets, options.batch_size))
-    for start, chunk in bar(batches, "explanation quality"):
+    batches = list(chunks(triplets, options.batch_size))
+    for index, chunk in enumerate(bar(batches, "explanation quality")):
+        start = index * options.batch_size
         xa, xp, xn = load_inputs(transform, chunk, device)
         maps = explain_batch(model, xa, xp, xn, options.top_nodes, layer)
         score_localisation(maps, names, chunk, options.tolerance, generator, scores)
@@ -530,7 +519,7 @@ def evaluate_explanations(
             "region_area": float(regions.double().mean()),
             "dilated_region_area": float(dilate_regions(regions, options.tolerance).double().mean()),
         },
-        "positive_pairs": {key: _nanmean(v) for key, v in scores.values["_pairs"].items()},
+        "positive_pairs": {key: mean_of(v) for key, v in scores.values["_pairs"].items()},
         "pointing_game_by_attribute": {
             name: {attr: float(np.mean(v)) for attr, v in sorted(scores.by_attribute[name].items())}
             for name in names

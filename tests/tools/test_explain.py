@@ -23,7 +23,8 @@ from tests.conftest import tiny_overrides
 from tests.vis.browser import canvas_pixels, open_page
 from tests.vis.test_report_browser import find_browser, images_in_browser
 from reid.cli import explain as explain_tool
-from reid.explain.dump import choose_queries, person_energy, spread_indices
+from reid.explain.dump import person_energy
+from reid.explain.ranking import choose_queries, spread_indices
 from reid.metrics.streaming import MatchTracker
 from reid.cli import train as train_tool
 
