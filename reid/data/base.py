@@ -1,8 +1,10 @@
-"""Shared pieces of our datasets: safe image reading and configurable dataset variants.
+"""Registering our datasets with torchreid, and configurable dataset variants.
 
-torchreid's ``read_image`` retries forever on an unreadable file; ours fails at once with the
-file's path. torchreid's ``ImageDataManager`` passes a fixed set of keyword arguments to a
-dataset, so options such as the synthetic set's size are bound with :func:`register_variant`.
+torchreid's ``ImageDataManager`` passes a fixed set of keyword arguments to a dataset, so options
+such as the synthetic set's size are bound with :func:`register_variant`, which also wraps the
+datasets that do not check their images (torchreid's built-ins, :mod:`reid.data.checked`). The
+safe image reading lives in :mod:`reid.data.images`; its names are importable from here too
+(every dataset module imports them with the registry helpers).
 """
 
 from __future__ import annotations
@@ -10,95 +12,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from PIL import Image
 from torchreid.reid.data import ImageDataset, register_image_dataset
 from torchreid.reid.data import datasets as _tr_datasets
 
-logger = logging.getLogger(__name__)
+from .checked import checked_factory
+from .images import ON_BAD_IMAGE_MODES, ImageReadError, SafeImageDataset, check_images, read_image
 
-# What to do with an image that cannot be read (DATA.ON_BAD_IMAGE).
-ON_BAD_IMAGE_MODES = ("error", "skip")
-
-
-class ImageReadError(OSError):
-    """An image file is missing, unreadable or truncated; the message names the file."""
-
-
-def read_image(path: str) -> Image.Image:
-    """Reads an RGB image, failing at once with the path (torchreid's reader loops forever).
-
-    Raises:
-        ImageReadError: the file is missing, not an image, or truncated.
-    """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except FileNotFoundError as exc:
-        raise ImageReadError(f"image file does not exist: {path}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
-
-
-def check_images(
-    items: list[tuple], on_bad_image: str = "error", split: str = "",
-    skipped: list[str] | None = None,
-) -> list[tuple]:
-    """Verifies every image of a split (a full decode); fails on the first bad one or drops bad ones.
-
-    Args:
-        items: ``(img_path, pid, camid, ...)`` tuples.
-        on_bad_image: ``error`` raises :class:`ImageReadError`; ``skip`` drops the item and logs
-            how many were dropped.
-        split: name used in the log message.
-        skipped: if given, the paths of the dropped images are appended to it.
-
-    Returns:
-        The items whose images could be read.
-    """
-    if on_bad_image not in ON_BAD_IMAGE_MODES:
-        raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE_MODES}, got {on_bad_image!r}")
-    kept, bad = [], []
-    for item in items:
-        try:
-            read_image(item[0])
-        except ImageReadError:
-            if on_bad_image == "error":
-                raise
-            bad.append(item[0])
-            continue
-        kept.append(item)
-    if bad:
-        logger.warning(
-            "skipped %d unreadable image(s) in %s, e.g. %s", len(bad), split or "split", bad[0]
-        )
-        if skipped is not None:
-            skipped.extend(bad)
-    return kept
-
-
-class SafeImageDataset(ImageDataset):
-    """torchreid ``ImageDataset`` whose items are read with :func:`read_image`.
-
-    Attributes:
-        checks_images: the class reads every image of the splits it serves when it is built and
-            takes ``on_bad_image`` (see :func:`check_images`); :func:`register_variant` wraps the
-            datasets that do not (torchreid's built-ins) so that they do.
-        skipped_images: paths dropped at construction with ``on_bad_image="skip"``.
-    """
-
-    checks_images: bool = False
-    skipped_images: Sequence[str] = ()
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        img_path, pid, camid, dsetid = self.data[index]
-        img = read_image(img_path)
-        if self.transform is not None:
-            img = self._transform_image(self.transform, self.k_tfm, img)
-        return {"img": img, "pid": pid, "camid": camid, "impath": img_path, "dsetid": dsetid}
+__all__ = [
+    "ON_BAD_IMAGE_MODES", "ImageReadError", "SafeImageDataset", "check_images", "checks_images", "read_image",
+    "register_once", "register_variant", "registered_image_datasets",
+]
 
 
 def registered_image_datasets() -> dict[str, Callable[..., ImageDataset]]:
@@ -136,8 +61,6 @@ def register_variant(name: str, options: dict[str, Any]) -> str:
         raise KeyError(f"unknown dataset '{name}'; registered datasets: {sorted(registry)}")
     factory = registry[name]
     if not checks_images(factory):
-        from .checked import checked_factory  # (imports this module)
-
         factory = checked_factory(factory)
     elif not options:
         return name

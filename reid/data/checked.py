@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from torchreid.reid.data.datasets.dataset import ImageDataset
 
-from .base import SafeImageDataset
+from .images import SafeImageDataset
 from .validation import (
     SPLITS,
     DatasetError,
@@ -67,7 +67,7 @@ class CheckedDataset(SafeImageDataset):
     Raises:
         DatasetError: the folder is missing (nothing is downloaded), torchreid rejected a file
             name or camera (an assertion of its parser), a verified split is entirely unreadable.
-        reid.data.base.ImageReadError: an unreadable image with ``on_bad_image="error"``.
+        reid.data.images.ImageReadError: an unreadable image with ``on_bad_image="error"``.
         RuntimeError: a file the wrapped dataset requires is missing (torchreid's message).
     """
 

@@ -2,7 +2,7 @@
 
 Every problem a user can fix names what is wrong: a missing folder (with the expected tree), a
 file name that does not parse (with the expected pattern), a camera id outside the dataset's
-range, an unreadable image (see :func:`reid.data.base.check_images`). Counts that differ from the
+range, an unreadable image (see :func:`reid.data.images.check_images`). Counts that differ from the
 published ones are only a warning, since subsets are a legitimate use.
 
 Split items are torchreid's ``(img_path, pid, camid)`` tuples (``camid`` 0-based); a fourth
@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from .base import check_images
+from .images import check_images
 
 logger = logging.getLogger(__name__)
 
@@ -194,13 +194,13 @@ def read_split_images(
     on_bad_image: str = "error",
     skipped: list[str] | None = None,
 ) -> list[tuple]:
-    """Reads every image of one split (see :func:`reid.data.base.check_images`).
+    """Reads every image of one split (see :func:`reid.data.images.check_images`).
 
     Returns:
         The items whose image could be read (all of them with ``on_bad_image="error"``).
 
     Raises:
-        reid.data.base.ImageReadError: an unreadable image when ``on_bad_image`` is ``error``.
+        reid.data.images.ImageReadError: an unreadable image when ``on_bad_image`` is ``error``.
         DatasetError: every image of the split was unreadable.
     """
     kept = check_images(
@@ -228,7 +228,7 @@ def check_split_images(
     Args:
         dataset_name: used in messages.
         splits: ``{"train": items, "query": items, "gallery": items}``, train labelled ``0..N-1``.
-        on_bad_image: ``error`` or ``skip`` (see :func:`reid.data.base.check_images`).
+        on_bad_image: ``error`` or ``skip`` (see :func:`reid.data.images.check_images`).
         verify: the splits whose images are read (the others are returned unchanged).
         skipped: if given, the paths of dropped images are appended to it.
 
@@ -237,7 +237,7 @@ def check_split_images(
         dropped from it (an identity may have lost its only image).
 
     Raises:
-        reid.data.base.ImageReadError: an unreadable image when ``on_bad_image`` is ``error``.
+        reid.data.images.ImageReadError: an unreadable image when ``on_bad_image`` is ``error``.
         DatasetError: every image of a verified split was unreadable.
     """
     verify = set(verify)
@@ -275,7 +275,7 @@ def prepare_splits(
             their original pids.
         num_cams: number of cameras; ``camid`` must be in ``[0, num_cams)``.
         published: published counts per split.
-        on_bad_image: ``error`` or ``skip`` (see :func:`reid.data.base.check_images`).
+        on_bad_image: ``error`` or ``skip`` (see :func:`reid.data.images.check_images`).
         verify: splits whose counts and images are checked.
         skipped: if given, the paths of dropped images are appended to it.
 
@@ -284,7 +284,7 @@ def prepare_splits(
 
     Raises:
         DatasetError: an empty split or a camera out of range.
-        reid.data.base.ImageReadError: an unreadable image when ``on_bad_image`` is ``error``.
+        reid.data.images.ImageReadError: an unreadable image when ``on_bad_image`` is ``error``.
     """
     verify = set(verify)
     checked = {}
@@ -330,8 +330,8 @@ def check_dataset(name: str, registered_name: str, root: str) -> DatasetCheck:
     """
     from torchreid.reid.data.datasets import init_image_dataset
 
-    import reid.data  # noqa: F401  (registers our datasets with torchreid)
-
+    # Our datasets are registered with torchreid: importing this module imported its package
+    # first, ``reid/data/__init__.py``, which registers them (no import of it here: a circle).
     splits, published, skipped = {}, {}, []
     for mode in SPLITS:
         dataset = init_image_dataset(registered_name, root=root, mode=mode, verbose=False)

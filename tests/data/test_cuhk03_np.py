@@ -9,7 +9,7 @@ import scipy.io
 from PIL import Image
 from torchreid.reid.data.datasets import init_image_dataset
 
-from reid.data.base import ImageReadError
+from reid.data.images import ImageReadError
 from reid.data.cuhk03_np import CUHK03NPDetected, CUHK03NPLabeled
 from reid.data.validation import DatasetError
 

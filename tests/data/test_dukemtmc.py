@@ -6,7 +6,8 @@ from PIL import Image
 from torchreid.reid.data import ImageDataManager
 from torchreid.reid.data.datasets import init_image_dataset
 
-from reid.data.base import ImageReadError, register_variant
+from reid.data.base import register_variant
+from reid.data.images import ImageReadError
 from reid.data.dukemtmc import DukeMTMCreID
 from reid.data.validation import DatasetError
 

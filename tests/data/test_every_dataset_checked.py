@@ -14,7 +14,8 @@ from torchreid.reid.data import ImageDataManager
 from torchreid.reid.data.datasets import init_image_dataset
 
 from reid.config import get_default_config, merge_from_list
-from reid.data.base import ImageReadError, register_variant
+from reid.data.base import register_variant
+from reid.data.images import ImageReadError
 from reid.data.synthetic import SyntheticReID
 from reid.data.validation import DatasetError
 from tests.conftest import TINY_SYNTHETIC

@@ -12,7 +12,7 @@ from torchreid.reid.data.datasets import init_image_dataset
 
 from reid.builders import check_dataset_names, dataset_names, dataset_options
 from reid.config import ConfigError, get_default_config, load_config, merge_from_list
-from reid.data.base import ImageReadError
+from reid.data.images import ImageReadError
 from reid.data.folder import FolderReID, read_list_file, resolve_folder
 from reid.data.validation import DatasetError
 

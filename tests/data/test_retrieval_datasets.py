@@ -14,7 +14,8 @@ from scipy.io import savemat
 from torchreid.reid.data import ImageDataManager
 from torchreid.reid.data.datasets import init_image_dataset
 
-from reid.data.base import ImageReadError, register_variant
+from reid.data.base import register_variant
+from reid.data.images import ImageReadError
 from reid.data.retrieval import (
     CAMID_LIMIT,
     CUB200,

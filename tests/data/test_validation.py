@@ -4,7 +4,7 @@ import re
 import pytest
 from PIL import Image
 
-from reid.data.base import ImageReadError
+from reid.data.images import ImageReadError
 from reid.data.validation import (
     DatasetError,
     NamePattern,

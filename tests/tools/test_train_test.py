@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid.data.base import ImageReadError
+from reid.data.images import ImageReadError
 from reid.engine.pcb import PCBEngine
 from tests.conftest import tiny_overrides
 from reid.cli import test as test_tool
