@@ -380,7 +380,8 @@ class DistanceRows:
         distances: Callable[[torch.Tensor, torch.Tensor], np.ndarray | torch.Tensor],
         block_mb: float = 128.0,
     ) -> "DistanceRows":
-        """The rows ``distances(query[start:stop], gallery)``, blocks of about ``block_mb`` MB.
+        """The rows ``distances(query[start:stop], gallery)``, blocks of about ``block_mb`` MB, in
+        float64 when either feature set is float64 (float32 otherwise).
 
         Args:
             query: ``(Q, D)`` features.
@@ -389,8 +390,12 @@ class DistanceRows:
             block_mb: size of one block of float32 rows.
         """
         num_q, num_g = int(query.shape[0]), int(gallery.shape[0])
-        block_rows = max(1, min(num_q, int(block_mb * 2**20 // (4 * max(num_g, 1)))))
-        return cls(lambda start, stop: distances(query[start:stop], gallery), (num_q, num_g), block_rows)
+        # the distances keep the features' precision: float64 features give float64 rows, ranked
+        # exactly as the dense float64 matrix is (casting them to float32 merged close distances)
+        wide = torch.float64 in (getattr(query, "dtype", None), getattr(gallery, "dtype", None))
+        dtype = np.float64 if wide else np.float32
+        block_rows = max(1, min(num_q, int(block_mb * 2**20 // (np.dtype(dtype).itemsize * max(num_g, 1)))))
+        return cls(lambda start, stop: distances(query[start:stop], gallery), (num_q, num_g), block_rows, dtype=dtype)
 
     def __init__(
         self,

@@ -130,3 +130,25 @@ def test_rows_are_checked() -> None:
         evaluate(bad, [0, 1, 2, 3], [0, 1, 2], [0, 0, 0, 0], [1, 1, 1])
     with pytest.raises(TypeError, match="row slices"):
         bad[[0, 1]]
+
+
+def test_float64_features_stream_as_the_dense_float64_matrix() -> None:
+    # two distances that differ in float64 but are equal in float32: casting the streamed rows to
+    # float32 turned a strict order into a tie, and the evaluation into another one
+    query = torch.tensor([[0.0]], dtype=torch.float64)
+    gallery = torch.tensor([[1.0], [1.0 + 1e-12], [3.0]], dtype=torch.float64)
+    assert np.float32(1.0) == np.float32(1.0 + 1e-12)  # the collision this guards against
+
+    def distances(q, g):
+        return torch.cdist(q, g)
+
+    rows = DistanceRows.from_features(query, gallery, distances)
+    assert rows.dtype == np.float64 and rows[0:1].dtype == np.float64
+    assert rows[0:1][0, 1] > rows[0:1][0, 0]  # the order survives
+    dense = distances(query, gallery).numpy()
+    args = (np.array([1]), np.array([2, 1, 3]), np.array([0]), np.array([1, 1, 1]))
+    assert_identical(evaluate(dense, *args, max_rank=3), evaluate(rows, *args, max_rank=3))
+    # the true match (gallery 1) ranks second, behind the closer non-match: AP 1/2
+    assert evaluate(rows, *args, max_rank=3).mAP == pytest.approx(0.5)
+    f32 = DistanceRows.from_features(query.float(), gallery.float(), distances)
+    assert f32.dtype == np.float32
