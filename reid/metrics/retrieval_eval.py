@@ -19,8 +19,10 @@ and device. ``R`` is the number of other images of the query's class.
   are NaN.
 * NMI: the normalized mutual information ``2 I(Y; C) / (H(Y) + H(C))`` (natural logarithms,
   arithmetic-mean normalisation) between the labels ``Y`` and a k-means clustering ``C`` of the
-  embeddings into as many clusters as there are classes. When ``H(Y) + H(C) = 0`` both
-  partitions are a single block, hence identical, and the NMI is 1.
+  embeddings into as many clusters as there are classes (k-means++ seeded, Lloyd iterations).
+  When ``H(Y) + H(C) = 0`` both partitions are a single block, hence identical, and the NMI
+  is 1. Both come from scikit-learn (``KMeans``, ``normalized_mutual_info_score``), as in the
+  metric-learning evaluations.
 
 Memory. The ``(N, N)`` distance matrix is read block of rows by block of rows (a
 :class:`~reid.metrics.rank.DistanceRows` computes each block from the features when it is
@@ -28,15 +30,14 @@ needed), so it never has to exist whole. In each block the self-distances are se
 the ``k + 1`` smallest entries of each row are taken in ``(distance, index)`` order
 (:func:`~reid.metrics.retrieval.smallest_k`, exact for ties at the k-th place) and the query
 itself is dropped, which leaves its ``k = max(max(K), max R)`` nearest others, in order, even
-where other distances are ``+inf`` too. The metrics only need these. k-means works on chunks of
-points, so its temporaries are bounded as well.
+where other distances are ``+inf`` too. The metrics only need these. k-means holds the
+``(N, D)`` embeddings in float64 (scikit-learn works on chunks of points inside).
 
-This module imports numpy and torch only.
+This module imports numpy and torch, and scikit-learn for the clustering.
 """
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 from typing import Sequence, Union
@@ -57,7 +58,7 @@ __all__ = [
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 
-# Cells per block of distance rows (dense matrices), and per k-means temporary.
+# Cells per block of distance rows (dense matrices).
 _BLOCK_ELEMENTS = 1 << 22
 
 
@@ -322,19 +323,17 @@ def _first_hit_ranks(
 
 
 # --------------------------------------------------------------------------------------------
-# Clustering quality: k-means and NMI
+# Clustering quality: k-means and NMI (scikit-learn)
 # --------------------------------------------------------------------------------------------
 
 
 def normalized_mutual_information(labels_a: ArrayLike, labels_b: ArrayLike) -> float:
-    """NMI of two partitions of the same items, ``2 I(A; B) / (H(A) + H(B))``.
+    """NMI of two partitions of the same items, ``2 I(A; B) / (H(A) + H(B))``: scikit-learn's
+    ``normalized_mutual_info_score`` (natural logarithms, arithmetic-mean normalisation, its
+    default), after checking the inputs, clipped to ``[0, 1]`` against rounding.
 
-    Natural logarithms; the arithmetic-mean normalisation (scikit-learn's default). Both sums
-    are correctly rounded (``math.fsum``), so the value does not depend on the order or names
-    of the blocks: identical partitions, up to renaming, give exactly 1, and a contingency
-    table with ``n * n_ab == n_a * n_b`` in every cell gives exactly 0. Where
-    ``H(A) + H(B) = 0`` both are a single block, identical, and the NMI is 1. The result is
-    clipped to ``[0, 1]`` against rounding.
+    It does not depend on the names of the blocks (identical partitions, up to renaming, give 1).
+    Where ``H(A) + H(B) = 0`` both are a single block, identical, and the NMI is 1.
 
     Args:
         labels_a: ``(n,)`` labels of any comparable dtype.
@@ -346,87 +345,58 @@ def normalized_mutual_information(labels_a: ArrayLike, labels_b: ArrayLike) -> f
     Raises:
         ValueError: not 1-D, different lengths or no item.
     """
+    from sklearn.metrics import normalized_mutual_info_score
+
     a = _to_numpy(labels_a)
     b = _to_numpy(labels_b)
     if a.ndim != 1 or b.ndim != 1 or a.shape[0] != b.shape[0]:
         raise ValueError(
             f"labels must be two 1-D arrays of one length, got shapes {a.shape} and {b.shape}"
         )
-    n = int(a.shape[0])
-    if n == 0:
+    if a.shape[0] == 0:
         raise ValueError("NMI needs at least one item")
+    # scikit-learn compares labels as given; encode them so that any comparable dtype works
     _, ca = np.unique(a, return_inverse=True)
     _, cb = np.unique(b, return_inverse=True)
-    ca, cb = ca.reshape(-1).astype(np.int64), cb.reshape(-1).astype(np.int64)
-    count_a = np.bincount(ca)
-    count_b = np.bincount(cb)
-    num_b = count_b.shape[0]
-    joint = np.bincount(ca * num_b + cb, minlength=count_a.shape[0] * num_b)
-    cells = np.flatnonzero(joint)
-    n_ab = joint[cells]
-    n_a = count_a[cells // num_b]
-    n_b = count_b[cells % num_b]
-    # The ratios n * n_ab / (n_a * n_b) are formed from exact integers, one rounding each.
-    info = math.fsum(
-        (int(x) / n) * math.log((n * int(x)) / (int(y) * int(z))) for x, y, z in zip(n_ab, n_a, n_b)
-    )
-    h_a = _entropy(count_a, n)
-    h_b = _entropy(count_b, n)
-    if h_a + h_b == 0.0:
-        return 1.0
-    return min(1.0, max(0.0, 2.0 * info / (h_a + h_b)))
-
-
-def _entropy(counts: np.ndarray, n: int) -> float:
-    """``-sum p log p`` of the block sizes ``counts`` out of ``n`` (written ``p log(n / c)``)."""
-    return math.fsum((int(c) / n) * math.log(n / int(c)) for c in counts if c > 0)
+    score = normalized_mutual_info_score(ca.reshape(-1), cb.reshape(-1), average_method="arithmetic")
+    return min(1.0, max(0.0, float(score)))
 
 
 def kmeans(
-    features: torch.Tensor,
+    features: ArrayLike,
     num_clusters: int,
     seed: int = 0,
     max_iter: int = 100,
-    chunk_size: int | None = None,
 ) -> np.ndarray:
-    """k-means (Lloyd) with k-means++ seeding; the cluster index of every point.
+    """k-means with k-means++ seeding (scikit-learn's ``KMeans``: one initialisation seeded with
+    ``seed``, Lloyd iterations until the assignments stop changing, at most ``max_iter``); the
+    cluster index of every point.
 
-    Deterministic for a seed: the seeding draws from a ``torch.Generator`` seeded with
-    ``seed``, and nothing else is random. The arithmetic is float64 on the features' device.
-
-    * Seeding (k-means++): a first centre drawn uniformly; each next one drawn with probability
-      proportional to the squared distance to the nearest centre so far. Where every point lies
-      on a centre already, the lowest-index point not yet chosen is taken.
-    * Lloyd iterations until the assignments stop changing, at most ``max_iter`` assignments.
-      A point goes to its nearest centre, ties to the lowest cluster index. The distances are
-      ``||x||^2 + ||c||^2 - 2 x.c`` (a matrix product); a point whose best two distances are
-      closer than a rounding margin is decided again with ``sum((x - c)^2)``, so the result is
-      the argmin of the exact formula whatever the chunking.
-    * A cluster left empty is re-seeded with the point farthest from its own centre (ties:
-      lowest index), the next empty one with the next farthest point, and so on.
-
-    Points are processed ``chunk_size`` at a time, so the temporaries are ``chunk_size x
-    num_clusters`` distances (plus ``chunk_size x D`` float64 features); the chunking does not
-    change the result.
+    Deterministic for a seed. The features are clustered in float64 on the CPU. Fewer distinct
+    points than clusters is not an error (some clusters then repeat a point).
 
     Args:
         features: ``(N, D)`` features (tensor or numpy array), finite.
         num_clusters: ``C`` in ``[1, N]``.
         seed: seed of the k-means++ draws.
-        max_iter: maximum number of assignment steps, ``>= 1``.
-        chunk_size: points per chunk; ``None``: about 4M cells per temporary.
+        max_iter: maximum number of Lloyd iterations, ``>= 1``.
 
     Returns:
         ``(N,)`` int64 cluster indices in ``[0, C)``.
 
     Raises:
-        ValueError: features not 2-D, empty or not finite, ``num_clusters`` outside ``[1, N]``,
-            ``max_iter < 1`` or ``chunk_size < 1``.
+        ValueError: features not 2-D, empty or not finite, ``num_clusters`` outside ``[1, N]`` or
+            ``max_iter < 1``.
     """
-    x = torch.as_tensor(features).detach()
-    if x.dim() != 2:
+    import warnings
+
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    x = features.detach().double().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    if x.ndim != 2:
         raise ValueError(f"features must be 2-D (N, D), got shape {tuple(x.shape)}")
-    num, dim = int(x.shape[0]), int(x.shape[1])
+    num = int(x.shape[0])
     if num < 1:
         raise ValueError("k-means needs at least one point")
     if isinstance(num_clusters, bool) or not 1 <= num_clusters <= num:
@@ -435,29 +405,20 @@ def kmeans(
         )
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    if chunk_size is None:
-        chunk_size = max(1, _BLOCK_ELEMENTS // max(num_clusters, dim, 1))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if not x.dtype.is_floating_point:
-        x = x.to(torch.float64)
-    if not bool(torch.isfinite(x).all()):
+    x = x.astype(np.float64)
+    if not np.isfinite(x).all():
         raise ValueError("features must be finite")
-    spans = [(s, min(s + chunk_size, num)) for s in range(0, num, chunk_size)]
-
-    centres = _kmeans_pp(x, num_clusters, seed, spans)
-    assign = None
-    for _ in range(max_iter):
-        new_assign = _assign(x, centres, spans)
-        if assign is not None and torch.equal(new_assign, assign):
-            break
-        assign = new_assign
-        centres = _update_centres(x, assign, centres, spans)
-    assert assign is not None
-    return assign.cpu().numpy().astype(np.int64)
+    model = KMeans(
+        n_clusters=num_clusters, init="k-means++", n_init=1, max_iter=max_iter, tol=0.0,
+        random_state=seed, algorithm="lloyd",
+    )
+    with warnings.catch_warnings():  # duplicate points: fewer distinct clusters, documented above
+        warnings.filterwarnings("ignore", message="Number of distinct clusters", category=ConvergenceWarning)
+        clusters = model.fit_predict(x)
+    return clusters.astype(np.int64)
 
 
-def nmi(features: torch.Tensor, labels: ArrayLike, seed: int = 0) -> float:
+def nmi(features: ArrayLike, labels: ArrayLike, seed: int = 0) -> float:
     """NMI between the labels and a k-means clustering into as many clusters as classes.
 
     Args:
@@ -471,8 +432,8 @@ def nmi(features: torch.Tensor, labels: ArrayLike, seed: int = 0) -> float:
     Raises:
         ValueError: features and labels of different lengths, and as :func:`kmeans`.
     """
-    x = torch.as_tensor(features)
-    if x.dim() != 2:
+    x = features if isinstance(features, torch.Tensor) else np.asarray(features)
+    if x.ndim != 2:
         raise ValueError(f"features must be 2-D (N, D), got shape {tuple(x.shape)}")
     lab = _to_numpy(labels)
     if lab.ndim != 1 or lab.shape[0] != x.shape[0]:
@@ -481,94 +442,3 @@ def nmi(features: torch.Tensor, labels: ArrayLike, seed: int = 0) -> float:
         )
     clusters = kmeans(x, int(np.unique(lab).shape[0]), seed=seed)
     return normalized_mutual_information(lab, clusters)
-
-
-def _chunk64(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Points ``start:stop`` in float64."""
-    return x[start:stop].to(torch.float64)
-
-
-def _sq_dist_to(
-    x: torch.Tensor, centre: torch.Tensor, spans: list[tuple[int, int]]
-) -> torch.Tensor:
-    """``(N,)`` float64 ``sum((x_i - centre)^2)``, computed elementwise chunk by chunk."""
-    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-    for start, stop in spans:
-        out[start:stop] = (_chunk64(x, start, stop) - centre).pow(2).sum(1)
-    return out
-
-
-def _kmeans_pp(
-    x: torch.Tensor, num_clusters: int, seed: int, spans: list[tuple[int, int]]
-) -> torch.Tensor:
-    """``(C, D)`` float64 k-means++ centres."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(seed)
-    num = x.shape[0]
-    first = int(torch.randint(num, (1,), generator=gen))
-    chosen = [first]
-    is_chosen = torch.zeros(num, dtype=torch.bool, device=x.device)
-    is_chosen[first] = True
-    closest = _sq_dist_to(x, x[first].to(torch.float64), spans)
-    for _ in range(1, num_clusters):
-        cum = closest.cumsum(0)
-        total = float(cum[-1])
-        if total > 0.0:
-            u = float(torch.rand(1, generator=gen, dtype=torch.float64)) * total
-            target = torch.tensor([u], dtype=torch.float64, device=x.device)
-            idx = int(torch.searchsorted(cum, target, right=True))
-            if idx >= num:  # u rounded up to the total: the last point with a positive weight
-                idx = int(torch.nonzero(closest > 0).max())
-        else:  # every point lies on a centre
-            idx = int(torch.nonzero(~is_chosen)[0])
-        chosen.append(idx)
-        is_chosen[idx] = True
-        closest = torch.minimum(closest, _sq_dist_to(x, x[idx].to(torch.float64), spans))
-    return x[torch.tensor(chosen, device=x.device)].to(torch.float64)
-
-
-def _assign(x: torch.Tensor, centres: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
-    """``(N,)`` index of the nearest centre (lowest index on ties) of every point."""
-    num_clusters, dim = centres.shape
-    sq_c = centres.pow(2).sum(1)
-    max_sq_c = float(sq_c.max())
-    out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
-    exact_rows = max(1, _BLOCK_ELEMENTS // max(num_clusters * dim, 1))
-    for start, stop in spans:
-        xb = _chunk64(x, start, stop)
-        sq_x = xb.pow(2).sum(1)
-        d = (sq_x[:, None] + sq_c[None, :]) - 2.0 * (xb @ centres.t())
-        best = d.argmin(1)
-        if num_clusters > 1:
-            two = d.topk(2, dim=1, largest=False).values
-            # The product form errs by about dim * eps * (|x|^2 + |c|^2); far below this margin.
-            margin = 1e-9 * (sq_x + max_sq_c) + 1e-300
-            unsure = torch.nonzero((two[:, 1] - two[:, 0]) <= margin).flatten()
-            for s in range(0, unsure.numel(), exact_rows):
-                rows = unsure[s : s + exact_rows]
-                exact = (xb[rows][:, None, :] - centres[None, :, :]).pow(2).sum(2)
-                best[rows] = exact.argmin(1)
-        out[start:stop] = best
-    return out
-
-
-def _update_centres(
-    x: torch.Tensor, assign: torch.Tensor, centres: torch.Tensor, spans: list[tuple[int, int]]
-) -> torch.Tensor:
-    """Means of the clusters; an empty one re-seeded with the point farthest from its centre."""
-    num_clusters, dim = centres.shape
-    sums = torch.zeros(num_clusters, dim, dtype=torch.float64, device=x.device)
-    for start, stop in spans:
-        sums.index_add_(0, assign[start:stop], _chunk64(x, start, stop))
-    counts = torch.bincount(assign, minlength=num_clusters)
-    new = sums / counts.clamp_min(1)[:, None].to(torch.float64)
-    empty = torch.nonzero(counts == 0).flatten()
-    if empty.numel():
-        far = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-        for start, stop in spans:
-            diff = _chunk64(x, start, stop) - centres[assign[start:stop]]
-            far[start:stop] = diff.pow(2).sum(1)
-        # Farthest first, ties by point index: a stable sort of the negated distances.
-        order = torch.sort(-far, stable=True).indices[: empty.numel()]
-        new[empty] = x[order].to(torch.float64)
-    return new

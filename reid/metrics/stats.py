@@ -6,7 +6,8 @@ another rests on several seeds, paired by seed. These helpers state what such a 
 * :func:`summarize`: mean, sample standard deviation, min and max of one arm's values.
 * :func:`t_interval`: the Student-t interval of a mean (the paired differences of a study).
 * :func:`bootstrap_interval`: the percentile bootstrap interval of a mean, over one level of
-  values or over two (groups, e.g. seeds, then the items inside each group, e.g. triplets).
+  values (SciPy's ``scipy.stats.bootstrap``) or over two (groups, e.g. seeds, then the items
+  inside each group, e.g. triplets).
 * :func:`paired_comparison`: arm ``a`` minus arm ``b`` over the seeds both have, with both
   intervals, the wins and losses, and a verdict that says "no difference shown" whenever the
   interval holds 0.
@@ -73,26 +74,40 @@ def bootstrap_interval(
             variation, e.g. the triplets scored on one seed's model.
         confidence: the interval's coverage.
         resamples: bootstrap draws.
-        seed: seeds the draws, so the same input gives the same interval.
+        seed: seeds the draws (``numpy.random.default_rng(seed)``), so the same input gives the
+            same interval.
+
+    A flat sequence is SciPy's ``scipy.stats.bootstrap`` (``method="percentile"``, ``resamples``
+    resamples drawn at once from the seeded generator; a single value gives the interval
+    ``(value, value)``, which SciPy refuses to compute). SciPy resamples independent observations
+    only, so the two-level bootstrap of groups is written here: each resample draws the groups with
+    replacement, then the items of each drawn group; the interval is the 2.5% and 97.5% (for 95%)
+    percentiles of the resampled means, linearly interpolated as in SciPy.
     """
     rng = np.random.default_rng(seed)
-    tail = (1 - confidence) / 2 * 100
     nested = len(values) > 0 and isinstance(values[0], (list, tuple, np.ndarray))
     if not nested:
+        from scipy import stats
+
         array = _values(values, "bootstrap_interval")
-        draws = rng.integers(0, array.size, size=(resamples, array.size))
-        means = array[draws].mean(axis=1)
-    else:
-        groups = [_values(group, f"bootstrap_interval group {i}") for i, group in enumerate(values)]
-        means = np.empty(resamples)
-        chosen = rng.integers(0, len(groups), size=(resamples, len(groups)))
-        for r in range(resamples):
-            total, count = 0.0, 0
-            for g in chosen[r]:
-                group = groups[g]
-                total += group[rng.integers(0, group.size, size=group.size)].sum()
-                count += group.size
-            means[r] = total / count
+        if array.size == 1:  # every resample is the value itself
+            return float(array[0]), float(array[0])
+        result = stats.bootstrap(
+            (array,), np.mean, n_resamples=resamples, confidence_level=confidence, method="percentile",
+            vectorized=True, rng=rng,
+        )
+        return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    groups = [_values(group, f"bootstrap_interval group {i}") for i, group in enumerate(values)]
+    means = np.empty(resamples)
+    chosen = rng.integers(0, len(groups), size=(resamples, len(groups)))
+    for r in range(resamples):
+        total, count = 0.0, 0
+        for g in chosen[r]:
+            group = groups[g]
+            total += group[rng.integers(0, group.size, size=group.size)].sum()
+            count += group.size
+        means[r] = total / count
+    tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
 

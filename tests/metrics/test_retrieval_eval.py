@@ -267,14 +267,25 @@ def test_kmeans_recovers_separated_blobs() -> None:
         assert nmi(x, labels, seed=seed) == 1.0
 
 
-def test_kmeans_deterministic_and_chunking_invariant() -> None:
+def test_kmeans_deterministic_for_a_seed_whatever_the_input_type() -> None:
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(150, 5, generator=gen)  # no cluster structure: many iterations
     ref = kmeans(x, 9, seed=3)
     assert np.array_equal(kmeans(x, 9, seed=3), ref)
     assert len(np.unique(ref)) == 9
-    for chunk in (1, 7, 64, 150):
-        assert np.array_equal(kmeans(x, 9, seed=3, chunk_size=chunk), ref), chunk
+    assert np.array_equal(kmeans(x.numpy(), 9, seed=3), ref)  # a numpy array: the same clustering
+    assert np.array_equal(kmeans(x.double(), 9, seed=3), ref)  # float64 either way
+
+
+def test_kmeans_is_a_fixed_point_of_lloyd() -> None:
+    """Run to convergence, every point is nearest its own cluster's mean (the definition of a
+    Lloyd fixed point), checked by brute force."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(120, 4, generator=gen).double()
+    clusters = kmeans(x, 5, seed=0, max_iter=300)
+    means = torch.stack([x[torch.from_numpy(clusters == c)].mean(0) for c in range(5)])
+    nearest = ((x[:, None, :] - means[None]) ** 2).sum(2).argmin(1).numpy()
+    assert np.array_equal(nearest, clusters)
 
 
 def test_kmeans_duplicate_points_and_edge_sizes() -> None:
@@ -328,8 +339,6 @@ def test_bad_inputs_raise() -> None:
         kmeans(torch.randn(5), 2)
     with pytest.raises(ValueError, match="max_iter"):
         kmeans(x, 2, max_iter=0)
-    with pytest.raises(ValueError, match="chunk_size"):
-        kmeans(x, 2, chunk_size=0)
     with pytest.raises(ValueError, match="finite"):
         kmeans(torch.tensor([[0.0], [math.inf]]), 1)
     with pytest.raises(ValueError, match="like the features"):
