@@ -282,16 +282,19 @@ def ranking_metrics(
     gallery: ExtractedFeatures,
     ranks: Iterable[int] = (1, 5, 10, 20),
     use_metric_cuhk03: bool = False,
+    tie_break: str = "numpy",
 ) -> dict[str, float]:
     """rank-k, mAP and mINP (fractions in [0, 1]) of a distance matrix, and the CMC curve.
 
     The CMC goes up to rank 50 (or the largest requested rank, or the gallery size if smaller).
     A requested rank beyond the CMC (a gallery smaller than the rank) is not reported: a warning
-    names it.
+    names it. ``tie_break``: the order of equal distances (:func:`reid.metrics.evaluate`):
+    ``numpy`` (torchreid's, re-id targets) or ``stable`` (gallery index order, retrieval targets,
+    whose rank-k is then exactly their Recall@k).
     """
     result = evaluate(
         distmat, query.pids, gallery.pids, query.camids, gallery.camids,
-        max_rank=max(max(ranks), 50), use_metric_cuhk03=use_metric_cuhk03,
+        max_rank=max(max(ranks), 50), use_metric_cuhk03=use_metric_cuhk03, tie_break=tie_break,
     )
     out = RankMetrics()
     out.cmc = np.asarray(result.cmc, dtype=np.float64)
@@ -339,7 +342,10 @@ def rank_features(
         ranked = re_ranking(raw, q_q, g_g)
     else:
         raw = ranked = _distances_within_budget(query.features, gallery.features, options, distances)
-    metrics = ranking_metrics(ranked, query, gallery, options.ranks, options.use_metric_cuhk03)
+    # one tie rule per target: a retrieval target orders equal distances by gallery index, as its
+    # Recall@K does (reid.metrics.retrieval_eval), so that its rank-k is its Recall@k exactly
+    metrics = ranking_metrics(ranked, query, gallery, options.ranks, options.use_metric_cuhk03,
+                              tie_break="stable" if retrieval else "numpy")
     if retrieval:
         metrics.update(retrieval_scores(raw, query, options))
     return metrics

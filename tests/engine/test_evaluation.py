@@ -3,6 +3,7 @@
 import logging
 
 import numpy as np
+import pytest
 import torch
 
 from reid.engine.evaluation import ExtractedFeatures, ranking_metrics
@@ -25,3 +26,27 @@ def test_ranks_beyond_the_gallery_are_named_in_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="reid.engine.evaluation"):
         ranking_metrics(distmat, query, gallery, ranks=(1, 5))
     assert not [r for r in caplog.records if r.name == "reid.engine.evaluation"]
+
+
+def test_a_retrieval_targets_rank_k_is_its_recall_at_k_when_distances_tie():
+    from reid.engine.evaluation import EvalOptions, rank_features
+
+    rng = np.random.default_rng(0)
+    num, checked = 40, 0
+    for trial in range(20):
+        pids = rng.permutation(np.repeat(np.arange(8), 5))  # every class has other images (R >= 1)
+        # integer coordinates: many equal distances, true matches tied with other classes
+        feats = torch.from_numpy(rng.integers(0, 3, (num, 2)).astype(np.float32))
+        test = ExtractedFeatures(feats, pids, np.arange(num))  # a retrieval set: camid = own index
+
+        def distances(a, b):
+            return torch.cdist(a, b) ** 2
+
+        options = EvalOptions(ranks=(1, 2, 4, 8), recall_ks=(1, 2, 4, 8))
+        metrics = rank_features(test, test, options, distances, retrieval=True)
+        for k in (1, 2, 4, 8):
+            # the same count of queries (CMC sums in float32 as torchreid, Recall@K in float64);
+            # another tie order would differ by a query at least, 1/40
+            assert metrics[f"rank{k}"] == pytest.approx(metrics[f"recall@{k}"], abs=1e-6), (trial, k)
+        checked += 1
+    assert checked == 20
