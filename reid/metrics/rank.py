@@ -406,6 +406,7 @@ class DistanceRows:
     ) -> None:
         if block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        return_freed_blocks()
         self.rows_of = rows_of
         self.shape = (int(shape[0]), int(shape[1]))
         self.block_rows = int(block_rows)
@@ -425,6 +426,34 @@ class DistanceRows:
                 )
             self._cached = (start, stop, np.asarray(rows, dtype=self.dtype))
         return self._cached[2]
+
+
+_FREED_BLOCKS_RETURNED = False
+#: glibc's ``mallopt`` parameter of the mmap threshold, and the fixed threshold set (1 MB).
+_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES = -3, 1 << 20
+
+
+def return_freed_blocks() -> bool:
+    """Makes glibc serve blocks of 1 MB and more with ``mmap``, so that every block of rows a
+    streaming evaluation frees goes back to the system at once (the process sets it itself, as
+    ``MALLOC_MMAP_THRESHOLD_=1048576`` in the environment would). glibc's default threshold rises
+    with the blocks freed, up to 32 MB, after which freed row blocks stay in the heap and the
+    resident size creeps up block after block. Once per process; where the C library is not glibc
+    (or does not answer), nothing changes. Returns whether the threshold is set."""
+    global _FREED_BLOCKS_RETURNED
+    if _FREED_BLOCKS_RETURNED:
+        return True
+    try:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            _FREED_BLOCKS_RETURNED = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+    except OSError:  # pragma: no cover - no C library to load
+        pass
+    return _FREED_BLOCKS_RETURNED
 
 
 def _rows_numpy(dist: np.ndarray | torch.Tensor | DistanceRows, start: int, stop: int) -> np.ndarray:
