@@ -45,7 +45,7 @@ from _timing import round_robin, step_benchmark_device
 
 from reid.builders import MODEL_RECIPES, build_optimizer, build_scheduler
 from reid.config import load_config
-from reid.engine.amp import deterministic_algorithms
+from reid.engine.determinism import deterministic_algorithms
 from reid.engine.pcb import PCBEngine
 from reid.models import create_model
 from reid.models.trunks import feature_map_size

@@ -221,7 +221,7 @@ def train_torchreid(config: str, output_dir: str, seed: int, opts: list[str], pr
 
     from reid.builders import build_datamanager, resolve_device, seed_everything
     from reid.config import load_config
-    from reid.engine.amp import deterministic_algorithms
+    from reid.engine.determinism import deterministic_algorithms
     from reid.engine.evaluation import EvalOptions, evaluate_targets, rank_features
     from reid.metrics.distance import compute_distance_matrix
 

@@ -15,13 +15,18 @@ included. The rules:
     (engine < config < builders < cli); ``reid.io`` imports nothing from ``reid``; the package root
     ``reid/__init__.py`` imports nothing from ``reid``; nothing in ``reid`` imports the scripts
     ``tools`` or ``benchmarks``; every module of ``reid`` belongs to a layer the document names;
-(c) nothing in ``reid/`` touches ``sys.path`` (or ``site.addsitedir``).
+(c) nothing in ``reid/`` touches ``sys.path`` (or ``site.addsitedir``);
+(d) no import circle among the modules of ``reid`` (inside a package or across packages); imports
+    inside functions and under ``if TYPE_CHECKING:`` count, the implicit import of a parent
+    package does not (:func:`import_graph`). The checker is tested on fixture packages with and
+    without circles written to ``tmp_path``.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,12 +130,16 @@ def _sys_aliases(tree: ast.AST) -> set[str]:
     return names
 
 
-def find_imports(source: str, module: str, is_package: bool, path: str) -> list[Import]:
+def find_imports(
+    source: str, module: str, is_package: bool, path: str, modules: Collection[str] | None = None
+) -> list[Import]:
     """Every import in ``source`` (the module ``module``), resolved to absolute names.
 
     ``from X import a, b`` yields ``X.a`` and ``X.b`` when ``X`` is the package ``reid`` itself or
     a relative package (``from . import a``, ``from .. import config``), since ``a`` is then a
-    module; otherwise it yields ``X``.
+    module; otherwise it yields ``X``. Given ``modules`` (the names of every module there is),
+    ``from X import a`` yields ``X.a`` exactly when that is a module (``from reid.data import
+    render``: ``reid.data.render``), else ``X``.
 
     Raises:
         ValueError: a relative import that goes above the top-level package.
@@ -151,7 +160,12 @@ def find_imports(source: str, module: str, is_package: bool, path: str) -> list[
                 name = f"{base}.{node.module}" if node.module else base
             else:
                 name = node.module or ""
-            if not node.module or name == "reid":
+            if modules is not None:
+                targets = [
+                    f"{name}.{alias.name}" if f"{name}.{alias.name}" in modules else name
+                    for alias in node.names
+                ]
+            elif not node.module or name == "reid":
                 targets = [f"{name}.{alias.name}" for alias in node.names if alias.name != "*"] or [name]
             else:
                 targets = [name]
@@ -191,8 +205,8 @@ def find_sys_path_uses(source: str, path: str) -> list[str]:
     return [text for _, text in sorted(hits)]
 
 
-def package_modules() -> list[Path]:
-    return sorted(PACKAGE.rglob("*.py"))
+def package_modules(package: Path = PACKAGE) -> list[Path]:
+    return sorted(package.rglob("*.py"))
 
 
 def all_imports() -> list[tuple[str, Import]]:
@@ -204,6 +218,84 @@ def all_imports() -> list[tuple[str, Import]]:
         for imp in find_imports(path.read_text(encoding="utf-8"), module, path.name == "__init__.py", rel):
             result.append((module, imp))
     return result
+
+
+def import_graph(package: Path = PACKAGE, root: Path = ROOT) -> dict[str, list[Import]]:
+    """Module of ``package`` -> its imports of other modules of ``package`` (every import
+    statement, wherever it stands, ``if TYPE_CHECKING:`` included; a module importing itself
+    is left out). ``from X import a`` counts as importing ``X.a`` where that is a module.
+
+    Importing ``X.a`` also runs ``X/__init__.py`` first; that implicit import of the parent
+    package is not an edge (else every module would form a circle with its package's
+    ``__init__``), but an explicit ``import X`` or ``from X import f`` is.
+    """
+    paths = {module_name(path, root): path for path in package_modules(package)}
+    graph = {}
+    for module, path in paths.items():
+        rel = path.relative_to(root).as_posix()
+        found = find_imports(path.read_text(encoding="utf-8"), module, path.name == "__init__.py", rel, paths)
+        graph[module] = [imp for imp in found if imp.target in paths and imp.target != module]
+    return graph
+
+
+def import_circles(graph: dict[str, list[Import]]) -> list[list[Import]]:
+    """One circle of imports per strongly connected group of modules (Tarjan's algorithm), each
+    the shortest circle through the group's first module by name, as the imports that form it;
+    empty when the graph has no circle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def visit(module: str) -> None:  # recursive: the package is a few hundred modules deep at most
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for imp in graph[module]:
+            if imp.target not in index:
+                visit(imp.target)
+                low[module] = min(low[module], low[imp.target])
+            elif imp.target in stack:
+                low[module] = min(low[module], index[imp.target])
+        if low[module] == index[module]:
+            group = set()
+            while True:
+                member = stack.pop()
+                group.add(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    circles = []
+    for group in sorted(groups, key=min):
+        start = min(group)
+        paths: dict[str, list[Import]] = {start: []}  # breadth-first inside the group
+        frontier = [start]
+        circle = None
+        while frontier and circle is None:
+            following = []
+            for module in frontier:
+                for imp in graph[module]:
+                    if imp.target == start:
+                        circle = paths[module] + [imp]
+                        break
+                    if imp.target in group and imp.target not in paths:
+                        paths[imp.target] = paths[module] + [imp]
+                        following.append(imp.target)
+                if circle is not None:
+                    break
+            frontier = following
+        circles.append(circle)
+    return circles
+
+
+def describe_circle(circle: list[Import]) -> str:
+    """``a -> b -> a`` and, indented, the statement of each import of the circle."""
+    modules = [circle[-1].target] + [imp.target for imp in circle]  # it ends where it starts
+    return " -> ".join(modules) + "".join(f"\n    {imp.where()}" for imp in circle)
 
 
 def _fail(violations: list[str], rule: str) -> None:
@@ -268,6 +360,15 @@ def test_upper_layers_import_only_downwards(layer):
         if layer_of(module) == layer and target in MAY_NOT_IMPORT_UPPER[layer]:
             violations.append(f"{imp.where()} imports reid.{target}")
     _fail(violations, f"reid.{layer} imports a layer above it")
+
+
+def test_no_import_circle():
+    """Rule (d): no circle of imports among the modules of ``reid``, inside a package (``base`` ->
+    ``hooks`` -> ``base``) or across packages. Every import counts, at module level, inside a
+    function or under ``if TYPE_CHECKING:``: a type-only import still ties the two modules together
+    (neither can be read, tested or moved without the other); what a module needs of a higher one
+    it receives as an argument, typed with a Protocol of a lower module (``reid/engine/state.py``)."""
+    _fail([describe_circle(circle) for circle in import_circles(import_graph())], "import circle")
 
 
 def test_package_root_and_utilities_import_nothing_from_reid():
@@ -365,3 +466,61 @@ def test_checker_sees_the_package():
         f"reid.{layer}" for layer in LIBRARY_LAYERS
     }
     assert expected <= modules, sorted(expected - modules)
+
+
+def _write_package(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / "pkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root / "pkg"
+
+
+def test_checker_finds_import_circles_in_a_fixture_package(tmp_path):
+    package = _write_package(tmp_path, {
+        "__init__.py": "from .engine import Engine\n",
+        "engine.py": "from .hooks import Hook\nclass Engine: ...\n",
+        # a function-level import and a TYPE_CHECKING-only import both close circles
+        "hooks.py": (
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n"
+            "    from .engine import Engine\n"
+            "class Hook: ...\n"
+        ),
+        "data/__init__.py": "from . import validation\n",
+        "data/validation.py": "def check():\n    import pkg.data\n",
+        "data/images.py": "",
+    })
+    graph = import_graph(package, tmp_path)
+    circles = sorted(describe_circle(circle) for circle in import_circles(graph))
+    assert [text.splitlines()[0] for text in circles] == [
+        "pkg.data -> pkg.data.validation -> pkg.data",
+        "pkg.engine -> pkg.hooks -> pkg.engine",
+    ]
+    assert "pkg/hooks.py:3: `from .engine import Engine`" in circles[1]
+    assert "pkg/data/validation.py:2: `import pkg.data`" in circles[0]
+
+
+def test_checker_finds_no_circle_in_a_layered_fixture_package(tmp_path):
+    package = _write_package(tmp_path, {
+        "__init__.py": "from .engine import Engine\n",
+        "state.py": "from typing import Protocol\nclass TrainingState(Protocol): ...\n",
+        "engine.py": "from .hooks import Hook\nfrom . import state\nclass Engine: ...\n",
+        "hooks.py": (
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n"
+            "    from .state import TrainingState\n"
+            "class Hook: ...\n"
+        ),
+        # a submodule importing a sibling runs its package's __init__ first: not an edge
+        "data/__init__.py": "from .validation import check\nfrom .checked import Checked\n",
+        "data/images.py": "def read(): ...\n",
+        "data/validation.py": "from .images import read\ndef check(): ...\n",
+        "data/checked.py": "from .images import read\nfrom .validation import check\nclass Checked: ...\n",
+        "data/base.py": "from pkg.data import checked\n",
+    })
+    graph = import_graph(package, tmp_path)
+    assert import_circles(graph) == []
+    # ``from pkg.data import checked`` is an import of the module pkg.data.checked, not of pkg.data
+    assert [imp.target for imp in graph["pkg.data.base"]] == ["pkg.data.checked"]
+    assert sorted(imp.target for imp in graph["pkg.engine"]) == ["pkg.hooks", "pkg.state"]

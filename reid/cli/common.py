@@ -228,7 +228,7 @@ def with_values_before_added_keys(saved: dict) -> dict:
     return {**saved, "SAM": {**sam, "OBJECTIVE": "printed"}}
 
 
-def check_resume_config(cfg, log: logging.Logger) -> None:
+def check_resume_config(cfg, log: logging.Logger) -> dict | None:
     """``--resume``: checks ``cfg`` against the config stored in the checkpoint the run resumes
     from (``OUTPUT_DIR/checkpoints/``), before anything is built (``reid.config.config_differences``).
 
@@ -236,6 +236,11 @@ def check_resume_config(cfg, log: logging.Logger) -> None:
     checkpoint (the engine then starts from scratch) or without a config in it (logged). A key
     added since the checkpoint was written counts with the value it had then where that is not
     its default (:func:`with_values_before_added_keys`).
+
+    Returns:
+        The checkpoint, read once here (on the CPU) and passed on to the engine, which restores
+        it without reading the file again (``ReidEngine.run(resume_state=...)``); None when there
+        is none.
 
     Raises:
         ConfigError: a key that changes the model or the optimisation state differs (each one named,
@@ -246,11 +251,12 @@ def check_resume_config(cfg, log: logging.Logger) -> None:
 
     path = checkpoint_path(cfg.OUTPUT_DIR)
     if not os.path.isfile(path):
-        return
-    saved = load_checkpoint(path, map_location="cpu").get("config")
+        return None
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    saved = checkpoint.get("config")
     if not isinstance(saved, dict) or not saved:
         log.warning("--resume: %s holds no config: the run's config is not compared with it", path)
-        return
+        return checkpoint
     refused, allowed = config_differences(with_values_before_added_keys(saved), cfg)
     if refused:
         raise ConfigError(
@@ -263,6 +269,7 @@ def check_resume_config(cfg, log: logging.Logger) -> None:
             "--resume: the config differs from the checkpoint's (%s) in keys that are safe to change: %s",
             path, ", ".join(map(str, allowed)),
         )
+    return checkpoint
 
 
 def load_weights(model, state: dict, weights: str, cfg) -> None:

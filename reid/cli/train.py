@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     if replaced:
         logger.info(replaced)
     logger.info("config:\n%s", cfg.dump())
-    if args.resume:
-        check_resume_config(cfg, logger)
+    # --resume: the checkpoint is read once, here, and restored from memory by the engine
+    resume_state = check_resume_config(cfg, logger) if args.resume else None
     if world.is_distributed:
         device = resolve_device(cfg.DEVICE, world.local_rank)
         init_distributed(world, device, backend=cfg.DIST.BACKEND, timeout_min=cfg.DIST.TIMEOUT_MIN)
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
             checkpoint_freq=cfg.TRAIN.CHECKPOINT_FREQ,
             print_freq=cfg.TRAIN.PRINT_FREQ,
             resume=args.resume,
+            resume_state=resume_state,
         )
     finally:
         if world.is_distributed:

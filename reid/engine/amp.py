@@ -2,20 +2,19 @@
 
 ``amp`` is ``off`` (float32), ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA only, with a loss scaler):
 the forward passes run under :func:`autocast_context`, and :func:`to_float32` casts their outputs
-back so that the losses are computed in float32. :func:`deterministic_algorithms` makes the
-CPU's floating-point results repeatable (``TRAIN.DETERMINISTIC``).
+back so that the losses are computed in float32. (Repeatable floating-point results on the CPU,
+``TRAIN.DETERMINISTIC``, are :mod:`reid.engine.determinism`'s.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["AMP_DTYPES", "AMP_MODES", "autocast_context", "deterministic_algorithms", "check_amp", "to_float32"]
+__all__ = ["AMP_DTYPES", "AMP_MODES", "autocast_context", "check_amp", "to_float32"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # TRAIN.AMP: float32 (off) or autocast to one of AMP_DTYPES.
@@ -62,24 +61,3 @@ def to_float32(value: Any) -> Any:
         changes = {f.name: to_float32(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
         return dataclasses.replace(value, **changes)
     return value
-
-
-@contextlib.contextmanager
-def deterministic_algorithms(enabled: bool = True) -> Iterator[None]:
-    """Runs the block with ``torch.use_deterministic_algorithms(True, warn_only=True)`` when
-    ``enabled``, then restores the previous setting.
-
-    On the CPU some kernels of the similarity-mining step otherwise accumulate in an order that
-    depends on the threads, so two PCB+SAM runs with the same seed differ after a few dozen steps
-    (measured: gradients differ by ~3e-6 from one call to the next with 2 threads, never with 1).
-    ``warn_only``: an operation without a deterministic implementation warns instead of failing.
-    """
-    if not enabled:
-        yield
-        return
-    previous, previous_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)

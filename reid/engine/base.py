@@ -36,9 +36,10 @@ from tqdm import tqdm
 
 from reid.losses import as_floats, combine
 
-from .amp import autocast_context, check_amp, deterministic_algorithms, to_float32
+from .amp import autocast_context, check_amp, to_float32
 from .checkpoint import capture_rng_state, checkpoint_path, remove_orphan_files, restore_rng_state
 from .checkpoint import restore_training_state, save_training_state
+from .determinism import deterministic_algorithms
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
 from .evaluation import EvalOptions, FeatureFiles, evaluate_targets, rank_features
@@ -84,7 +85,8 @@ class ReidEngine(TorchreidEngine):
             with ``torch.amp.GradScaler``).
         channels_last: weights and input images in channels_last memory format.
         deterministic: on the CPU, :meth:`run` uses torch's deterministic algorithms, so the same
-            seed gives the same run (``TRAIN.DETERMINISTIC``; see :func:`reid.engine.amp.deterministic_algorithms`).
+            seed gives the same run (``TRAIN.DETERMINISTIC``; see
+            :func:`reid.engine.determinism.deterministic_algorithms`).
         dist: this process's place in a ``torchrun`` job (default: a single process).
 
     Raises:
@@ -174,6 +176,7 @@ class ReidEngine(TorchreidEngine):
         checkpoint_freq: int = 1,
         print_freq: int = 10,
         resume: bool = False,
+        resume_state: dict[str, Any] | None = None,
         **torchreid_options: Any,
     ) -> dict[str, Any]:
         """Trains for ``max_epoch`` epochs, evaluates, writes ``metrics.json`` (through the hooks).
@@ -187,6 +190,9 @@ class ReidEngine(TorchreidEngine):
             checkpoint_freq: write the checkpoint every N epochs (and always after the last).
             print_freq: log the running losses every N iterations.
             resume: continue from ``checkpoint_path`` when it exists.
+            resume_state: with ``resume``, the checkpoint at ``checkpoint_path`` already read by
+                the caller (``reid train --resume`` reads it once to check the config): it is
+                restored without reading the file again.
             **torchreid_options: refused with a TypeError that says where each one went.
 
         Returns:
@@ -197,7 +203,7 @@ class ReidEngine(TorchreidEngine):
             os.makedirs(self.output_dir, exist_ok=True)
             remove_orphan_files(self.output_dir)  # temporary files of a killed run's writes
         self.saved_epoch, self.evaluation_pending = None, False
-        self.start_epoch = restore_training_state(self) if resume else 0
+        self.start_epoch = restore_training_state(self, resume_state) if resume else 0
         self.max_epoch, self.results = max_epoch, None
         self._active_hooks = [*self.default_hooks(eval_freq, checkpoint_freq), *self.hooks]
         for hook in self._active_hooks:

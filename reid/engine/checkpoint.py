@@ -17,7 +17,7 @@ import os
 import pickle
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +26,7 @@ from reid.io import atomic_write, remove_temporary_files
 from reid.models.torchreid_net import TORCHREID_CHECKPOINT_GLOBALS
 
 from .distributed import DistributedContext, gather_objects
-
-if TYPE_CHECKING:
-    from .base import ReidEngine
+from .interfaces import CheckpointedRun
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +238,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(engine: ReidEngine, epoch: int, evaluation_pending: bool = False, step: int = 0) -> None:
+def save_training_state(engine: CheckpointedRun, epoch: int, evaluation_pending: bool = False, step: int = 0) -> None:
     """Writes ``engine``'s resumable state after ``epoch`` epochs to ``engine.checkpoint_path``:
     model, optimiser, scheduler, epoch, history, RNG states, config (and the fp16 loss scaler).
 
@@ -297,7 +295,7 @@ def non_finite_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer)
     return bad
 
 
-def check_finite_state(engine: ReidEngine, epoch: int) -> None:
+def check_finite_state(engine: CheckpointedRun, epoch: int) -> None:
     """Refuses to checkpoint a model or an optimiser that holds NaN or inf (a loss that stayed
     finite can still produce them).
 
@@ -316,15 +314,22 @@ def check_finite_state(engine: ReidEngine, epoch: int) -> None:
     raise FloatingPointError(message)
 
 
-def restore_training_state(engine: ReidEngine) -> int:
+def restore_training_state(engine: CheckpointedRun, state: dict[str, Any] | None = None) -> int:
     """Loads ``engine.checkpoint_path`` into ``engine`` (model, optimiser, scheduler, history,
     loss scaler, RNG states, whether its evaluation is pending) and returns the number of epochs
-    it had done; 0, with a warning, when there is no checkpoint."""
+    it had done; 0, with a warning, when there is no checkpoint.
+
+    ``state``: the checkpoint already read from ``engine.checkpoint_path`` (``reid train
+    --resume`` reads it once, to compare its config before anything is built, and passes it
+    on); it is then not read again. Its tensors may be on the CPU: loading them copies them to
+    the model's and the optimiser's device.
+    """
     path = engine.checkpoint_path
-    if not os.path.isfile(path):
-        logger.warning("--resume: no checkpoint at %s, starting from scratch", path)
-        return 0
-    state = load_checkpoint(path, map_location=engine.device)
+    if state is None:
+        if not os.path.isfile(path):
+            logger.warning("--resume: no checkpoint at %s, starting from scratch", path)
+            return 0
+        state = load_checkpoint(path, map_location=engine.device)
     engine.model.load_state_dict(state["model"])
     engine.optimizer.load_state_dict(state["optimizer"])
     engine.scheduler.load_state_dict(state["scheduler"])

@@ -33,18 +33,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from reid.io import names_file
-
-from reid.io import write_json
+from reid.io import names_file, write_json
 
 from .checkpoint import save_training_state
-
-if TYPE_CHECKING:
-    from .base import ReidEngine
+from .interfaces import HookedRun
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +56,7 @@ CMC_PLOT_NAME = "cmc.png"
 class Hook:
     """Base class: every event is a no-op. ``engine`` is set by the engine before ``before_train``."""
 
-    engine: ReidEngine
+    engine: HookedRun
 
     def before_train(self) -> None:
         """Once, before the first epoch of the run (after resuming)."""
@@ -226,7 +222,7 @@ class TensorBoardHook(Hook):
                 writer.close()
 
 
-def metrics_content(engine: ReidEngine) -> dict[str, Any]:
+def metrics_content(engine: HookedRun) -> dict[str, Any]:
     """What ``metrics.json`` holds after ``engine.run``: the first target's metrics of the last
     evaluation at top level, the epoch count, all targets, their CMC curves, the history of every
     logged term, the seconds this call of ``run`` spent in training steps (``train_seconds``: no

@@ -157,6 +157,23 @@ def test_run_calls_the_hooks_in_order(tmp_path):
     assert recorder.events == expected
 
 
+def test_a_run_engine_provides_what_the_hooks_and_the_checkpoints_use(tmp_path):
+    """The hooks and the checkpoint code see the engine through the protocols of
+    reid/engine/interfaces.py (they do not import the engine): a ReidEngine after run() has every
+    attribute and method the protocols list."""
+    from reid.engine.interfaces import CheckpointedRun, HookedRun
+
+    members = set()
+    for protocol in (CheckpointedRun, HookedRun):
+        members |= set(protocol.__annotations__)
+        members |= {name for name, value in vars(protocol).items()
+                    if not name.startswith("_") and (callable(value) or isinstance(value, property))}
+    assert {"checkpoint_path", "checkpoint_status", "evaluate_on_main", "plot_cmc", "history"} <= members
+    engine = make_toy_engine(tmp_path)
+    engine.run(max_epoch=1, print_freq=1)
+    assert sorted(name for name in members if not hasattr(engine, name)) == []
+
+
 def test_default_hooks_and_their_order(tmp_path):
     engine = make_toy_engine(tmp_path)
     kinds = [type(h) for h in engine.default_hooks(eval_freq=3, checkpoint_freq=2)]

@@ -285,7 +285,7 @@ def test_detached_maps_stop_l_sm_at_the_masked_pass():
 def test_same_seed_same_step_with_two_threads_under_deterministic_algorithms():
     """With 2 threads some CPU kernels of the similarity-mining step accumulate in a thread-dependent
     order (gradients differed by ~3e-6 between calls); TRAIN.DETERMINISTIC removes that."""
-    from reid.engine.amp import deterministic_algorithms
+    from reid.engine.determinism import deterministic_algorithms
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -3,6 +3,7 @@ the model or the optimisation and logs the safe changes; the commands that load 
 config whose model differs from the checkpoint's, naming the keys, before any state-dict error."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -108,6 +109,25 @@ def test_resume_logs_the_allowed_changes_and_continues(trained, tiny_data_root, 
     assert len(lines) == 1
     for change in ("OPTIM.MAX_EPOCH 1 -> 2", "TRAIN.PRINT_FREQ 1 -> 5", "TEST.RANKS [1, 5, 10, 20] -> [1, 2]"):
         assert change in lines[0]
+
+
+def test_resume_reads_the_checkpoint_once(trained, tiny_data_root, tmp_path, monkeypatch):
+    """The config check and the restore share one read of the checkpoint (reid/cli/common.py
+    check_resume_config passes it to ReidEngine.run), and the run continues from it."""
+    out = copy_run(trained, tmp_path)
+    path = out / "checkpoints" / "checkpoint_last.pth"
+    reads = []
+    load = torch.load
+
+    def counting_load(source, *args, **kwargs):
+        if isinstance(source, (str, os.PathLike)) and os.fspath(source) == os.fspath(path):
+            reads.append(source)
+        return load(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    metrics = train_tool.main(["--config", CONFIG, "--resume", "--no-progress", *tiny_overrides(tiny_data_root, out, 2)])
+    assert len(reads) == 1
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
 
 
 # -- reid test / export with --weights --------------------------------------------------------------
