@@ -565,4 +565,3 @@ def write_explanations(
         "summary": summary, "queries": query_records, "pairs": dump.pairs, "triplets": dump.triplets,
     })
     return summary
-

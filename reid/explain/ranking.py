@@ -315,4 +315,3 @@ def numpy_distances(
         return result.cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
 
     return distances
-
