@@ -16,11 +16,12 @@ version, ``use_cython=False``). The numbers are bit-identical to torchreid's:
   builds, the CMC rows are summed and divided in ``float32`` exactly as torchreid does.
 
 Speed: a query's metrics only need the rank of each of its true matches, i.e. how many kept
-non-matches are closer. Chunk by chunk, the distance *values* of each row are sorted (numpy's
-SIMD sort on the CPU, several times faster than the ``argsort`` torchreid does; ``torch.sort``
-on other devices), each true match's distance is located in its sorted row by binary search,
-and the same-identity entries (found through an identity index of the gallery, not by
-comparing every label) are subtracted. No Python loop runs over the gallery. (Locating every
+non-matches are closer. Chunk by chunk, one vectorised comparison per row keeps the distances up
+to the row's farthest true match (nothing beyond it can rank before a true match), only those
+*values* are sorted (numpy's SIMD sort on the CPU; ``torch.sort`` of whole rows on other devices),
+each true match's distance is located among them by binary search, and the same-identity entries
+(found through an identity index of the gallery, not by comparing every label) are subtracted.
+For a good model the kept entries are a small part of the row, so rows are not sorted whole. No Python loop runs over the gallery. (Locating every
 gallery distance among the true-match distances instead, with ``torch.searchsorted``, avoids the
 sort but measured about 8 times slower per element on a CPU than numpy's value sort.) The CUHK03
 metric sorts indices like torchreid, since its sampling depends on the full ranking order.
@@ -537,8 +538,8 @@ def _market_ranks(
     for start in range(0, num_q, chunk_size):
         stop = min(start + chunk_size, num_q)
         cols, valid, junk = gallery.same_identity(q_pid[start:stop], q_cam[start:stop])
-        sorted_rows, same = _sorted_chunk(dist, start, stop, cols, device)
-        ranks, n_rel, needs_sort = _chunk_match_ranks(sorted_rows, same, valid, junk)
+        sorted_rows, same, finite = _sorted_chunk(dist, start, stop, cols, valid & ~junk, device)
+        ranks, n_rel, needs_sort = _chunk_match_ranks(sorted_rows, same, valid, junk, finite)
         kept_len[start:stop] = num_g - junk.sum(1)
         chunk_lists = [ranks[b, : n_rel[b]] for b in range(stop - start)]
         redo = np.flatnonzero(needs_sort)
@@ -562,33 +563,49 @@ def _market_ranks(
 
 
 def _sorted_chunk(
-    dist: np.ndarray | torch.Tensor, start: int, stop: int, cols: np.ndarray, device: torch.device
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Sorted distance values of rows ``start:stop`` and the values at ``cols``.
+    dist: np.ndarray | torch.Tensor, start: int, stop: int, cols: np.ndarray, match: np.ndarray,
+    device: torch.device,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """What :func:`_chunk_match_ranks` counts in, for rows ``start:stop``: per row, ascending, every
+    distance up to the row's farthest true match (+inf padding); the distances at ``cols``; which
+    rows are finite.
 
-    Only values are sorted (no indices, so no tie order is involved).
+    Only values are sorted (no indices, so no tie order is involved). On the CPU only the
+    distances that can rank before a true match are sorted (:func:`_candidates_numpy`); on another
+    device the whole row (``torch.sort`` is fast there).
 
     Returns:
-        ``(B, G)`` tensor on ``device``, each row sorted ascending, and ``(B, S)`` numpy, the
-        distances at ``cols``; both in the working dtype.
+        ``(B, W)`` tensor on ``device`` (``W <= G``), ``(B, S)`` numpy, the distances at ``cols``,
+        and ``(B,)`` bool, the rows without NaN or infinity; in the working dtype.
     """
     if device.type == "cpu":
-        return _sorted_chunk_numpy(dist, start, stop, cols)
+        return _candidates_numpy(dist, start, stop, cols, match)
     return _sorted_chunk_torch(dist, start, stop, cols, device)
 
 
-def _sorted_chunk_numpy(
-    dist: np.ndarray | torch.Tensor, start: int, stop: int, cols: np.ndarray
-) -> tuple[torch.Tensor, np.ndarray]:
-    """:func:`_sorted_chunk` with numpy's SIMD sort (CPU; faster there than ``torch.sort``)."""
+def _candidates_numpy(
+    dist: np.ndarray | torch.Tensor, start: int, stop: int, cols: np.ndarray, match: np.ndarray
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """:func:`_sorted_chunk` on the CPU without sorting whole rows: a query's ranks only count the
+    entries closer than (or as close as) its farthest true match, so one vectorised comparison
+    per row keeps those and only they are sorted (numpy's SIMD sort). How many there are depends on
+    the model: few for a good one (the ranks are small), the whole row at worst, as before."""
     rows = np.asarray(_rows_numpy(dist, start, stop), dtype=_work_dtype(dist.dtype))
-    return torch.from_numpy(np.sort(rows, axis=1)), np.take_along_axis(rows, cols, axis=1)
+    same = np.take_along_axis(rows, cols, axis=1)
+    finite = np.isfinite(rows.min(axis=1)) & np.isfinite(rows.max(axis=1))  # NaN propagates too
+    farthest = np.where(match, same, -np.inf).max(axis=1, initial=-np.inf)
+    keep = rows <= farthest[:, None]
+    counts = keep.sum(axis=1)
+    padded = np.full((rows.shape[0], max(int(counts.max(initial=0)), 1)), np.inf, dtype=rows.dtype)
+    for b in np.flatnonzero(counts):
+        padded[b, : counts[b]] = np.sort(rows[b][keep[b]])
+    return torch.from_numpy(padded), same, finite
 
 
 def _sorted_chunk_torch(
     dist: np.ndarray | torch.Tensor, start: int, stop: int, cols: np.ndarray, device: torch.device
-) -> tuple[torch.Tensor, np.ndarray]:
-    """:func:`_sorted_chunk` with ``torch.sort`` on ``device``."""
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """:func:`_sorted_chunk` with ``torch.sort`` of the whole rows on ``device``."""
     dtype = _work_dtype(dist.dtype)
     torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
     if isinstance(dist, torch.Tensor):
@@ -596,11 +613,16 @@ def _sorted_chunk_torch(
     else:
         rows = torch.from_numpy(np.asarray(dist[start:stop], dtype=dtype)).to(device)
     same = rows.gather(1, torch.from_numpy(cols).to(device)).cpu().numpy()
-    return torch.sort(rows, dim=1).values, same
+    sorted_rows = torch.sort(rows, dim=1).values
+    if sorted_rows.shape[1]:
+        finite = torch.isfinite(sorted_rows[:, [0, -1]]).all(1).cpu().numpy()
+    else:
+        finite = np.ones(sorted_rows.shape[0], dtype=bool)
+    return sorted_rows, same, finite
 
 
 def _chunk_match_ranks(
-    sorted_rows: torch.Tensor, same: np.ndarray, valid: np.ndarray, junk: np.ndarray
+    sorted_rows: torch.Tensor, same: np.ndarray, valid: np.ndarray, junk: np.ndarray, finite: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ranks of the true matches of a chunk of queries from the sorted distance values.
 
@@ -612,10 +634,12 @@ def _chunk_match_ranks(
     finite; those queries are flagged for the sorting path.
 
     Args:
-        sorted_rows: ``(B, G)`` distances, each row sorted ascending (any device).
+        sorted_rows: ``(B, W)`` distances, each row sorted ascending (any device): the whole row,
+            or at least every entry up to the row's farthest true match, padded with +inf.
         same: ``(B, S)`` distances of each query's same-identity gallery entries.
         valid: ``(B, S)`` bool, real entries of ``same`` (the rest is padding).
         junk: ``(B, S)`` bool, entries of ``same`` removed by the protocol (same camera).
+        finite: ``(B,)`` bool, the rows without NaN or infinity (the others are redone by sorting).
 
     Returns:
         ``ranks`` ``(B, M)`` int64 (entries past ``n_rel`` are meaningless), ``n_rel`` ``(B,)``
@@ -627,8 +651,6 @@ def _chunk_match_ranks(
     m_max = int(n_rel.max(initial=0))
     if m_max == 0 or num_g == 0:
         return np.zeros((num_b, 0), dtype=np.int64), n_rel, np.zeros(num_b, dtype=bool)
-    ends = sorted_rows[:, [0, -1]].cpu().numpy()
-    finite = np.isfinite(ends).all(1)
     thresholds = np.sort(np.where(match, same, np.inf), axis=1)[:, :m_max]
     # #(v <= t) is #(v < next float above t): one search gives both counts.
     probes = np.concatenate([thresholds, np.nextafter(thresholds, np.inf)], axis=1)

@@ -338,13 +338,14 @@ def test_cuhk03_single_identity_gallery_is_deterministic() -> None:
 
 
 def test_torch_sorting_path_equals_torchreid(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The path taken on GPUs (torch.sort), forced on the CPU.
+    # The path taken on GPUs (torch.sort of whole rows), forced on the CPU; the CPU's own path
+    # (only the entries up to the farthest true match sorted) is what every other test checks.
     from reid.metrics import rank
 
     monkeypatch.setattr(
         rank,
         "_sorted_chunk",
-        lambda dist, start, stop, cols, device: rank._sorted_chunk_torch(
+        lambda dist, start, stop, cols, match, device: rank._sorted_chunk_torch(
             dist, start, stop, cols, device
         ),
     )
@@ -355,3 +356,28 @@ def test_torch_sorting_path_equals_torchreid(monkeypatch: pytest.MonkeyPatch) ->
             _assert_same(
                 _torchreid(*problem, max_rank=5), _ours(*problem, max_rank=5, chunk_size=3)
             )
+
+
+def test_only_entries_up_to_the_farthest_true_match_are_sorted() -> None:
+    # structured problems (true matches close, most of the gallery far): the CPU path sorts a few
+    # entries per row, and its numbers stay torchreid's, ties and duplicates of the threshold included
+    from reid.metrics import rank
+
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        num_q, num_g, num_ids = 12, 80, 10
+        q_pids, g_pids = rng.integers(0, num_ids, num_q), rng.integers(0, num_ids, num_g)
+        q_cams, g_cams = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+        dist = rng.integers(5, 40, (num_q, num_g)).astype(np.float32)
+        dist[q_pids[:, None] == g_pids[None, :]] = rng.integers(0, 8, int((q_pids[:, None] == g_pids).sum()))
+        problem = (dist, q_pids, g_pids, q_cams, g_cams)
+        for tie_break in ("numpy", "stable"):
+            _assert_same(_torchreid(*problem, max_rank=5) if tie_break == "numpy" else
+                         _ours(*problem, max_rank=5, tie_break="stable"),
+                         _ours(*problem, max_rank=5, tie_break=tie_break, chunk_size=4))
+    # and they are few: the widest kept row of such a chunk is far shorter than the gallery
+    rows = np.array([[0.5, 3.0, 1.0, 9.0, 2.0], [4.0, 0.25, 8.0, 7.0, 6.0]], dtype=np.float32)
+    # row 0: its true match (column 2) at 1.0, so 0.5 and 1.0 are kept; row 1: only 0.25 itself
+    kept, same, finite = rank._candidates_numpy(rows, 0, 2, np.array([[2], [1]]), np.ones((2, 1), bool))
+    assert kept.tolist() == [[0.5, 1.0], [0.25, np.inf]] and finite.tolist() == [True, True]
+    assert same.tolist() == [[1.0], [0.25]]
