@@ -141,7 +141,7 @@ def test_loss_of_a_batch_by_hand():
     for seed in range(5):
         loss, pairs = margin_loss_from_distances(dist, pids, beta, dim=3,
                                                  generator=torch.Generator().manual_seed(seed))
-        assert float(loss) == pytest.approx(1 / 3, abs=1e-12)
+        assert float(loss.detach()) == pytest.approx(1 / 3, abs=1e-12)
         assert pairs.negative[0] == 2 and pairs.negative[2] == 0
     grad_dist, grad_beta = torch.autograd.grad(loss, [dist, beta])
     assert float(grad_beta) == pytest.approx(-1 / 3)  # < 0: gradient descent moves beta out, to 1.2+
@@ -158,12 +158,12 @@ def test_sign_of_the_boundary_gradient_and_the_normalisation():
     # d loss / d beta = (+1 + 1) / 2 = +1 > 0: descent lowers beta (the negatives are too close).
     pairs = MarginPairs(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([2, 2]))
     loss = margin_loss_from_pairs(dist, pairs, beta)
-    assert float(loss) == pytest.approx(0.3)
+    assert float(loss.detach()) == pytest.approx(0.3)
     (grad,) = torch.autograd.grad(loss, beta)
     assert float(grad) == pytest.approx(1.0)
     # alpha 0 and every term satisfied: zero loss, zero gradient (the count of non-zero terms is 1)
     loss = margin_loss_from_pairs(dist, pairs, torch.tensor(0.7, requires_grad=True), alpha=0.0)
-    assert float(loss) == 0.0
+    assert float(loss.detach()) == 0.0
 
 
 def test_pcb_metric_loss_on_unit_features_by_hand():
@@ -176,14 +176,14 @@ def test_pcb_metric_loss_on_unit_features_by_hand():
     beta = torch.tensor([1.2], requires_grad=True)
     pids = torch.tensor([0, 0, 1, 1])
     loss, mined = metric_loss_from_features("margin", features, pids, 0.3, margin_beta=beta, margin_alpha=0.2)
-    assert float(loss) == pytest.approx(math.sqrt(2) - 1, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(math.sqrt(2) - 1, abs=1e-6)
     assert mined.num_tuples == 4  # batch-hard triplets of the same distances, for similarity mining
     grad_x, grad_beta = torch.autograd.grad(loss, [features, beta])
     assert grad_beta.tolist() == pytest.approx([-1.0])
     assert grad_x[0].tolist() == pytest.approx([0.0, -1 / (2 * math.sqrt(2))], abs=1e-6)
     # features are normalised: scaling them changes nothing
     scaled, _ = metric_loss_from_features("margin", 3 * features.detach(), pids, 0.3, margin_beta=1.2)
-    assert float(scaled) == pytest.approx(float(loss), abs=1e-6)
+    assert float(scaled) == pytest.approx(float(loss.detach()), abs=1e-6)
 
 
 def test_registries_name_the_margin_loss():
