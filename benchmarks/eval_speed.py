@@ -135,7 +135,7 @@ def make_large(spec: SizeSpec, dim: int, noise: float, seed: int) -> tuple[torch
 
 
 def run_size_child(size: str, evaluator: str, dim: int, noise: float, seed: int, device: str,
-                   block_mb: float = 32.0) -> dict:
+                   block_mb: float = 256.0) -> dict:
     """One evaluator on one size, in this (child) process: time, peak memory and the result."""
     spec = SIZES[size]
     query, gallery, q_pids, g_pids, q_cams, g_cams = make_large(spec, dim, noise, seed)
@@ -398,7 +398,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scale-dim", type=int, default=512,
         help="feature dimension of the --sizes problems (OSNet's 512; a ResNet-50 embedding has 2048)",
     )
-    parser.add_argument("--block-mb", type=float, default=32.0,
+    parser.add_argument("--block-mb", type=float, default=256.0,
                         help="streaming: MB of float32 distances per block of rows (the engine uses 32)")
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "EVALUATOR"), help=argparse.SUPPRESS)
     parser.add_argument(
