@@ -317,7 +317,9 @@ class ReidEngine(TorchreidEngine):
             batches, total=num_batches, initial=resume_step, desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
             leave=False, dynamic_ncols=True, disable=not self.progress,
         )
-        for self.batch_idx, data in enumerate(bar, start=resume_step):
+        steps = resume_step  # the steps this epoch ran (torchreid's identity sampler may yield fewer
+        for self.batch_idx, data in enumerate(bar, start=resume_step):  # batches than its len says)
+            steps = self.batch_idx + 1
             self.call_hooks("before_step")
             terms = self.forward_backward(data)
             terms = mean_over_processes(terms, self.dist, self.device, check_keys=self.batch_idx == 0)
@@ -340,7 +342,7 @@ class ReidEngine(TorchreidEngine):
                 bar.close()
                 self.interrupt(sums)
         self.scheduler.step()
-        means = {name: total / max(num_batches, 1) for name, total in sums.items()}
+        means = {name: total / max(steps, 1) for name, total in sums.items()}
         logger.info(
             "epoch %d/%d done: %s", self.epoch + 1, self.max_epoch,
             " ".join(f"{k} {v:.4f}" for k, v in means.items()),

@@ -124,3 +124,22 @@ def test_a_signal_between_epochs_stops_with_the_epochs_checkpoint(tiny_data_root
         train_tool.main([*arm_args("pcb", tiny_data_root, out), "TRAIN.CHECKPOINT_FREQ", "2"])
     saved = torch.load(out / "checkpoints" / "checkpoint_last.pth", weights_only=True)
     assert saved["epoch"] == 1 and "step" not in saved  # written although the period skipped it
+
+
+def test_epoch_means_divide_by_the_steps_that_ran(tiny_data_root, tmp_path, monkeypatch):
+    # torchreid's identity sampler may yield fewer batches than its len() says: an epoch's mean of
+    # a term that is 3.0 at every step must be 3.0, not 3.0 times (steps run / len)
+    from reid.engine.pcb import PCBEngine
+
+    steps, lengths = [], []
+
+    def constant(self, data):
+        steps.append(self.batch_idx)
+        lengths.append(self.num_batches)
+        return {"loss": 3.0}
+
+    monkeypatch.setattr(PCBEngine, "forward_backward", constant)
+    metrics = train_tool.main([*arm_args("pcb", tiny_data_root, tmp_path / "run"), "OPTIM.MAX_EPOCH", "1"])
+    (epoch,) = metrics["history"]
+    assert len(steps) < lengths[0]  # the case: on the tiny set the sampler yields fewer than its len()
+    assert epoch["loss"] == 3.0
