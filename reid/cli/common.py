@@ -148,7 +148,7 @@ def new_parser(command: str, doc: str | None, weights: bool = False) -> argparse
     parser = argparse.ArgumentParser(
         prog=f"reid {command}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", required=True, help="YAML config file (overrides the defaults of reid/config.py)")
+    parser.add_argument("--config", required=True, help="YAML config file (overrides the defaults of reid/config/__init__.py)")
     if weights:
         parser.add_argument("--weights", required=True, help="checkpoint (ours) or a model state dict")
     parser.add_argument(
@@ -228,7 +228,7 @@ def with_values_before_added_keys(saved: dict) -> dict:
     return {**saved, "SAM": {**sam, "OBJECTIVE": "printed"}}
 
 
-def check_resume_config(cfg, log: logging.Logger) -> dict | None:
+def check_resume_config(cfg, log: logging.Logger):
     """``--resume``: checks ``cfg`` against the config stored in the checkpoint the run resumes
     from (``OUTPUT_DIR/checkpoints/``), before anything is built (``reid.config.config_differences``).
 
@@ -238,22 +238,22 @@ def check_resume_config(cfg, log: logging.Logger) -> dict | None:
     its default (:func:`with_values_before_added_keys`).
 
     Returns:
-        The checkpoint, read once here (on the CPU) and passed on to the engine, which restores
-        it without reading the file again (``ReidEngine.run(resume_state=...)``); None when there
-        is none.
+        The checkpoint read here (on the CPU), a ``reid.engine.checkpoint.ReadCheckpoint``, for the
+        engine to restore without reading the file again (``ReidEngine.run(resume_state=...)``);
+        None when there is none.
 
     Raises:
         ConfigError: a key that changes the model or the optimisation state differs (each one named,
             old -> new).
     """
     from reid.config import config_differences
-    from reid.engine.checkpoint import checkpoint_path, load_checkpoint
+    from reid.engine.checkpoint import checkpoint_path, read_checkpoint
 
     path = checkpoint_path(cfg.OUTPUT_DIR)
     if not os.path.isfile(path):
         return None
-    checkpoint = load_checkpoint(path, map_location="cpu")
-    saved = checkpoint.get("config")
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint.state.get("config")
     if not isinstance(saved, dict) or not saved:
         log.warning("--resume: %s holds no config: the run's config is not compared with it", path)
         return checkpoint

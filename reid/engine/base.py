@@ -38,7 +38,7 @@ from reid.losses import as_floats, combine
 
 from .amp import autocast_context, check_amp, to_float32
 from .checkpoint import capture_rng_state, checkpoint_path, remove_orphan_files, restore_rng_state
-from .checkpoint import restore_training_state, save_training_state
+from .checkpoint import ReadCheckpoint, restore_training_state, save_training_state
 from .determinism import deterministic_algorithms
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
@@ -176,7 +176,7 @@ class ReidEngine(TorchreidEngine):
         checkpoint_freq: int = 1,
         print_freq: int = 10,
         resume: bool = False,
-        resume_state: dict[str, Any] | None = None,
+        resume_state: ReadCheckpoint | None = None,
         **torchreid_options: Any,
     ) -> dict[str, Any]:
         """Trains for ``max_epoch`` epochs, evaluates, writes ``metrics.json`` (through the hooks).
@@ -192,7 +192,8 @@ class ReidEngine(TorchreidEngine):
             resume: continue from ``checkpoint_path`` when it exists.
             resume_state: with ``resume``, the checkpoint at ``checkpoint_path`` already read by
                 the caller (``reid train --resume`` reads it once to check the config): it is
-                restored without reading the file again.
+                restored without reading the file again, unless the file was replaced since
+                (:func:`restore_training_state`).
             **torchreid_options: refused with a TypeError that says where each one went.
 
         Returns:

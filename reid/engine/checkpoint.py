@@ -17,6 +17,7 @@ import os
 import pickle
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -181,6 +182,43 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     return state
 
 
+@dataclass(frozen=True)
+class ReadCheckpoint:
+    """A checkpoint read once and passed on (``reid train --resume`` reads it to check the config,
+    the engine restores it), with what identified the file when it was read.
+
+    Attributes:
+        path: the file.
+        state: what :func:`load_checkpoint` returned (tensors on the CPU).
+        identity: ``(inode, size, modification time in ns)`` of the file, taken before reading it.
+    """
+
+    path: str
+    state: dict[str, Any]
+    identity: tuple[int, int, int]
+
+    def is_current(self) -> bool:
+        """Whether ``path`` is still the file that was read: a checkpoint is replaced by a rename
+        (:func:`save_checkpoint`), which gives it another inode and modification time. (In a
+        ``torchrun`` job whose processes run one command after another, a process may read the
+        checkpoint before rank 0 has written the previous command's last one.)"""
+        return os.path.isfile(self.path) and _file_identity(self.path) == self.identity
+
+
+def _file_identity(path: str) -> tuple[int, int, int]:
+    info = os.stat(path)
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def read_checkpoint(path: str) -> ReadCheckpoint:
+    """:func:`load_checkpoint` on the CPU, remembering which file was read (see
+    :class:`ReadCheckpoint`); the same errors."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    identity = _file_identity(path)  # before reading: a file replaced meanwhile is read again later
+    return ReadCheckpoint(path, load_checkpoint(path, map_location="cpu"), identity)
+
+
 def _load_error_reason(exc: BaseException) -> str:
     """The first sentence of what ``torch.load`` says is wrong, without its advice."""
     message = str(exc)
@@ -314,18 +352,23 @@ def check_finite_state(engine: CheckpointedRun, epoch: int) -> None:
     raise FloatingPointError(message)
 
 
-def restore_training_state(engine: CheckpointedRun, state: dict[str, Any] | None = None) -> int:
+def restore_training_state(engine: CheckpointedRun, read: ReadCheckpoint | None = None) -> int:
     """Loads ``engine.checkpoint_path`` into ``engine`` (model, optimiser, scheduler, history,
     loss scaler, RNG states, whether its evaluation is pending) and returns the number of epochs
     it had done; 0, with a warning, when there is no checkpoint.
 
-    ``state``: the checkpoint already read from ``engine.checkpoint_path`` (``reid train
+    ``read``: the checkpoint already read from ``engine.checkpoint_path`` (``reid train
     --resume`` reads it once, to compare its config before anything is built, and passes it
-    on); it is then not read again. Its tensors may be on the CPU: loading them copies them to
-    the model's and the optimiser's device.
+    on); it is restored without reading the file again, unless the file was replaced since
+    (:meth:`ReadCheckpoint.is_current`; then it is read again, and a line logged). Its tensors
+    are on the CPU: loading them copies them to the model's and the optimiser's device.
     """
     path = engine.checkpoint_path
-    if state is None:
+    if read is not None and read.path == path and read.is_current():
+        state = read.state
+    else:
+        if read is not None:
+            logger.info("--resume: %s was replaced since it was read; reading it again", path)
         if not os.path.isfile(path):
             logger.warning("--resume: no checkpoint at %s, starting from scratch", path)
             return 0

@@ -122,3 +122,26 @@ def test_random_bytes_are_not_a_checkpoint_of_this_project(tmp_path):
         message = str(info.value)
         assert f"{bad} is not a checkpoint of this project" in message
         assert "weights_only" not in message and "\n" not in message
+
+
+def test_a_checkpoint_read_once_is_restored_without_reading_it_again_unless_it_was_replaced(tmp_path, monkeypatch):
+    """reid train --resume reads the checkpoint once (to check the config) and the engine restores
+    that read; a checkpoint replaced in between (a torchrun process that started the next command
+    before rank 0 wrote the last checkpoint of the previous one) is read again."""
+    from reid.engine import checkpoint as module
+    from tests.engine.toy_engine import make_toy_engine
+
+    engine = make_toy_engine(tmp_path)
+    engine.run(max_epoch=1, print_freq=1)
+    read = module.read_checkpoint(engine.checkpoint_path)
+    assert read.is_current() and read.state["epoch"] == 1
+    reads = []
+    load = module.load_checkpoint
+    monkeypatch.setattr(module, "load_checkpoint", lambda *a, **k: reads.append(a[0]) or load(*a, **k))
+    assert module.restore_training_state(make_toy_engine(tmp_path), read) == 1
+    assert reads == []
+    engine.run(max_epoch=2, print_freq=1, resume=True, resume_state=read)  # rewrites the checkpoint
+    assert reads == [] and not read.is_current()
+    resumed = make_toy_engine(tmp_path)
+    assert module.restore_training_state(resumed, read) == 2  # the stale read is not restored
+    assert reads == [engine.checkpoint_path] and resumed.history == engine.history
