@@ -68,7 +68,7 @@ def test_shipped_configs_parse(path):
 
 
 def test_every_default_key_is_commented():
-    source = open(os.path.join(REPO, "reid", "config.py"), encoding="utf-8").read().splitlines()
+    source = open(os.path.join(REPO, "reid", "config", "__init__.py"), encoding="utf-8").read().splitlines()
     for i, line in enumerate(source):
         if line.startswith("_C.") and "= CN()" not in line:
             above = source[i - 1].strip()

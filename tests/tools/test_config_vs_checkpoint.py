@@ -36,7 +36,7 @@ def saved_config(*opts):
     return config_to_dict(load_config(CONFIG, list(opts)))
 
 
-# -- the classification (reid/config.py) ---------------------------------------------------------
+# -- the classification (reid/config/__init__.py) ---------------------------------------------------------
 
 
 def test_differences_split_into_refused_and_allowed():
