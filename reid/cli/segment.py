@@ -147,7 +147,7 @@ def synthetic_tasks(query_set: Any, gallery_set: Any, count: int, ways: int = 1,
     turn.
     """
     from reid.data.synthetic import load_mask
-    from reid.explain.dump import spread_indices
+    from reid.explain.ranking import spread_indices
 
     q_items = list(query_set.data)
     g_items = list(gallery_set.data)

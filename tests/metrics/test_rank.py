@@ -340,12 +340,12 @@ def test_cuhk03_single_identity_gallery_is_deterministic() -> None:
 def test_torch_sorting_path_equals_torchreid(monkeypatch: pytest.MonkeyPatch) -> None:
     # The path taken on GPUs (torch.sort of whole rows), forced on the CPU; the CPU's own path
     # (only the entries up to the farthest true match sorted) is what every other test checks.
-    from reid.metrics import rank
+    from reid.metrics import match_ranks
 
     monkeypatch.setattr(
-        rank,
+        match_ranks,
         "_sorted_chunk",
-        lambda dist, start, stop, cols, match, device: rank._sorted_chunk_torch(
+        lambda dist, start, stop, cols, match, device: match_ranks._sorted_chunk_torch(
             dist, start, stop, cols, device
         ),
     )
@@ -361,7 +361,7 @@ def test_torch_sorting_path_equals_torchreid(monkeypatch: pytest.MonkeyPatch) ->
 def test_only_entries_up_to_the_farthest_true_match_are_sorted() -> None:
     # structured problems (true matches close, most of the gallery far): the CPU path sorts a few
     # entries per row, and its numbers stay torchreid's, ties and duplicates of the threshold included
-    from reid.metrics import rank
+    from reid.metrics import match_ranks
 
     rng = np.random.default_rng(11)
     for trial in range(30):
@@ -378,6 +378,6 @@ def test_only_entries_up_to_the_farthest_true_match_are_sorted() -> None:
     # and they are few: the widest kept row of such a chunk is far shorter than the gallery
     rows = np.array([[0.5, 3.0, 1.0, 9.0, 2.0], [4.0, 0.25, 8.0, 7.0, 6.0]], dtype=np.float32)
     # row 0: its true match (column 2) at 1.0, so 0.5 and 1.0 are kept; row 1: only 0.25 itself
-    kept, same, finite = rank._candidates_numpy(rows, 0, 2, np.array([[2], [1]]), np.ones((2, 1), bool))
+    kept, same, finite = match_ranks._candidates_numpy(rows, 0, 2, np.array([[2], [1]]), np.ones((2, 1), bool))
     assert kept.tolist() == [[0.5, 1.0], [0.25, np.inf]] and finite.tolist() == [True, True]
     assert same.tolist() == [[1.0], [0.25]]
