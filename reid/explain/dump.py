@@ -93,7 +93,6 @@ from .common import chunks, mean_of
 from .explainer import Explainer
 from .postprocess import normalize_maps, resize_maps
 from .ranking import Setup, encode_queries, numpy_distances, rank_gallery
-from .ranking import spread_indices  # noqa: F401  (imported from here by reid/cli/segment.py)
 from .run_stats import failure_analysis, failure_table, run_summary
 
 logger = logging.getLogger(__name__)
