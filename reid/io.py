@@ -68,19 +68,18 @@ def atomic_write(path: str, binary: bool = False) -> Iterator[IO[Any]]:
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{name}.{secrets.token_hex(4)}")
     try:
-        # os.open with 0o666: the umask applies, as for any file created with open().
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with names_file(path):  # a failed write() names no file: name the one being written
+            # os.open with 0o666: the umask applies, as for any file created with open().
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         if isinstance(exc, OSError):
-            if exc.filename is None:  # a failed write() names no file: name the one being written
-                exc.filename = path
             previous = "the previous file is unchanged" if os.path.exists(path) else "there was no previous file"
             logger.error("could not write %s (%s): %s; no partial file was left", path, exc, previous)
         raise

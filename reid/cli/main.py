@@ -88,8 +88,7 @@ def os_error_message(exc: BaseException) -> str | None:
     if not isinstance(exc, OSError) or exc.errno not in _OS_ADVICE:
         return None
     what, advice = _OS_ADVICE[exc.errno]
-    path = exc.filename if exc.filename is not None else getattr(exc, "reid_path", None)
-    where = f" {path}" if path else ""
+    where = f" {exc.filename}" if exc.filename else ""
     return f"os error: cannot write{where}: {what}; {advice} (the previous files are left as they were)"
 
 

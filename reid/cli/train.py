@@ -60,12 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     if replaced:
         logger.info(replaced)
     logger.info("config:\n%s", cfg.dump())
-    # --resume: the checkpoint is read once, here, and restored from memory by the engine. Not in a
-    # torchrun job: there a process may get here while rank 0 still rewrites the previous run's
-    # checkpoint, so every process reads it again inside the run, after the processes have met
+    # --resume: the checkpoint is read once, here, and restored from memory by the engine (read
+    # again there if it was replaced meanwhile: ReadCheckpoint.is_current)
     resume_state = check_resume_config(cfg, logger) if args.resume else None
-    if world.is_distributed:
-        resume_state = None
     if world.is_distributed:
         device = resolve_device(cfg.DEVICE, world.local_rank)
         init_distributed(world, device, backend=cfg.DIST.BACKEND, timeout_min=cfg.DIST.TIMEOUT_MIN)

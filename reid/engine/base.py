@@ -147,7 +147,6 @@ class ReidEngine(TorchreidEngine):
         self.resume_step = 0  # steps of epoch ``start_epoch`` done before the interruption
         self.resume_progress: dict[str, Any] | None = None  # that epoch's RNG states and sums
         self.epoch_start_rng: dict[str, Any] | None = None
-        self.epoch_sums: dict[str, float] = {}
         self.register_model("model", self.model, optimizer, scheduler)
 
     # -- training ------------------------------------------------------------------------------
@@ -215,15 +214,13 @@ class ReidEngine(TorchreidEngine):
                 started = time.time()
                 self.train_seconds = 0.0  # in train_epoch only (no evaluation, no checkpoints)
                 for self.epoch in range(self.start_epoch, max_epoch):
-                    self.stop_if_asked(epoch_done=False)
+                    self.stop_if_asked()
                     self.call_hooks("before_epoch")
                     epoch_started = time.perf_counter()
                     record = {"epoch": self.epoch + 1, **self.train_epoch(print_freq)}
                     self.train_seconds += time.perf_counter() - epoch_started
                     self.history.append(record)
                     self.call_hooks("after_epoch", record)
-                    if self.epoch + 1 < max_epoch:
-                        self.stop_if_asked(epoch_done=True)
                 logger.info("training took %.1f s", time.time() - started)
                 self.call_hooks("after_train")
             finally:
@@ -255,12 +252,13 @@ class ReidEngine(TorchreidEngine):
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    def stop_if_asked(self, epoch_done: bool) -> None:
-        """At an epoch boundary: when a signal arrived, makes sure the checkpoint holds the epochs
-        done (writes it when the checkpoint period skipped this epoch) and stops the run."""
+    def stop_if_asked(self) -> None:
+        """Before epoch ``self.epoch`` starts: when a signal arrived (during the previous epoch's
+        evaluation or checkpoint), makes sure the checkpoint holds the epochs done (writes it when
+        the checkpoint period skipped the last one) and stops the run."""
         if self.stop_signal is None:
             return
-        done = self.epoch + 1 if epoch_done else self.epoch
+        done = self.epoch
         if done and self.saved_epoch != done:
             save_training_state(self, done)
         self._raise_interrupted(f"after epoch {done}" if done else "before the first step")
@@ -270,8 +268,8 @@ class ReidEngine(TorchreidEngine):
         state at the start, the sums of its logged terms; every RNG state now) and stops the run
         with :class:`TrainingInterrupted`."""
         step = self.batch_idx + 1
-        self.epoch_sums = dict(sums)
-        save_training_state(self, self.epoch, step=step)
+        progress = {"rng_at_epoch_start": self.epoch_start_rng, "sums": dict(sums)}
+        save_training_state(self, self.epoch, step=step, epoch_progress=progress)
         self._raise_interrupted(f"at epoch {self.epoch + 1}/{self.max_epoch}, step {step}/{self.num_batches}")
 
     def _raise_interrupted(self, where: str) -> None:

@@ -276,7 +276,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(engine: CheckpointedRun, epoch: int, evaluation_pending: bool = False, step: int = 0) -> None:
+def save_training_state(
+    engine: CheckpointedRun, epoch: int, evaluation_pending: bool = False, step: int = 0,
+    epoch_progress: dict[str, Any] | None = None,
+) -> None:
     """Writes ``engine``'s resumable state after ``epoch`` epochs to ``engine.checkpoint_path``:
     model, optimiser, scheduler, epoch, history, RNG states, config (and the fp16 loss scaler).
 
@@ -284,9 +287,10 @@ def save_training_state(engine: CheckpointedRun, epoch: int, evaluation_pending:
     results are not in the history yet); a run resumed from it evaluates that epoch first.
 
     ``step`` > 0: the state is written inside epoch ``epoch + 1`` after that many of its steps
-    (an interruption, :meth:`ReidEngine.interrupt`); it also holds that epoch's progress: the RNG
-    state at the epoch's start and the sums of its logged terms, from which a resumed run
-    continues at the next step as the uninterrupted run would.
+    (an interruption, :meth:`ReidEngine.interrupt`); ``epoch_progress`` is then that epoch's
+    progress (the RNG state at its start, ``rng_at_epoch_start``, and the sums of its logged
+    terms, ``sums``), from which a resumed run continues at the next step as the uninterrupted
+    run would.
 
     Rank 0 writes; every process must call this, as it gathers every process's RNG state.
 
@@ -311,7 +315,7 @@ def save_training_state(engine: CheckpointedRun, epoch: int, evaluation_pending:
     }
     if step:
         state["step"] = step
-        state["epoch_progress"] = {"rng_at_epoch_start": engine.epoch_start_rng, "sums": dict(engine.epoch_sums)}
+        state["epoch_progress"] = epoch_progress
     if engine.dist.is_distributed:
         state["rng_per_process"] = rng
     if engine.scaler.is_enabled():

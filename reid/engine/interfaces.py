@@ -34,8 +34,6 @@ class CheckpointedRun(Protocol):
         history: one record per epoch done; restored from the checkpoint.
         saved_epoch: the epoch of the checkpoint on disk (set by saving and restoring).
         evaluation_pending: the restored checkpoint was written before its evaluation.
-        epoch_start_rng, epoch_sums: the interrupted epoch's RNG state at its start and the sums
-            of its logged terms (saved with a step).
         resume_step, resume_progress: set by restoring a checkpoint written inside an epoch.
         checkpoint_path: where the checkpoint lives.
     """
@@ -50,8 +48,6 @@ class CheckpointedRun(Protocol):
     history: list[dict[str, Any]]
     saved_epoch: int | None
     evaluation_pending: bool
-    epoch_start_rng: dict[str, Any] | None
-    epoch_sums: dict[str, float]
     resume_step: int
     resume_progress: dict[str, Any] | None
 
