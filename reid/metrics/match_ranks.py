@@ -130,11 +130,19 @@ def market_ranks(
     per_query: list[np.ndarray] = []
     kept_len = np.empty(num_q, dtype=np.int64)
     num_sorted = 0
+    keep_buffer = np.empty((min(chunk_size, num_q), num_g), dtype=bool) if _counts_on(device) else None
     for start in range(0, num_q, chunk_size):
         stop = min(start + chunk_size, num_q)
         cols, valid, junk = gallery.same_identity(q_pid[start:stop], q_cam[start:stop])
-        sorted_rows, same, finite = _sorted_chunk(dist, start, stop, cols, valid & ~junk, device)
-        ranks, n_rel, needs_sort = _chunk_match_ranks(sorted_rows, same, valid, junk, finite)
+        if keep_buffer is not None:  # (no reference to the rows is kept: one block in memory at a time)
+            ranks, n_rel, needs_sort = _counted_match_ranks(
+                np.asarray(rows_numpy(dist, start, stop), dtype=work_dtype(dist.dtype)), cols, valid, junk,
+                keep_buffer[: stop - start],
+            )
+        else:
+            sorted_rows, same, finite = _sorted_chunk_torch(dist, start, stop, cols, device)
+            ranks, n_rel, needs_sort = _chunk_match_ranks(sorted_rows, same, valid, junk, finite)
+            del sorted_rows
         kept_len[start:stop] = num_g - junk.sum(1)
         chunk_lists = [ranks[b, : n_rel[b]] for b in range(stop - start)]
         redo = np.flatnonzero(needs_sort)
@@ -157,50 +165,83 @@ def market_ranks(
     return _assemble(per_query, kept_len, max_rank, market_cmc=True)
 
 
-def _sorted_chunk(
-    dist: np.ndarray | torch.Tensor, start: int, stop: int, cols: np.ndarray, match: np.ndarray,
-    device: torch.device,
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """What :func:`_chunk_match_ranks` counts in, for rows ``start:stop``: per row, ascending, every
-    distance up to the row's farthest true match (+inf padding); the distances at ``cols``; which
-    rows are finite.
+def _counts_on(device: torch.device) -> bool:
+    """Whether the ranks are counted (:func:`_counted_match_ranks`, the CPU) rather than read
+    from whole sorted rows (:func:`_sorted_chunk_torch`, other devices)."""
+    return device.type == "cpu"
 
-    Only values are sorted (no indices, so no tie order is involved). On the CPU only the
-    distances that can rank before a true match are sorted (:func:`_candidates_numpy`); on another
-    device the whole row (``torch.sort`` is fast there).
+
+def _counted_match_ranks(
+    rows: np.ndarray, cols: np.ndarray, valid: np.ndarray, junk: np.ndarray, keep: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranks of the true matches of a chunk of queries on the CPU, by counting, without sorting
+    the rows.
+
+    The rank (1-based, among kept entries) of the k-th nearest true match, at distance ``t_k``,
+    is ``k`` plus the number of kept non-matches closer than ``t_k``. Only entries up to the
+    row's farthest true match can be closer, so one comparison per row marks them (``keep``);
+    the same-identity entries (true matches and removed ones) are unmarked; the few marked
+    values of each row are sorted and each ``t_k`` is located among them by binary search, once
+    strictly below and once at most (a difference is a kept non-match at exactly ``t_k``, where
+    the sort's tie order decides: the query is flagged for the sorting path). A row whose true
+    matches are not all finite is flagged too. NaN elsewhere in a row is never marked, which is
+    where every sort puts it: last. How many entries are marked depends on the model: few for a
+    good one (its true matches rank near the top), the whole row at worst.
+
+    Args:
+        rows: ``(B, G)`` distances in the working dtype (:func:`work_dtype`).
+        cols: ``(B, S)`` gallery columns of each query's same-identity entries (0 in padding).
+        valid: ``(B, S)`` bool, real entries of ``cols`` (the rest is padding).
+        junk: ``(B, S)`` bool, entries of ``cols`` removed by the protocol (same camera).
+        keep: ``(B, G)`` bool buffer, overwritten.
 
     Returns:
-        ``(B, W)`` tensor on ``device`` (``W <= G``), ``(B, S)`` numpy, the distances at ``cols``,
-        and ``(B,)`` bool, the rows without NaN or infinity; in the working dtype.
+        ``ranks`` ``(B, M)`` int64 (entries past ``n_rel`` are meaningless), ``n_rel`` ``(B,)``
+        number of true matches, ``needs_sort`` ``(B,)`` bool.
     """
-    if device.type == "cpu":
-        return _candidates_numpy(dist, start, stop, cols, match)
-    return _sorted_chunk_torch(dist, start, stop, cols, device)
-
-
-def _candidates_numpy(
-    dist: np.ndarray | torch.Tensor, start: int, stop: int, cols: np.ndarray, match: np.ndarray
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """:func:`_sorted_chunk` on the CPU without sorting whole rows: a query's ranks only count the
-    entries closer than (or as close as) its farthest true match, so one vectorised comparison
-    per row keeps those and only they are sorted (numpy's SIMD sort). How many there are depends on
-    the model: few for a good one (the ranks are small), the whole row at worst, as before."""
-    rows = np.asarray(rows_numpy(dist, start, stop), dtype=work_dtype(dist.dtype))
+    num_b, num_g = rows.shape
+    match = valid & ~junk
+    n_rel = match.sum(1)
+    m_max = int(n_rel.max(initial=0))
+    if m_max == 0 or num_g == 0:
+        return np.zeros((num_b, 0), dtype=np.int64), n_rel, np.zeros(num_b, dtype=bool)
     same = np.take_along_axis(rows, cols, axis=1)
-    finite = np.isfinite(rows.min(axis=1)) & np.isfinite(rows.max(axis=1))  # NaN propagates too
-    farthest = np.where(match, same, -np.inf).max(axis=1, initial=-np.inf)
-    keep = rows <= farthest[:, None]
-    counts = keep.sum(axis=1)
-    padded = np.full((rows.shape[0], max(int(counts.max(initial=0)), 1)), np.inf, dtype=rows.dtype)
+    # ascending true-match distances, +inf past n_rel (a NaN sorts past +inf, so it leaves a
+    # non-finite value among the first n_rel)
+    thresholds = np.sort(np.where(match, same, np.inf), axis=1)[:, :m_max]
+    k = np.arange(m_max)
+    real = k[None, :] < n_rel[:, None]
+    finite = np.isfinite(np.where(real, thresholds, 0)).all(1)
+    ranked = finite & (n_rel > 0)
+    farthest = np.full(num_b, -np.inf, dtype=rows.dtype)
+    farthest[ranked] = thresholds[ranked, n_rel[ranked] - 1]
+    np.less_equal(rows, farthest[:, None], out=keep)
+    # same-identity entries are not counted (padding points at the row's first such entry)
+    np.put_along_axis(keep, np.where(valid, cols, cols[:, :1]), False, axis=1)
+    flat = np.flatnonzero(keep)
+    values = rows.reshape(-1)[flat]
+    counts = np.bincount(flat // num_g, minlength=num_b)
+    starts = np.cumsum(counts) - counts
+    closer = np.zeros((num_b, m_max), dtype=np.int64)
+    at_most = np.zeros((num_b, m_max), dtype=np.int64)
     for b in np.flatnonzero(counts):
-        padded[b, : counts[b]] = np.sort(rows[b][keep[b]])
-    return torch.from_numpy(padded), same, finite
+        marked = np.sort(values[starts[b] : starts[b] + counts[b]])
+        closer[b] = np.searchsorted(marked, thresholds[b], side="left")
+        at_most[b] = np.searchsorted(marked, thresholds[b], side="right")
+    needs_sort = ~finite | ((at_most != closer) & real).any(1)
+    return closer + k + 1, n_rel, needs_sort
 
 
 def _sorted_chunk_torch(
     dist: np.ndarray | torch.Tensor, start: int, stop: int, cols: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """:func:`_sorted_chunk` with ``torch.sort`` of the whole rows on ``device``."""
+    """Rows ``start:stop`` sorted whole by ``torch.sort`` on ``device`` (a GPU sorts fast), the
+    distances at ``cols`` and which rows are finite: what :func:`_chunk_match_ranks` counts in.
+
+    Returns:
+        ``(B, G)`` tensor on ``device``, ``(B, S)`` numpy, the distances at ``cols``, and ``(B,)``
+        bool, the rows without NaN or infinity; in the working dtype.
+    """
     dtype = work_dtype(dist.dtype)
     torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
     if isinstance(dist, torch.Tensor):
@@ -219,7 +260,7 @@ def _sorted_chunk_torch(
 def _chunk_match_ranks(
     sorted_rows: torch.Tensor, same: np.ndarray, valid: np.ndarray, junk: np.ndarray, finite: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ranks of the true matches of a chunk of queries from the sorted distance values.
+    """Ranks of the true matches of a chunk of queries from the sorted rows (other devices).
 
     The rank (1-based, among kept entries) of the k-th nearest true match, at distance
     ``t_k``, is ``k`` plus the number of kept non-matches closer than ``t_k``: the number of

@@ -11,6 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .distance import chunk_rows
+
 __all__ = ["DistanceRows", "return_freed_blocks"]
 
 
@@ -61,14 +63,21 @@ class DistanceRows:
             query: ``(Q, D)`` features.
             gallery: ``(G, D)`` features.
             distances: ``(b, D), (G, D) -> (b, G)`` distances, e.g. the model's own.
-            block_mb: size of one block of float32 rows.
+            block_mb: size of one block of float32 rows; a block of at least one chunk of
+                :func:`reid.metrics.distance.chunk_rows` is rounded down to whole chunks, so
+                that :func:`reid.metrics.compute_distance_matrix` gives each block the numbers of
+                the whole matrix.
         """
         num_q, num_g = int(query.shape[0]), int(gallery.shape[0])
         # the distances keep the features' precision: float64 features give float64 rows, ranked
         # exactly as the dense float64 matrix is (casting them to float32 merged close distances)
         wide = torch.float64 in (getattr(query, "dtype", None), getattr(gallery, "dtype", None))
         dtype = np.float64 if wide else np.float32
-        block_rows = max(1, min(num_q, int(block_mb * 2**20 // (np.dtype(dtype).itemsize * max(num_g, 1)))))
+        block_rows = max(1, int(block_mb * 2**20 // (np.dtype(dtype).itemsize * max(num_g, 1))))
+        chunk = chunk_rows(num_g)
+        if block_rows >= chunk:  # whole chunks of compute_distance_matrix: the numbers of the whole matrix
+            block_rows -= block_rows % chunk
+        block_rows = min(num_q, block_rows)
         return cls(lambda start, stop: distances(query[start:stop], gallery), (num_q, num_g), block_rows, dtype=dtype)
 
     def __init__(
@@ -92,6 +101,7 @@ class DistanceRows:
             raise TypeError("DistanceRows supports row slices only")
         start, stop, _ = key.indices(self.shape[0])
         if self._cached is None or self._cached[:2] != (start, stop):
+            self._cached = None  # freed before the next block exists: one block in memory at a time
             rows = self.rows_of(start, stop)
             rows = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
             if rows.shape != (stop - start, self.shape[1]):

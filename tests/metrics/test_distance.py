@@ -161,3 +161,59 @@ def test_normalize_compares_unit_rows():
     assert torch.allclose(compute_distance_matrix(a, b, "euclidean", normalize=True), torch.tensor([[0.4, 0.8]]))
     assert torch.allclose(compute_distance_matrix(a.numpy(), b.numpy(), "cosine", normalize=True),
                           torch.tensor([[0.2, 0.4]]))
+
+
+def test_in_place_path_gives_the_autograd_numbers() -> None:
+    # without autograd the squared distances are written in place (norms, then addmm_); with it
+    # they are one out-of-place addmm: the same BLAS call, the same numbers, chunked or not
+    x, y = _features(37, 24, 10), _features(53, 24, 11)
+    with torch.no_grad():
+        in_place = euclidean_squared_distance(x, y, chunk_size=5)
+    tracked = euclidean_squared_distance(x.clone().requires_grad_(True), y, chunk_size=5)
+    assert torch.equal(in_place, tracked.detach())
+
+
+def test_blocks_of_whole_chunks_equal_the_whole_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # DistanceRows rounds a block down to whole chunks, so its rows are computed by the very BLAS
+    # calls of the whole matrix: bit-identical (a GEMM's rounding may depend on its row count)
+    from reid.metrics import DistanceRows, distance
+
+    monkeypatch.setattr(distance, "_CHUNK_BYTES", 4 * 200 * 7)  # 7 rows per chunk of 200 columns
+    assert distance.chunk_rows(200) == 7
+    query, gallery = _features(60, 32, 12), _features(200, 32, 13)
+    whole = compute_distance_matrix(query, gallery).numpy()
+    rows = DistanceRows.from_features(query, gallery, compute_distance_matrix, block_mb=4 * 200 * 17 / 2**20)
+    assert rows.block_rows == 14  # 17 rows of budget, rounded down to two chunks
+    for start in range(0, 60, rows.block_rows):
+        assert (rows[start : start + rows.block_rows] == whole[start : start + rows.block_rows]).all()
+    # a budget below one chunk keeps its own size
+    assert DistanceRows.from_features(query, gallery, compute_distance_matrix, block_mb=4 * 200 * 3 / 2**20).block_rows == 3
+
+
+def test_large_inputs_are_prepared_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reid.metrics import distance
+
+    monkeypatch.setattr(distance, "_PREPARE_ELEMENTS", 100)
+    monkeypatch.setattr(distance, "_PREPARED", {})
+    calls = []
+
+    def norms(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x)
+        return x.pow(2).sum(dim=1)
+
+    gallery = _features(30, 8, 14)  # 240 numbers: prepared once
+    first = distance._prepared(gallery, "squared_norms", norms)
+    assert distance._prepared(gallery, "squared_norms", norms) is first and len(calls) == 1
+    gallery.mul_(2)  # changed in place: prepared again, with the new values
+    assert torch.allclose(distance._prepared(gallery, "squared_norms", norms), 4 * first) and len(calls) == 2
+    small = _features(3, 8, 15)  # 24 numbers: every time
+    distance._prepared(small, "squared_norms", norms)
+    distance._prepared(small, "squared_norms", norms)
+    assert len(calls) == 4
+    del gallery, calls[:]  # freed: the remembered result goes with it
+    assert "squared_norms" not in distance._PREPARED
+    # and the distances themselves do not change
+    query, other = _features(10, 8, 16), _features(40, 8, 17)
+    assert torch.equal(compute_distance_matrix(query, other, normalize=True),
+                       compute_distance_matrix(query, other, normalize=True))
+    assert torch.equal(compute_distance_matrix(query, other, "cosine"), torchreid_distance(query, other, "cosine"))

@@ -339,16 +339,10 @@ def test_cuhk03_single_identity_gallery_is_deterministic() -> None:
 
 def test_torch_sorting_path_equals_torchreid(monkeypatch: pytest.MonkeyPatch) -> None:
     # The path taken on GPUs (torch.sort of whole rows), forced on the CPU; the CPU's own path
-    # (only the entries up to the farthest true match sorted) is what every other test checks.
+    # (counting the entries up to the farthest true match) is what every other test checks.
     from reid.metrics import match_ranks
 
-    monkeypatch.setattr(
-        match_ranks,
-        "_sorted_chunk",
-        lambda dist, start, stop, cols, match, device: match_ranks._sorted_chunk_torch(
-            dist, start, stop, cols, device
-        ),
-    )
+    monkeypatch.setattr(match_ranks, "_counts_on", lambda device: False)
     rng = np.random.default_rng(7)
     for kind in ("float32", "int_ties", "float64_ties"):
         for _ in range(10):
@@ -375,9 +369,38 @@ def test_only_entries_up_to_the_farthest_true_match_are_sorted() -> None:
             _assert_same(_torchreid(*problem, max_rank=5) if tie_break == "numpy" else
                          _ours(*problem, max_rank=5, tie_break="stable"),
                          _ours(*problem, max_rank=5, tie_break=tie_break, chunk_size=4))
-    # and they are few: the widest kept row of such a chunk is far shorter than the gallery
-    rows = np.array([[0.5, 3.0, 1.0, 9.0, 2.0], [4.0, 0.25, 8.0, 7.0, 6.0]], dtype=np.float32)
-    # row 0: its true match (column 2) at 1.0, so 0.5 and 1.0 are kept; row 1: only 0.25 itself
-    kept, same, finite = match_ranks._candidates_numpy(rows, 0, 2, np.array([[2], [1]]), np.ones((2, 1), bool))
-    assert kept.tolist() == [[0.5, 1.0], [0.25, np.inf]] and finite.tolist() == [True, True]
-    assert same.tolist() == [[1.0], [0.25]]
+    # only the entries up to a row's farthest true match are marked, and the same-identity ones are not
+    rows = np.array([[0.5, 3.0, 1.0, 9.0, 2.0], [4.0, 0.25, 8.0, 7.0, 6.0], [1.0, 2.0, 2.0, 0.0, 5.0]],
+                    dtype=np.float32)
+    # row 0: true match column 2 at 1.0, one non-match closer (0.5): rank 2; row 1: its match
+    # (column 1) is nearest: rank 1; row 2: matches columns 0 and 2 (1.0, 2.0) and a removed
+    # column 3 at 0.0, which does not count: ranks 1 and 2 by the strict count, and column 1
+    # (a non-match) ties the second match, so the row is flagged for the sorting path
+    cols = np.array([[2, 0, 0], [1, 0, 0], [0, 2, 3]])  # padding: 0
+    valid = np.array([[True, False, False], [True, False, False], [True, True, True]])
+    junk = np.array([[False] * 3, [False] * 3, [False, False, True]])
+    keep = np.empty(rows.shape, dtype=bool)
+    ranks, n_rel, needs_sort = match_ranks._counted_match_ranks(rows, cols, valid, junk, keep)
+    assert n_rel.tolist() == [1, 1, 2]
+    assert ranks[0, :1].tolist() == [2] and ranks[1, :1].tolist() == [1] and ranks[2].tolist() == [1, 2]
+    assert needs_sort.tolist() == [False, False, True]
+    assert keep.tolist() == [[True, False, False, False, False], [False] * 5, [False, True, False, False, False]]
+
+
+def test_many_non_finite_distances_follow_torchreid() -> None:
+    # NaN, +inf and -inf scattered over true matches, removed entries and non-matches alike: a NaN
+    # non-match is never counted (every sort puts it last), a non-finite true match sends its
+    # query to the sorting path; the numbers stay torchreid's
+    rng = np.random.default_rng(23)
+    for trial in range(40):
+        problem = list(_random_problem(rng, "float32" if trial % 2 else "int_ties"))
+        dist = problem[0]
+        for value in (np.nan, np.inf, -np.inf):
+            dist[rng.random(dist.shape) < 0.08] = value
+        try:
+            ref = _torchreid(*problem, max_rank=1)
+        except AssertionError:  # no valid query: both refuse
+            with pytest.raises(AssertionError):
+                _ours(*problem, max_rank=1)
+            continue
+        _assert_same(ref, _ours(*problem, max_rank=1, chunk_size=4))
