@@ -344,10 +344,14 @@ def _average_precisions(
 ) -> np.ndarray:
     """AP of the valid queries, bit-identical to torchreid's.
 
-    torchreid sums the float64 vector ``precision@i * rel_i`` over all kept entries with
-    numpy's pairwise summation, whose rounding depends on the vector's length and on where the
-    non-zeros sit. The same vectors are rebuilt (zeros except ``k / r_k`` at the true matches),
-    grouped by length so that one numpy row-sum serves many queries.
+    torchreid's AP of a query is ``v.sum() / n_rel``, ``v`` a float64 vector as long as the
+    query's kept gallery, zero except ``k / r_k`` at index ``r_k - 1`` (``r_k`` the rank of its
+    ``k``-th true match). numpy sums a vector pairwise: up to 128 entries in one fixed pattern,
+    longer ones as the sum of the first ``n2`` entries (``n // 2`` rounded down to a multiple of
+    8) plus the sum of the rest, recursively. :func:`_sparse_sums` walks that same tree over the
+    true matches alone, so every rounding step is numpy's and the cost follows the number of
+    true matches, not the gallery size (11,659 queries x 82,161 kept entries, 27 true matches
+    each: 0.03 s, against 0.56 s to fill and sum the 958M dense cells).
 
     Args:
         ranks: ``(M,)`` 1-based ranks; offsets: ``(Q + 1,)``; kept_len: ``(Q,)``;
@@ -356,22 +360,102 @@ def _average_precisions(
     Returns:
         ``(V,)`` float64 AP of the valid queries, in query order.
     """
-    queries = np.flatnonzero(valid)
-    n_rel = np.diff(offsets)[queries]
-    within = np.arange(ranks.shape[0]) - np.repeat(offsets[:-1], np.diff(offsets))
+    counts = np.diff(offsets)
+    within = np.arange(ranks.shape[0]) - np.repeat(offsets[:-1], counts)
     precision = (within + 1).astype(np.float64) / ranks.astype(np.float64)
-    out = np.empty(queries.shape[0], dtype=np.float64)
-    lengths = kept_len[queries]
-    for length in np.unique(lengths):
-        members = np.flatnonzero(lengths == length)
-        block = max(1, _AP_BLOCK_ELEMENTS // int(length))
-        for s in range(0, members.shape[0], block):
-            idx = members[s : s + block]
-            qs = queries[idx]
-            cnt = n_rel[idx]
+    mine = np.repeat(valid, counts)
+    sums = _sparse_sums(
+        ranks[mine].astype(np.int64) - 1,
+        precision[mine],
+        counts[valid],
+        kept_len[valid].astype(np.int64),
+    )
+    return sums / counts[valid]
+
+
+def _sparse_sums(
+    pos: np.ndarray, val: np.ndarray, counts: np.ndarray, length: np.ndarray
+) -> np.ndarray:
+    """``v.sum()`` of float64 vectors given by their non-zeros, bit-identical to numpy's.
+
+    Vector ``i`` has ``length[i]`` entries, zero except ``val[j]`` at index ``pos[j]`` for its
+    ``counts[i] >= 1`` entries ``j`` (the vectors own consecutive runs of ``pos`` in order; the
+    positions increase within a vector; the values are positive).
+
+    Exact because adding ``0.0`` changes nothing: in numpy's summation tree a node without a
+    non-zero sums to ``0.0``, one with a single non-zero to that value, and one whose non-zeros
+    all lie in one half to that half's sum. The walk goes down from each vector's root through
+    such nodes; a node with non-zeros in both halves is split, and its sum is the two halves'
+    sums added in numpy's order; a node at most 128 wide with several non-zeros is filled in
+    densely and summed by numpy itself, as a row of a 2-D array of exactly that width.
+    """
+    n = counts.shape[0]
+    if n == 0:
+        return np.empty(0, dtype=np.float64)
+    bounds = np.cumsum(counts)
+    span = int(length.max()) + 1
+    # Increasing over all non-zeros (vector, then position): one searchsorted finds, for many
+    # nodes at once, the first non-zero at or after each node's split.
+    key = np.repeat(np.arange(n, dtype=np.int64) * span, counts) + pos
+    # A sum per vector, then one per half of a split node (at most 2 per extra non-zero).
+    sums = np.empty(n + 2 * (pos.shape[0] - n), dtype=np.float64)
+    next_slot = n
+    # The live nodes: the slot of their sum, their vector, first index, width, non-zeros [lo, hi).
+    slot, vec = np.arange(n), np.arange(n)
+    off, width = np.zeros(n, dtype=np.int64), length
+    lo, hi = bounds - counts, bounds
+    joins = []  # per round: slots of the nodes split in two, of their left and right halves
+    leaves = []  # per round: (slot, first index, width, lo, hi) of the nodes to sum densely
+    while slot.shape[0]:
+        one = hi - lo == 1
+        sums[slot[one]] = val[lo[one]]
+        small = ~one & (width <= 128)
+        leaves.append((slot[small], off[small], width[small], lo[small], hi[small]))
+        go = ~(one | small)
+        slot, vec, off, width, lo, hi = (a[go] for a in (slot, vec, off, width, lo, hi))
+        half = width // 2
+        half -= half % 8
+        split = off + half
+        left = pos[hi - 1] < split
+        right = pos[lo] >= split
+        both = ~(left | right)
+        side = ~both
+        # A node with non-zeros in both halves becomes two nodes, with new slots.
+        b_vec, b_off, b_split, b_lo, b_hi = vec[both], off[both], split[both], lo[both], hi[both]
+        b_width, b_half = width[both], half[both]
+        mid = np.searchsorted(key, b_vec * span + b_split)
+        count = b_vec.shape[0]
+        lefts = np.arange(next_slot, next_slot + count)
+        rights = lefts + count
+        next_slot += 2 * count
+        joins.append((slot[both], lefts, rights))
+        # A node with non-zeros in one half only becomes that half, keeping its slot.
+        left, right = left[side], right[side]
+        slot = np.concatenate([slot[side], lefts, rights])
+        vec = np.concatenate([vec[side], b_vec, b_vec])
+        off = np.concatenate([np.where(right, split[side], off[side]), b_off, b_split])
+        width = np.concatenate(
+            [np.where(left, half[side], width[side] - half[side]), b_half, b_width - b_half]
+        )
+        lo = np.concatenate([lo[side], b_lo, mid])
+        hi = np.concatenate([hi[side], mid, b_hi])
+    l_slot, l_off, l_width, l_lo, l_hi = (np.concatenate(a) for a in zip(*leaves))
+    order = np.argsort(l_width, kind="stable")
+    widths, starts = np.unique(l_width[order], return_index=True)
+    ends = np.append(starts[1:], order.shape[0])
+    # Blocks that stay in the cache take half the time of blocks of _AP_BLOCK_ELEMENTS cells.
+    cells_per_block = min(_AP_BLOCK_ELEMENTS, 1 << 16)
+    for w, start, end in zip(widths.tolist(), starts.tolist(), ends.tolist()):
+        step = max(1, cells_per_block // w)
+        for s in range(start, end, step):
+            idx = order[s : min(end, s + step)]
+            cnt = l_hi[idx] - l_lo[idx]
             row = np.repeat(np.arange(idx.shape[0]), cnt)
-            entries = np.arange(row.shape[0]) + np.repeat(offsets[qs] - (np.cumsum(cnt) - cnt), cnt)
-            dense = np.zeros((idx.shape[0], int(length)), dtype=np.float64)
-            dense[row, ranks[entries] - 1] = precision[entries]
-            out[idx] = dense.sum(axis=1) / n_rel[idx]
-    return out
+            entries = np.arange(row.shape[0]) + np.repeat(l_lo[idx] - (np.cumsum(cnt) - cnt), cnt)
+            cells = np.zeros((idx.shape[0], w), dtype=np.float64)
+            cells[row, pos[entries] - np.repeat(l_off[idx], cnt)] = val[entries]
+            sums[l_slot[idx]] = cells.sum(axis=1)
+    # Deeper rounds first: both halves of a split node are summed before the node itself.
+    for parents, lefts, rights in reversed(joins):
+        sums[parents] = sums[lefts] + sums[rights]
+    return sums[:n]
