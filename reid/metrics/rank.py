@@ -16,17 +16,17 @@ version, ``use_cython=False``). The numbers are bit-identical to torchreid's:
   builds, the CMC rows are summed and divided in ``float32`` exactly as torchreid does.
 
 Speed: a query's metrics only need the rank of each of its true matches, i.e. how many kept
-non-matches are closer. Chunk by chunk, one vectorised comparison per row keeps the distances up
-to the row's farthest true match (nothing beyond it can rank before a true match), only those
-*values* are sorted (numpy's SIMD sort on the CPU; ``torch.sort`` of whole rows on other devices),
-each true match's distance is located among them by binary search, and the same-identity entries
-(found through an identity index of the gallery, not by comparing every label) are subtracted.
-For a good model the kept entries are a small part of the row, so rows are not sorted whole. No Python loop runs over the gallery. (Locating every
-gallery distance among the true-match distances instead, with ``torch.searchsorted``, avoids the
-sort but measured about 8 times slower per element on a CPU than numpy's value sort.) The CUHK03
-metric sorts indices like torchreid, since its sampling depends on the full ranking order.
+non-matches are closer. On the CPU they are counted, chunk of queries by chunk: one vectorised
+comparison per row marks the distances up to the row's farthest true match (nothing beyond it can
+rank before a true match), the same-identity entries (found through an identity index of the
+gallery, not by comparing every label) are unmarked, and each true match's distance is located by
+binary search among the few marked values of its row, sorted. How many are marked depends on the
+model: few for a good one, the whole row at worst. On other devices whole rows are sorted
+(``torch.sort`` is fast there) and searched. The per-query AP follows numpy's pairwise summation
+over the true matches only (:func:`_sparse_sums`). No Python loop runs over the gallery. The
+CUHK03 metric sorts indices like torchreid, since its sampling depends on the full ranking order.
 
-Memory: only a chunk of rows is ever sorted, so the full matrix need not exist. A
+Memory: only a chunk of rows is ever read at a time, so the full matrix need not exist. A
 :class:`DistanceRows` computes each chunk from the features when it is needed
 (:meth:`DistanceRows.from_features`); the numbers are the same as on the whole matrix, because it
 is the same code on the same rows. Peak memory is then the features plus a few ``block x G``
@@ -67,8 +67,9 @@ RandomSource = Union[np.random.RandomState, np.random.Generator]
 
 # Distances handled per chunk (queries x gallery); the fast path keeps two copies of each.
 _CHUNK_ELEMENTS = 1 << 23
-# float64 cells per block of the exact AP summation.
-_AP_BLOCK_ELEMENTS = 1 << 22
+# float64 cells per block of the AP summation's dense leaves (a block that stays in the cache sums
+# in half the time of one of 4M cells).
+_AP_BLOCK_ELEMENTS = 1 << 16
 
 
 class NoValidQueryError(AssertionError, ValueError):
@@ -443,10 +444,8 @@ def _sparse_sums(
     order = np.argsort(l_width, kind="stable")
     widths, starts = np.unique(l_width[order], return_index=True)
     ends = np.append(starts[1:], order.shape[0])
-    # Blocks that stay in the cache take half the time of blocks of _AP_BLOCK_ELEMENTS cells.
-    cells_per_block = min(_AP_BLOCK_ELEMENTS, 1 << 16)
     for w, start, end in zip(widths.tolist(), starts.tolist(), ends.tolist()):
-        step = max(1, cells_per_block // w)
+        step = max(1, _AP_BLOCK_ELEMENTS // w)
         for s in range(start, end, step):
             idx = order[s : min(end, s + step)]
             cnt = l_hi[idx] - l_lo[idx]
