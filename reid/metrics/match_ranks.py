@@ -218,16 +218,21 @@ def _counted_match_ranks(
     np.less_equal(rows, farthest[:, None], out=keep)
     # same-identity entries are not counted (padding points at the row's first such entry)
     np.put_along_axis(keep, np.where(valid, cols, cols[:, :1]), False, axis=1)
-    flat = np.flatnonzero(keep)
-    values = rows.reshape(-1)[flat]
-    counts = np.bincount(flat // num_g, minlength=num_b)
-    starts = np.cumsum(counts) - counts
     closer = np.zeros((num_b, m_max), dtype=np.int64)
     at_most = np.zeros((num_b, m_max), dtype=np.int64)
-    for b in np.flatnonzero(counts):
-        marked = np.sort(values[starts[b] : starts[b] + counts[b]])
-        closer[b] = np.searchsorted(marked, thresholds[b], side="left")
-        at_most[b] = np.searchsorted(marked, thresholds[b], side="right")
+    # an eighth of the rows at a time: a poor model marks whole rows, whose positions (int64) and
+    # values must stay a fraction of the block
+    step = max(1, -(-num_b // 8))
+    for first in range(0, num_b, step):
+        flat = np.flatnonzero(keep[first : first + step])
+        values = rows[first : first + step].reshape(-1)[flat]
+        counts = np.bincount(flat // num_g, minlength=min(step, num_b - first))
+        del flat
+        starts = np.cumsum(counts) - counts
+        for b in np.flatnonzero(counts):
+            marked = np.sort(values[starts[b] : starts[b] + counts[b]])
+            closer[first + b] = np.searchsorted(marked, thresholds[first + b], side="left")
+            at_most[first + b] = np.searchsorted(marked, thresholds[first + b], side="right")
     needs_sort = ~finite | ((at_most != closer) & real).any(1)
     return closer + k + 1, n_rel, needs_sort
 
