@@ -10,7 +10,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from reid.metrics.rerank import rerank_memory_mb
 from reid.io import names_file
 
 from .amp import autocast_context, check_amp
+
+if TYPE_CHECKING:  # imported where used: the retrieval metrics load with the first retrieval target
+    from reid.metrics.retrieval_eval import RetrievalAccumulator
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +332,12 @@ def rank_features(
             gallery-gallery matrices come from it too when ``options.rerank`` (k-reciprocal).
         retrieval: ``query`` and ``gallery`` are one retrieval test set (:func:`evaluate_targets`):
             the retrieval metrics of :func:`retrieval_scores` join the ranking metrics, from the
-            same distances (before any re-ranking).
+            same distances (before any re-ranking). Where the distances stream (above
+            ``options.max_matrix_mb``, no re-ranking), both come from one pass over the blocks of
+            rows: each block the ranking computes is also handed to a
+            :class:`reid.metrics.retrieval_eval.RetrievalAccumulator`
+            (:meth:`reid.metrics.DistanceRows.observed`), so each block's distances are computed
+            once, not once per metric family.
     """
     num_q, num_g = len(query.features), len(gallery.features)
     if options.rerank:
@@ -342,12 +350,17 @@ def rank_features(
         ranked = re_ranking(raw, q_q, g_g)
     else:
         raw = ranked = _distances_within_budget(query.features, gallery.features, options, distances)
+    accumulator = None
+    if retrieval and not options.rerank and isinstance(raw, DistanceRows):
+        # one pass: the retrieval metrics take each block as the ranking computes it
+        accumulator = retrieval_accumulator(query, options)
+        ranked = raw.observed(accumulator.add)
     # one tie rule per target: a retrieval target orders equal distances by gallery index, as its
     # Recall@K does (reid.metrics.retrieval_eval), so that its rank-k is its Recall@k exactly
     metrics = ranking_metrics(ranked, query, gallery, options.ranks, options.use_metric_cuhk03,
                               tie_break="stable" if retrieval else "numpy")
     if retrieval:
-        metrics.update(retrieval_scores(raw, query, options))
+        metrics.update(retrieval_scores(raw, query, options, accumulator=accumulator))
     return metrics
 
 
@@ -402,18 +415,53 @@ def check_rerank_memory(num_query: int, num_gallery: int, available_mb: float | 
         )
 
 
-def retrieval_scores(distmat: np.ndarray | DistanceRows, test: ExtractedFeatures, options: EvalOptions) -> dict[str, float]:
+def _recall_ks(num: int, options: EvalOptions) -> tuple[int, ...]:
+    """The K of ``options.recall_ks`` that a retrieval set of ``num`` images can report."""
+    return tuple(k for k in options.recall_ks if k <= num - 1)
+
+
+def retrieval_accumulator(test: ExtractedFeatures, options: EvalOptions) -> RetrievalAccumulator:
+    """An empty :class:`reid.metrics.retrieval_eval.RetrievalAccumulator` of a retrieval test set,
+    for ``options.recall_ks`` (those its size allows, see :func:`retrieval_scores`), on the CPU."""
+    from reid.metrics.retrieval_eval import RetrievalAccumulator
+
+    return RetrievalAccumulator(test.pids, recall_ks=_recall_ks(len(test.features), options))
+
+
+def retrieval_scores(
+    distmat: np.ndarray | DistanceRows,
+    test: ExtractedFeatures,
+    options: EvalOptions,
+    *,
+    accumulator: RetrievalAccumulator | None = None,
+) -> dict[str, float]:
     """Recall@K (``options.recall_ks``), MAP@R, R-Precision and NMI of a retrieval test set, every
     image a query against every other (:mod:`reid.metrics.retrieval_eval`), from its ``(N, N)``
-    distances (whole or by blocks of rows)."""
+    distances (whole or by blocks of rows).
+
+    Args:
+        distmat: the distances, read block by block unless ``accumulator`` already holds them.
+        test: the test set's features and labels.
+        options: ``recall_ks``.
+        accumulator: a :func:`retrieval_accumulator` that was handed every block of ``distmat``
+            (by :func:`rank_features`' one pass): its metrics are taken as they are. Should a row
+            be missing from it or have come twice, a warning says so and the metrics are computed
+            from ``distmat`` instead (a second pass over its rows, the same numbers).
+    """
     from reid.metrics.retrieval_eval import nmi, retrieval_metrics
 
     num = len(test.features)
-    ks = tuple(k for k in options.recall_ks if k <= num - 1)
+    ks = _recall_ks(num, options)
     if len(ks) < len(options.recall_ks):
         logger.warning("Recall@K for K in %s not reported: the test set has %d images",
                        [k for k in options.recall_ks if k > num - 1], num)
-    result = retrieval_metrics(distmat, test.pids, recall_ks=ks)
+    problem = accumulator.incomplete() if accumulator is not None else None
+    if accumulator is not None and problem is None:
+        result = accumulator.result()
+    else:
+        if problem is not None:
+            logger.warning("%s; computing the retrieval metrics in a second pass over the distances", problem)
+        result = retrieval_metrics(distmat, test.pids, recall_ks=ks)
     out = {f"recall@{k}": float(v) for k, v in result.recall.items()}
     out["map@r"] = float(result.map_at_r)
     out["r_precision"] = float(result.r_precision)

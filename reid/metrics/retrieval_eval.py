@@ -26,11 +26,14 @@ and device. ``R`` is the number of other images of the query's class.
 
 Memory. The ``(N, N)`` distance matrix is read block of rows by block of rows (a
 :class:`~reid.metrics.rank.DistanceRows` computes each block from the features when it is
-needed), so it never has to exist whole. In each block the self-distances are set to ``+inf``,
-the ``k + 1`` smallest entries of each row are taken in ``(distance, index)`` order
-(:func:`~reid.metrics.retrieval.smallest_k`, exact for ties at the k-th place) and the query
-itself is dropped, which leaves its ``k = max(max(K), max R)`` nearest others, in order, even
-where other distances are ``+inf`` too. The metrics only need these. k-means holds the
+needed), so it never has to exist whole. The blocks go to a :class:`RetrievalAccumulator`, which
+keeps only a few numbers per query, takes them in any order and size, and can be fed by another
+reader's pass over the rows (:meth:`~reid.metrics.rank.DistanceRows.observed`: the engine ranks
+and scores a streamed retrieval set with one computation of each block). In each block the
+self-distances are set to ``+inf``, the ``k + 1`` smallest entries of each row are taken in
+``(distance, index)`` order (:func:`~reid.metrics.retrieval.smallest_k`, exact for ties at the
+k-th place) and the query itself is dropped, which leaves its ``k = max(max(K), max R)`` nearest
+others, in order, even where other distances are ``+inf`` too. The metrics only need these. k-means holds the
 ``(N, D)`` embeddings in float64 (scikit-learn works on chunks of points inside).
 
 This module imports numpy and torch, and scikit-learn for the clustering.
@@ -49,6 +52,7 @@ from reid.metrics.rank import DistanceRows
 from reid.metrics.retrieval import smallest_k
 
 __all__ = [
+    "RetrievalAccumulator",
     "RetrievalResult",
     "kmeans",
     "nmi",
@@ -89,6 +93,133 @@ class RetrievalResult:
     first_hit_rank: np.ndarray
 
 
+class RetrievalAccumulator:
+    """Recall@K, MAP@R and R-Precision of a set queried against itself, gathered from blocks of
+    rows of its ``(N, N)`` distances, in any order and of any size (:func:`retrieval_metrics` is
+    this over every block of a matrix or :class:`~reid.metrics.rank.DistanceRows`).
+
+    Each query's metrics depend on its own row only, so the result is the same whatever the
+    blocks, as long as every row is added exactly once; :meth:`result` checks that. What is kept
+    between blocks is a few numbers per query, not the rows.
+
+    Args:
+        labels: ``(N,)`` class labels, of any comparable dtype; ``N`` is the size of the set.
+        recall_ks: the ``K`` of Recall@K, each in ``[1, N - 1]``.
+        device: where the blocks are ranked; ``None``: the CPU.
+
+    Raises:
+        ValueError: labels not 1-D or fewer than 2, an empty ``recall_ks`` or a ``K`` outside
+            ``[1, N - 1]``.
+    """
+
+    def __init__(
+        self,
+        labels: ArrayLike,
+        recall_ks: Sequence[int] = (1, 2, 4, 8),
+        device: torch.device | str | None = None,
+    ) -> None:
+        lab = _to_numpy(labels)
+        if lab.ndim != 1:
+            raise ValueError(f"labels must be 1-D (N,), got shape {tuple(lab.shape)}")
+        num = int(lab.shape[0])
+        if num < 2:
+            raise ValueError(f"retrieval needs at least 2 images, got {num}")
+        codes = _encode_labels(lab, num)
+        self.recall_ks = _check_recall_ks(recall_ks, num)
+        self.num = num
+        self.device = torch.device("cpu" if device is None else device)
+        self._r = np.bincount(codes)[codes] - 1  # other images of the query's class
+        self._k = max(max(self.recall_ks), int(self._r.max()))  # <= N - 1
+        self._codes_t = torch.from_numpy(codes).to(self.device)
+        self._r_t = torch.from_numpy(self._r).to(self.device)
+        self._hits = {kk: 0 for kk in self.recall_ks}
+        self._map_r = np.full(num, np.nan)
+        self._r_prec = np.full(num, np.nan)
+        self._first_hit = np.zeros(num, dtype=np.int64)
+        self._times_added = np.zeros(num, dtype=np.int64)
+
+    def add(self, start: int, rows: np.ndarray | torch.Tensor) -> None:
+        """Takes rows ``start:start + len(rows)`` of the distance matrix (numpy array or tensor,
+        any real dtype; not modified; their diagonal entries are ignored).
+
+        Raises:
+            ValueError: rows that are not ``(B, N)`` or outside ``[0, N)``, or a NaN distance.
+        """
+        if isinstance(rows, torch.Tensor):
+            rows = rows.detach()
+        elif not isinstance(rows, np.ndarray):
+            rows = np.asarray(rows)
+        if rows.ndim != 2 or int(rows.shape[1]) != self.num:
+            raise ValueError(f"rows must be (B, {self.num}) distances, got shape {tuple(rows.shape)}")
+        start = operator.index(start)
+        stop = start + int(rows.shape[0])
+        if start < 0 or stop > self.num:
+            raise ValueError(f"rows {start}:{stop} are outside the {self.num} rows of the matrix")
+        if stop == start:
+            return
+        device = self.device
+        block = _block(rows, start, stop, device)
+        diagonal = torch.arange(stop - start, device=device)
+        block[diagonal, diagonal + start] = float("inf")  # self
+        neighbours = _nearest_others(block, self._k, start)  # (B, k), nearest first
+        q_codes = self._codes_t[start:stop]
+        q_r = self._r_t[start:stop]
+        rel = self._codes_t[neighbours] == q_codes[:, None]  # (B, k)
+        for kk in self.recall_ks:
+            self._hits[kk] += int(rel[:, :kk].any(1).sum())
+        _per_query_precisions(rel, q_r, self._map_r[start:stop], self._r_prec[start:stop])
+        self._first_hit[start:stop] = _first_hit_ranks(block, rel, self._codes_t, q_codes, q_r, start)
+        self._times_added[start:stop] += 1
+
+    def incomplete(self) -> str | None:
+        """What keeps :meth:`result` from answering (rows never added, rows added more than
+        once), or None when every row was added exactly once."""
+        problems = []
+        for what, rows in (
+            ("never added", np.flatnonzero(self._times_added == 0)),
+            ("added more than once", np.flatnonzero(self._times_added > 1)),
+        ):
+            if rows.size:
+                problems.append(f"{rows.size} rows {what} ({_row_ranges(rows)})")
+        if not problems:
+            return None
+        return f"retrieval metrics of {self.num} rows: " + "; ".join(problems)
+
+    def result(self) -> RetrievalResult:
+        """The :class:`RetrievalResult` of the rows added.
+
+        Raises:
+            ValueError: not every row was added exactly once (the rows are named).
+        """
+        problem = self.incomplete()
+        if problem is not None:
+            raise ValueError(problem)
+        valid = self._r >= 1
+        num_valid = int(valid.sum())
+        return RetrievalResult(
+            recall={kk: self._hits[kk] / self.num for kk in self.recall_ks},
+            map_at_r=float(np.mean(self._map_r[valid])) if num_valid else float("nan"),
+            r_precision=float(np.mean(self._r_prec[valid])) if num_valid else float("nan"),
+            num_queries=self.num,
+            num_excluded=self.num - num_valid,
+            map_at_r_per_query=self._map_r.copy(),
+            r_precision_per_query=self._r_prec.copy(),
+            first_hit_rank=self._first_hit.copy(),
+        )
+
+
+def _row_ranges(rows: np.ndarray, shown: int = 5) -> str:
+    """``a:b, c:d, ...`` ranges of sorted row indices, the first ``shown`` of them."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [rows.size]])
+    ranges = [
+        str(rows[a]) if b - a == 1 else f"{rows[a]}:{rows[b - 1] + 1}" for a, b in zip(starts, stops)
+    ]
+    more = f", ... ({len(ranges) - shown} more ranges)" if len(ranges) > shown else ""
+    return ", ".join(ranges[:shown]) + more
+
+
 def retrieval_metrics(
     distances: DistanceRows | np.ndarray | torch.Tensor,
     labels: ArrayLike,
@@ -97,7 +228,8 @@ def retrieval_metrics(
     *,
     block_rows: int | None = None,
 ) -> RetrievalResult:
-    """Recall@K, MAP@R and R-Precision of a set of images queried against itself.
+    """Recall@K, MAP@R and R-Precision of a set of images queried against itself: every block of
+    rows, in order, into a :class:`RetrievalAccumulator`.
 
     Args:
         distances: ``(N, N)`` distances of the set to itself (numpy array or tensor, any real
@@ -120,8 +252,12 @@ def retrieval_metrics(
     """
     dist = _check_distances(distances)
     num = int(dist.shape[0])
-    codes = _encode_labels(labels, num)
-    ks = _check_recall_ks(recall_ks, num)
+    lab = _to_numpy(labels)
+    if lab.ndim != 1 or lab.shape[0] != num:
+        raise ValueError(f"labels must have shape ({num},), got {tuple(lab.shape)}")
+    if device is None:
+        device = dist.device if isinstance(dist, torch.Tensor) else torch.device("cpu")
+    accumulator = RetrievalAccumulator(lab, recall_ks, device)
     if block_rows is None:
         if isinstance(dist, DistanceRows):
             block_rows = dist.block_rows
@@ -129,48 +265,9 @@ def retrieval_metrics(
             block_rows = max(1, _BLOCK_ELEMENTS // num)
     if block_rows < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
-    if device is None:
-        device = dist.device if isinstance(dist, torch.Tensor) else torch.device("cpu")
-    device = torch.device(device)
-
-    class_size = np.bincount(codes)
-    r_all = class_size[codes] - 1  # other images of the query's class
-    k = max(max(ks), int(r_all.max()))  # <= N - 1
-    codes_t = torch.from_numpy(codes).to(device)
-    r_t = torch.from_numpy(r_all).to(device)
-
-    hits = {kk: 0 for kk in ks}
-    map_r = np.full(num, np.nan)
-    r_prec = np.full(num, np.nan)
-    first_hit = np.zeros(num, dtype=np.int64)
     for start in range(0, num, block_rows):
-        stop = min(start + block_rows, num)
-        block = _block(dist, start, stop, device)
-        rows = torch.arange(stop - start, device=device)
-        block[rows, rows + start] = float("inf")  # self
-        neighbours = _nearest_others(block, k, start)  # (B, k), nearest first
-        q_codes = codes_t[start:stop]
-        q_r = r_t[start:stop]
-        rel = codes_t[neighbours] == q_codes[:, None]  # (B, k)
-        for kk in ks:
-            hits[kk] += int(rel[:, :kk].any(1).sum())
-        _per_query_precisions(rel, q_r, map_r[start:stop], r_prec[start:stop])
-        first_hit[start:stop] = _first_hit_ranks(block, rel, codes_t, q_codes, q_r, start)
-
-    valid = r_all >= 1
-    num_valid = int(valid.sum())
-    mean_map = float(np.mean(map_r[valid])) if num_valid else float("nan")
-    mean_rp = float(np.mean(r_prec[valid])) if num_valid else float("nan")
-    return RetrievalResult(
-        recall={kk: hits[kk] / num for kk in ks},
-        map_at_r=mean_map,
-        r_precision=mean_rp,
-        num_queries=num,
-        num_excluded=num - num_valid,
-        map_at_r_per_query=map_r,
-        r_precision_per_query=r_prec,
-        first_hit_rank=first_hit,
-    )
+        accumulator.add(start, dist[start : start + block_rows])
+    return accumulator.result()
 
 
 def _check_distances(
@@ -234,11 +331,11 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
 
 
 def _block(
-    dist: DistanceRows | np.ndarray | torch.Tensor, start: int, stop: int, device: torch.device
+    rows: np.ndarray | torch.Tensor, start: int, stop: int, device: torch.device
 ) -> torch.Tensor:
-    """Rows ``start:stop`` as a fresh tensor on ``device`` in a floating dtype that orders them
-    exactly (float16/bfloat16 -> float32, integers and bools -> float64)."""
-    rows = dist[start:stop]
+    """Rows ``start:stop`` of the distances, given as ``rows``, as a fresh tensor on ``device`` in
+    a floating dtype that orders them exactly (float16/bfloat16 -> float32, integers and bools
+    -> float64)."""
     rows = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.asarray(rows))
     if rows.dtype == torch.float64:
         work = torch.float64

@@ -38,6 +38,8 @@ class DistanceRows:
     ``block_rows`` at a time, with the same code and hence the same numbers as on the full matrix
     (every tie order, the CUHK03 sampling): memory is ``block_rows x G`` distances plus what
     ``rows_of`` needs, whatever ``Q``. The last block is cached (a block with ties is read twice).
+    :meth:`observed` lets a second consumer see every block as it is computed, so that two
+    metric families share one pass over the rows.
 
     Args:
         rows_of: ``(start, stop) -> (stop - start, G)`` distances (numpy array or tensor).
@@ -95,6 +97,18 @@ class DistanceRows:
         self.block_rows = int(block_rows)
         self.dtype = np.dtype(dtype)
         self._cached: tuple[int, int, np.ndarray] | None = None
+        self._observer: Callable[[int, np.ndarray], object] | None = None
+
+    def observed(self, callback: Callable[[int, np.ndarray], object]) -> "DistanceRows":
+        """The same rows, in the same blocks, as a new ``DistanceRows`` (with its own cache) that
+        also hands every block it computes to ``callback(start, rows)``: ``rows`` is rows
+        ``start:start + len(rows)`` as returned to the reader, after the reader's cache is set and
+        before the reader gets it. A block read again from the cache is not handed over again; one
+        computed again (after another block) is. ``callback`` must not modify ``rows``, and what it
+        raises propagates to the reader. An observer of ``self`` is not carried over."""
+        rows = DistanceRows(self.rows_of, self.shape, self.block_rows, dtype=self.dtype)
+        rows._observer = callback
+        return rows
 
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice) or key.step not in (None, 1):
@@ -109,6 +123,8 @@ class DistanceRows:
                     f"rows_of({start}, {stop}) returned shape {rows.shape}, expected {(stop - start, self.shape[1])}"
                 )
             self._cached = (start, stop, np.asarray(rows, dtype=self.dtype))
+            if self._observer is not None:
+                self._observer(start, self._cached[2])
         return self._cached[2]
 
 
