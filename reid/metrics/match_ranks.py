@@ -137,7 +137,7 @@ def market_ranks(
         if keep_buffer is not None:  # (no reference to the rows is kept: one block in memory at a time)
             ranks, n_rel, needs_sort = _counted_match_ranks(
                 np.asarray(rows_numpy(dist, start, stop), dtype=work_dtype(dist.dtype)), cols, valid, junk,
-                keep_buffer[: stop - start],
+                keep_buffer[: stop - start], stable=tie_break == "stable",
             )
         else:
             sorted_rows, same, finite = _sorted_chunk_torch(dist, start, stop, cols, device)
@@ -173,6 +173,7 @@ def _counts_on(device: torch.device) -> bool:
 
 def _counted_match_ranks(
     rows: np.ndarray, cols: np.ndarray, valid: np.ndarray, junk: np.ndarray, keep: np.ndarray,
+    stable: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ranks of the true matches of a chunk of queries on the CPU, by counting, without sorting
     the rows.
@@ -182,9 +183,10 @@ def _counted_match_ranks(
     row's farthest true match can be closer, so one comparison per row marks them (``keep``);
     the same-identity entries (true matches and removed ones) are unmarked; the few marked
     values of each row are sorted and each ``t_k`` is located among them by binary search, once
-    strictly below and once at most (a difference is a kept non-match at exactly ``t_k``, where
-    the sort's tie order decides: the query is flagged for the sorting path). A row whose true
-    matches are not all finite is flagged too. NaN elsewhere in a row is never marked, which is
+    strictly below and once at most. A difference is a kept non-match at exactly ``t_k``, where
+    the tie order decides: in the stable order (gallery index) the tied non-matches of smaller
+    index are counted too; numpy's order cannot be predicted, so the query is flagged for the
+    sorting path. A row whose true matches are not all finite is flagged in either order. NaN elsewhere in a row is never marked, which is
     where every sort puts it: last. How many entries are marked depends on the model: few for a
     good one (its true matches rank near the top), the whole row at worst.
 
@@ -194,6 +196,7 @@ def _counted_match_ranks(
         valid: ``(B, S)`` bool, real entries of ``cols`` (the rest is padding).
         junk: ``(B, S)`` bool, entries of ``cols`` removed by the protocol (same camera).
         keep: ``(B, G)`` bool buffer, overwritten.
+        stable: ties in gallery index order (else numpy's unstable sort decides them).
 
     Returns:
         ``ranks`` ``(B, M)`` int64 (entries past ``n_rel`` are meaningless), ``n_rel`` ``(B,)``
@@ -206,9 +209,12 @@ def _counted_match_ranks(
     if m_max == 0 or num_g == 0:
         return np.zeros((num_b, 0), dtype=np.int64), n_rel, np.zeros(num_b, dtype=bool)
     same = np.take_along_axis(rows, cols, axis=1)
-    # ascending true-match distances, +inf past n_rel (a NaN sorts past +inf, so it leaves a
-    # non-finite value among the first n_rel)
-    thresholds = np.sort(np.where(match, same, np.inf), axis=1)[:, :m_max]
+    # ascending true-match distances, ties by gallery index (the columns of an identity ascend),
+    # +inf past n_rel (a NaN sorts past +inf, so it leaves a non-finite value among the first n_rel)
+    by_distance = np.argsort(np.where(match, same, np.inf), axis=1, kind="stable")[:, :m_max]
+    thresholds = np.take_along_axis(same, by_distance, axis=1)
+    threshold_cols = np.take_along_axis(cols, by_distance, axis=1)
+    thresholds[~np.take_along_axis(match, by_distance, axis=1)] = np.inf
     k = np.arange(m_max)
     real = k[None, :] < n_rel[:, None]
     finite = np.isfinite(np.where(real, thresholds, 0)).all(1)
@@ -224,15 +230,22 @@ def _counted_match_ranks(
     # values must stay a fraction of the block
     step = max(1, -(-num_b // 8))
     for first in range(0, num_b, step):
-        flat = np.flatnonzero(keep[first : first + step])
-        values = rows[first : first + step].reshape(-1)[flat]
-        counts = np.bincount(flat // num_g, minlength=min(step, num_b - first))
-        del flat
+        positions = np.flatnonzero(keep[first : first + step])
+        values = rows[first : first + step].reshape(-1)[positions]
+        counts = np.bincount(positions // num_g, minlength=min(step, num_b - first))
         starts = np.cumsum(counts) - counts
         for b in np.flatnonzero(counts):
+            q = first + b
             marked = np.sort(values[starts[b] : starts[b] + counts[b]])
-            closer[first + b] = np.searchsorted(marked, thresholds[first + b], side="left")
-            at_most[first + b] = np.searchsorted(marked, thresholds[first + b], side="right")
+            closer[q] = np.searchsorted(marked, thresholds[q], side="left")
+            at_most[q] = np.searchsorted(marked, thresholds[q], side="right")
+            tied = np.flatnonzero((at_most[q] != closer[q]) & real[q])
+            if stable and tied.size:  # the tied non-matches before each true match: smaller index
+                segment = slice(starts[b], starts[b] + counts[b])
+                for j in tied:
+                    equal = values[segment] == thresholds[q, j]
+                    closer[q, j] += np.count_nonzero(positions[segment][equal] % num_g < threshold_cols[q, j])
+                at_most[q, tied] = closer[q, tied]
     needs_sort = ~finite | ((at_most != closer) & real).any(1)
     return closer + k + 1, n_rel, needs_sort
 

@@ -404,3 +404,30 @@ def test_many_non_finite_distances_follow_torchreid() -> None:
                 _ours(*problem, max_rank=1)
             continue
         _assert_same(ref, _ours(*problem, max_rank=1, chunk_size=4))
+
+
+def test_stable_ties_are_counted_as_a_stable_sort_ranks_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The oracle: torchreid's own evaluation with its argsort made stable (ties by gallery index).
+    # The counting path resolves those ties itself, without sorting rows; problems dense with
+    # ties between true matches and non-matches, chunked and not.
+    import torchreid.reid.metrics.rank as torchreid_rank
+    from reid.metrics import match_ranks
+
+    problems = []
+    rng = np.random.default_rng(29)
+    for kind in ("int_ties", "float64_ties", "float32"):
+        problems += [_random_problem(rng, kind) for _ in range(15)]
+    sorted_rows = []
+    original = match_ranks._sorted_match_ranks
+    monkeypatch.setattr(match_ranks, "_sorted_match_ranks",
+                        lambda rows, *args: (sorted_rows.append(len(rows)), original(rows, *args))[1])
+    for problem in problems:
+        ours = [_ours(*problem, max_rank=3, tie_break="stable", chunk_size=c) for c in (2, 100)]
+        argsort = np.argsort
+        with monkeypatch.context() as patch:
+            patch.setattr(torchreid_rank.np, "argsort",
+                          lambda a, axis=-1, kind=None, order=None: argsort(a, axis=axis, kind="stable"))
+            ref = _torchreid(*problem, max_rank=3)
+        for got in ours:
+            _assert_same(ref, got)
+    assert not sorted_rows  # every rank counted, none sorted (the distances are finite)
