@@ -487,7 +487,7 @@ class ReidEngine(TorchreidEngine):
     def score_retrieval(self, test: Any) -> dict[str, float]:
         """Ranking and retrieval metrics of a retrieval target's test set, every image against every
         other, with :meth:`distance_matrix` (one matrix for both when it fits ``TEST.MAX_MATRIX_MB``;
-        above it, each streams its own blocks of rows)."""
+        above it, one pass over streamed blocks of rows feeds both)."""
         return rank_features(test, test, self.eval_options, self.distance_matrix, retrieval=True)
 
     def score(self, query: Any, gallery: Any) -> dict[str, float]:
