@@ -13,7 +13,9 @@ Problems (identity centres plus noise, squared Euclidean distances as torchreid 
 
 **Large galleries** (``--sizes``): each evaluator runs in its own subprocess, which builds the
 features, then times the evaluation (distances and ranking) and reports its peak resident memory
-(``ru_maxrss``, features included). Sizes:
+during the evaluation (``VmHWM`` after resetting it with ``/proc/self/clear_refs``; torch's
+libraries and the features included) and the evaluation's own share, that peak minus the resident
+memory when the evaluation started. Sizes:
 
 * ``msmt17``: MSMT17 sized, 11659 queries x 82161 gallery, 3060 identities, 15 cameras;
 * ``market500k``: Market-1501 with the 500k distractors, 3368 queries x 515913 gallery (15913
