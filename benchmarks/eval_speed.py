@@ -21,8 +21,8 @@ memory when the evaluation started. Sizes:
 * ``market500k``: Market-1501 with the 500k distractors, 3368 queries x 515913 gallery (15913
   images of 750 identities plus 500000 distractors of their own identities), 6 cameras.
 
-Evaluators: ``streaming`` (blocks of rows, :class:`reid.metrics.DistanceRows`, what the engine
-uses above ``TEST.MAX_MATRIX_MB``), ``dense`` (the whole matrix, then :func:`reid.metrics.evaluate`)
+Evaluators: ``streaming`` (blocks of rows written into one reused buffer,
+:class:`reid.metrics.DistanceRows`, what the engine uses above ``TEST.MAX_MATRIX_MB``), ``dense`` (the whole matrix, then :func:`reid.metrics.evaluate`)
 and torchreid's ``evaluate_rank`` on the whole matrix. One that would need more memory than is
 available (estimated before it starts: 4 bytes per cell for the matrix, about 25 for torchreid's
 argsort and label matrices) is not run, and the table says how much it would have needed. The
@@ -38,6 +38,7 @@ Usage::
     python benchmarks/eval_speed.py --rerank             # also re-ranking on cuhk03
     python benchmarks/eval_speed.py --problems cuhk03 --device cuda --repeats 5
     python benchmarks/eval_speed.py --sizes msmt17 market500k   # large galleries, time and memory
+    python benchmarks/eval_speed.py --sizes msmt17 market500k --problems duke   # both, one invocation
 """
 
 from __future__ import annotations
@@ -167,14 +168,14 @@ def run_size_child(size: str, evaluator: str, dim: int, noise: float, seed: int,
     before_mb = _start_peak()
     start = time.perf_counter()
     if evaluator == "floor":  # the product alone, block by block as streaming computes it: the work no
-        rows = DistanceRows.from_features(query, gallery, compute_distance_matrix, block_mb=block_mb)
+        rows = DistanceRows.from_features(query, gallery, compute_distance_matrix, block_mb=block_mb, into_buffer=True)
         for row in range(0, rows.shape[0], rows.block_rows):  # evaluation can avoid
             rows[row : row + rows.block_rows]
         seconds = time.perf_counter() - start
         return {"seconds": seconds, **_memory(before_mb), "mAP": float("nan"), "cmc": [float("nan")],
                 "ap_sha256": None, "cells": int(len(q_pids)) * int(len(g_pids))}
     if evaluator == "streaming":
-        rows = DistanceRows.from_features(query, gallery, compute_distance_matrix, block_mb=block_mb)
+        rows = DistanceRows.from_features(query, gallery, compute_distance_matrix, block_mb=block_mb, into_buffer=True)
         result = evaluate(rows, q_pids, g_pids, q_cams, g_cams, max_rank=50, device=device)
         cmc, m_ap, ap = result.cmc, float(result.mAP), result.ap
     elif evaluator == "dense":
@@ -396,7 +397,8 @@ def bench_rerank(problem: Problem, args: argparse.Namespace) -> dict:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--problems", nargs="+", choices=sorted(PROBLEMS), default=["duke", "cuhk03"]
+        "--problems", nargs="+", choices=sorted(PROBLEMS), default=None,
+        help="problems timed against torchreid (default: all; with --sizes: none unless named)",
     )
     parser.add_argument("--device", default="cpu", help="device of reid.metrics (torchreid: numpy)")
     parser.add_argument(
@@ -451,8 +453,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         print(json.dumps(run_size_child(*args.child, args.scale_dim, args.noise, args.seed, args.device, args.block_mb)))
         return 0
-    if args.sizes:
-        return bench_sizes(args)
+    status = bench_sizes(args) if args.sizes else 0
+    if args.sizes and args.problems is None:  # --sizes alone: the large galleries only
+        return status
+    args.problems = args.problems or list(PROBLEMS)
+    return bench_problems(args) or status
+
+
+def bench_problems(args: argparse.Namespace) -> int:
+    """Times reid.metrics against torchreid on the ``--problems`` (and ``--rerank``)."""
     rows = []
     needed = set(args.problems) | (set(args.rerank_problems) if args.rerank else set())
     for name in [p for p in PROBLEMS if p in needed]:

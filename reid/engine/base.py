@@ -42,7 +42,7 @@ from .checkpoint import ReadCheckpoint, restore_training_state, save_training_st
 from .determinism import deterministic_algorithms
 from .distributed import DistributedContext, all_reduce_gradients, average_buffers, barrier
 from .distributed import broadcast_module_state, mean_over_processes
-from .evaluation import EvalOptions, FeatureFiles, evaluate_targets, rank_features
+from .evaluation import EvalOptions, FeatureFiles, evaluate_targets, rank_features, takes_out
 from .hooks import CheckpointHook, CMCPlotHook, EvaluationHook, Hook, MetricsHook, TensorBoardHook
 from .hooks import metrics_content
 from .torchreid_compat import TorchreidEngine, check_run_arguments
@@ -473,16 +473,25 @@ class ReidEngine(TorchreidEngine):
         self.cmc_curves.update(curves)
         return results
 
-    def distance_matrix(self, query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    def distance_matrix(
+        self, query: torch.Tensor, gallery: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(N, M)`` distances on the CPU between eval features: the model's own
         :meth:`~reid.models.base.ReidModel.pairwise_distance` (``TEST.DIST_METRIC``,
         ``TEST.NORMALIZE_FEATURE``; AVSL's ``d_hat``), computed on the engine's device in chunks of
-        :attr:`chunk_size` queries (None: the model's automatic size)."""
+        :attr:`chunk_size` queries (None: the model's automatic size); written into ``out`` (a CPU
+        tensor, returned) when given."""
         opts = self.eval_options
-        return self.model.pairwise_distance(
+        # written in place where the model's distance takes out= (a model of your own may not)
+        into = {"out": out} if out is not None and self.device.type == "cpu" and takes_out(
+            self.model.pairwise_distance) else {}
+        result = self.model.pairwise_distance(
             query.to(self.device), gallery.to(self.device), opts.dist_metric, opts.normalize_feature,
-            chunk_size=self.chunk_size,
-        ).cpu()
+            chunk_size=self.chunk_size, **into,
+        )
+        if out is not None and result is not out:
+            return out.copy_(result)
+        return result.cpu()
 
     def score_retrieval(self, test: Any) -> dict[str, float]:
         """Ranking and retrieval metrics of a retrieval target's test set, every image against every

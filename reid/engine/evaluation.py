@@ -6,6 +6,7 @@ training and feature extraction is in ``reid/engine/amp.py``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -328,7 +329,8 @@ def rank_features(
         gallery: the gallery set's features.
         options: ranks, CUHK03 metric, re-ranking, memory budget, Recall@K.
         distances: ``(N, D), (M, D)`` features -> ``(N, M)`` distances on the CPU (the model's own,
-            see :meth:`reid.engine.base.ReidEngine.distance_matrix`); the query-query and
+            see :meth:`reid.engine.base.ReidEngine.distance_matrix`; when it takes ``out=``, streamed
+            blocks are written into one reused buffer); the query-query and
             gallery-gallery matrices come from it too when ``options.rerank`` (k-reciprocal).
         retrieval: ``query`` and ``gallery`` are one retrieval test set (:func:`evaluate_targets`):
             the retrieval metrics of :func:`retrieval_scores` join the ranking metrics, from the
@@ -377,7 +379,20 @@ def _distances_within_budget(
         "streaming evaluation: the %d x %d distance matrix would need %.0f MB (TEST.MAX_MATRIX_MB %.0f); "
         "ranking blocks of rows instead (same numbers)", len(query), len(gallery), matrix_mb, options.max_matrix_mb,
     )
-    return DistanceRows.from_features(query, gallery, distances, block_mb=min(STREAM_BLOCK_MB, options.max_matrix_mb))
+    return DistanceRows.from_features(
+        query, gallery, distances, block_mb=min(STREAM_BLOCK_MB, options.max_matrix_mb),
+        into_buffer=takes_out(distances),
+    )
+
+
+def takes_out(distances: Callable[..., torch.Tensor]) -> bool:
+    """Whether ``distances`` accepts ``out=`` (the engine's and the models' distances do): then the
+    streamed blocks are written into one reused buffer."""
+    try:
+        parameters = inspect.signature(distances).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin)
+        return False
+    return any(p.name == "out" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 # Size of one block of distance rows on the streaming path (or the budget, if smaller). Each block

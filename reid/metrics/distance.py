@@ -71,6 +71,7 @@ def compute_distance_matrix(
     metric: Metric = "euclidean",
     chunk_size: int | None = None,
     normalize: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Distances between all rows of ``input1`` and all rows of ``input2``.
 
@@ -84,6 +85,8 @@ def compute_distance_matrix(
         metric: ``"euclidean"`` (squared, as torchreid) or ``"cosine"``.
         chunk_size: rows of ``input1`` per chunk; ``None``: :func:`chunk_rows` (about 256 MB).
         normalize: L2-normalise the rows first (``TEST.NORMALIZE_FEATURE``).
+        out: a ``(M, N)`` tensor of the result's dtype and device to write the distances into
+            (returned), e.g. a buffer reused for every block of rows; not with autograd.
 
     Returns:
         ``(M, N)`` distances on the inputs' device, float32 (float64 for float64 inputs).
@@ -94,9 +97,9 @@ def compute_distance_matrix(
     if normalize:
         input1, input2 = (_prepared(x, "normalized", _normalized) for x in _check_pair(input1, input2))
     if metric == "euclidean":
-        return euclidean_squared_distance(input1, input2, chunk_size)
+        return euclidean_squared_distance(input1, input2, chunk_size, out=out)
     if metric == "cosine":
-        return cosine_distance(input1, input2, chunk_size)
+        return cosine_distance(input1, input2, chunk_size, out=out)
     raise ValueError(
         f'Unknown distance metric: {metric}. Please choose either "euclidean" or "cosine"'
     )
@@ -108,6 +111,7 @@ def euclidean_squared_distance(
     chunk_size: int | None = None,
     *,
     clamp_min: float | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Squared Euclidean distances ``||x||^2 + ||y||^2 - 2 x.y`` (torchreid's formula).
 
@@ -120,6 +124,7 @@ def euclidean_squared_distance(
         chunk_size: rows of ``input1`` per chunk; ``None``: automatic.
         clamp_min: clamp the result at this value (``0.0`` removes the tiny negative values of
             rounding); ``None`` returns it as computed.
+        out: write the result into this ``(M, N)`` tensor (see :func:`compute_distance_matrix`).
 
     Returns:
         ``(M, N)`` float32 (float64 for float64 inputs), differentiable.
@@ -132,6 +137,8 @@ def euclidean_squared_distance(
     sq_y = _prepared(y, "squared_norms", _squared_norms)
     spans = _chunks(x.shape[0], y.shape[0], chunk_size)
     if _tracks_grad(x, y):
+        if out is not None:
+            raise ValueError("out= cannot be used while autograd records the inputs")
         if len(spans) == 1:  # e.g. a training batch: no output buffer, a plain autograd graph
             out = _squared_block(x, y, sq_x, sq_y)
         else:
@@ -139,12 +146,14 @@ def euclidean_squared_distance(
             for start, stop in spans:
                 out[start:stop] = _squared_block(x[start:stop], y, sq_x[start:stop], sq_y)
     else:  # in place: the norms broadcast into the output, one addmm on top, as torchreid
-        out = torch.empty(x.shape[0], y.shape[0], dtype=x.dtype, device=x.device)
+        out = _output(out, x, y)
         for start, stop in spans:
             block = out[start:stop]
             torch.add(sq_x[start:stop, None], sq_y[None, :], out=block)
             block.addmm_(x[start:stop], y.t(), beta=1, alpha=-2)
-    return out if clamp_min is None else out.clamp_min(clamp_min)
+    if clamp_min is None:
+        return out
+    return out.clamp_min_(clamp_min) if not _tracks_grad(x, y) else out.clamp_min(clamp_min)
 
 
 def euclidean_distance(
@@ -194,13 +203,15 @@ def paired_euclidean_distance(input1: torch.Tensor, input2: torch.Tensor) -> tor
 
 
 def cosine_distance(
-    input1: FeatureInput, input2: FeatureInput, chunk_size: int | None = None
+    input1: FeatureInput, input2: FeatureInput, chunk_size: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cosine distances ``1 - cos(x, y)`` (torchreid's formula, ``F.normalize`` eps 1e-12).
 
     Args:
         input1: ``(M, D)``; input2: ``(N, D)``.
         chunk_size: rows of ``input1`` per chunk; ``None``: automatic.
+        out: write the result into this ``(M, N)`` tensor (see :func:`compute_distance_matrix`).
 
     Returns:
         ``(M, N)`` float32 (float64 for float64 inputs), in ``[0, 2]`` up to rounding.
@@ -208,7 +219,7 @@ def cosine_distance(
     x, y = _check_pair(input1, input2)
     x = _prepared(x, "normalized", _normalized)
     y = _prepared(y, "normalized", _normalized)
-    out = torch.empty(x.shape[0], y.shape[0], dtype=x.dtype, device=x.device)
+    out = _output(out, x, y)
     for start, stop in _chunks(x.shape[0], y.shape[0], chunk_size):
         block = out[start:stop]
         torch.mm(x[start:stop], y.t(), out=block)
@@ -237,6 +248,19 @@ def _squared_block(
     squared norms ``sq_x (m,)`` and ``sq_y (N,)``: ``(sq_x + sq_y) - 2 x.y`` in one ``addmm``
     (the numbers of the in-place path)."""
     return torch.addmm(sq_x[:, None] + sq_y[None, :], x, y.t(), beta=1, alpha=-2)
+
+
+def _output(out: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``out`` checked to hold the ``(M, N)`` distances of ``x`` and ``y``, or a new tensor."""
+    if out is None:
+        return torch.empty(x.shape[0], y.shape[0], dtype=x.dtype, device=x.device)
+    if (out.shape != (x.shape[0], y.shape[0]) or out.dtype != x.dtype or out.device != x.device
+            or not out.is_contiguous()):
+        raise ValueError(
+            f"out must be a contiguous {(x.shape[0], y.shape[0])} {x.dtype} tensor on {x.device}, "
+            f"got {tuple(out.shape)} {out.dtype} on {out.device}"
+        )
+    return out
 
 
 def _tracks_grad(*tensors: torch.Tensor) -> bool:

@@ -57,6 +57,7 @@ class DistanceRows:
         gallery: torch.Tensor,
         distances: Callable[[torch.Tensor, torch.Tensor], np.ndarray | torch.Tensor],
         block_mb: float = 128.0,
+        into_buffer: bool = False,
     ) -> "DistanceRows":
         """The rows ``distances(query[start:stop], gallery)``, blocks of about ``block_mb`` MB, in
         float64 when either feature set is float64 (float32 otherwise).
@@ -69,6 +70,10 @@ class DistanceRows:
                 :func:`reid.metrics.distance.chunk_rows` is rounded down to whole chunks, so
                 that :func:`reid.metrics.compute_distance_matrix` gives each block the numbers of
                 the whole matrix.
+            into_buffer: ``distances`` takes ``out=`` (as :func:`reid.metrics.compute_distance_matrix`
+                and the models' ``pairwise_distance`` do) and every block is written into one
+                buffer, allocated once: no fresh allocation, and no fresh pages to fault in, per
+                block. The rows a read returns are then valid until the next block is read.
         """
         num_q, num_g = int(query.shape[0]), int(gallery.shape[0])
         # the distances keep the features' precision: float64 features give float64 rows, ranked
@@ -80,7 +85,16 @@ class DistanceRows:
         if block_rows >= chunk:  # whole chunks of compute_distance_matrix: the numbers of the whole matrix
             block_rows -= block_rows % chunk
         block_rows = min(num_q, block_rows)
-        return cls(lambda start, stop: distances(query[start:stop], gallery), (num_q, num_g), block_rows, dtype=dtype)
+        if not into_buffer:
+            return cls(lambda start, stop: distances(query[start:stop], gallery), (num_q, num_g), block_rows, dtype=dtype)
+        buffer: list[torch.Tensor] = []  # allocated at the first block
+
+        def rows_into_buffer(start: int, stop: int) -> np.ndarray | torch.Tensor:
+            if not buffer:
+                buffer.append(torch.empty(block_rows, num_g, dtype=torch.float64 if wide else torch.float32))
+            return distances(query[start:stop], gallery, out=buffer[0][: stop - start])
+
+        return cls(rows_into_buffer, (num_q, num_g), block_rows, dtype=dtype)
 
     def __init__(
         self,

@@ -530,7 +530,7 @@ class AVSL(ReidModel):
     @torch.no_grad()
     def pairwise_distance(
         self, query: torch.Tensor, gallery: torch.Tensor, metric: str = "euclidean", normalize: bool = False,
-        chunk_size: int | None = None,
+        chunk_size: int | None = None, out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(N, M)`` matrix of ``d_hat`` between flat eval features, in chunks of queries.
 
@@ -549,6 +549,7 @@ class AVSL(ReidModel):
             metric: ignored (see above).
             normalize: ignored (see above).
             chunk_size: queries per chunk (None: automatic).
+            out: an ``(N, M)`` tensor to write the distances into (returned).
 
         Returns:
             ``(N, M)`` distances, smaller is more similar.
@@ -562,7 +563,10 @@ class AVSL(ReidModel):
         if chunk_size is None:
             chunk_size = max(1, _CHUNK_ELEMENTS // max(num_gallery * self.embed_dim, 1))
         weights = [w.to(query) for w in self.edge_weights()]
-        out = query.new_empty(num_query, num_gallery)
+        if out is None:
+            out = query.new_empty(num_query, num_gallery)
+        elif out.shape != (num_query, num_gallery):
+            raise ValueError(f"out must have shape {(num_query, num_gallery)}, got {tuple(out.shape)}")
         g_emb = [e.unsqueeze(0) for e in g.embeddings]
         g_std = [s.unsqueeze(0) for s in g.cam_stds]
         for start in range(0, num_query, chunk_size):

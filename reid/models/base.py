@@ -90,6 +90,7 @@ class ReidModel(nn.Module):
         metric: str = "euclidean",
         normalize: bool = False,
         chunk_size: int | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(N, M)`` distances between eval features (smaller is more similar).
 
@@ -103,8 +104,10 @@ class ReidModel(nn.Module):
             metric: ``euclidean`` or ``cosine``.
             normalize: L2-normalise the features first (``TEST.NORMALIZE_FEATURE``).
             chunk_size: rows per chunk (None: automatic).
+            out: an ``(N, M)`` tensor to write the distances into (returned), e.g. a buffer that a
+                streaming evaluation reuses for every block; an override must accept it too.
         """
-        return compute_distance_matrix(query, gallery, metric, chunk_size=chunk_size, normalize=normalize)
+        return compute_distance_matrix(query, gallery, metric, chunk_size=chunk_size, normalize=normalize, out=out)
 
     def pair_similarity(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """``(B,)`` similarity of paired rows of eval features (larger is more similar).

@@ -217,3 +217,32 @@ def test_large_inputs_are_prepared_once(monkeypatch: pytest.MonkeyPatch) -> None
     assert torch.equal(compute_distance_matrix(query, other, normalize=True),
                        compute_distance_matrix(query, other, normalize=True))
     assert torch.equal(compute_distance_matrix(query, other, "cosine"), torchreid_distance(query, other, "cosine"))
+
+
+def test_out_receives_the_distances() -> None:
+    x, y = _features(9, 6, 18), _features(11, 6, 19)
+    for metric in ("euclidean", "cosine"):
+        buffer = torch.full((9, 11), float("nan"))
+        got = compute_distance_matrix(x, y, metric, normalize=True, out=buffer)
+        assert got is buffer and torch.equal(buffer, compute_distance_matrix(x, y, metric, normalize=True))
+    with pytest.raises(ValueError, match="out must be a contiguous"):
+        compute_distance_matrix(x, y, out=torch.empty(9, 10))
+    with pytest.raises(ValueError, match="out must be a contiguous"):
+        compute_distance_matrix(x, y, out=torch.empty(11, 9).t())
+    with pytest.raises(ValueError, match="autograd"):
+        euclidean_squared_distance(x.clone().requires_grad_(True), y, out=torch.empty(9, 11))
+
+
+def test_streamed_blocks_into_one_buffer() -> None:
+    from reid.metrics import DistanceRows
+
+    query, gallery = _features(23, 8, 20), _features(40, 8, 21)
+    budget = 4 * 40 * 5 / 2**20  # five rows a block
+    fresh = DistanceRows.from_features(query, gallery, compute_distance_matrix, block_mb=budget)
+    rows = DistanceRows.from_features(query, gallery, compute_distance_matrix, block_mb=budget, into_buffer=True)
+    addresses = set()
+    for start in range(0, 23, rows.block_rows):
+        block = rows[start : start + rows.block_rows]
+        addresses.add(block.__array_interface__["data"][0])
+        assert (block == fresh[start : start + rows.block_rows]).all()
+    assert rows.block_rows == 5 and addresses and len(addresses) == 1  # one buffer, every block

@@ -333,6 +333,11 @@ def test_pairwise_distance_chunked_equals_unchunked_and_loop(trained_model):
             chunked = trained_model.pairwise_distance(query, gallery, chunk_size=chunk)
             assert torch.allclose(chunked, full, atol=1e-7)
         assert torch.allclose(trained_model.pairwise_distance(query, gallery), full, atol=1e-7)
+        buffer = torch.empty(5, 7)  # a streaming evaluation's reused buffer
+        assert trained_model.pairwise_distance(query, gallery, chunk_size=100, out=buffer) is buffer
+        assert torch.equal(buffer, full)
+        with pytest.raises(ValueError, match="out must have shape"):
+            trained_model.pairwise_distance(query, gallery, out=torch.empty(7, 5))
     assert full.shape == (5, 7) and (full >= 0).all()
     # oracle: one pair at a time through the plain loop of eq. 8
     q, g = trained_model.split_features(query), trained_model.split_features(gallery)
