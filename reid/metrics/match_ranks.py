@@ -224,8 +224,9 @@ def _counted_match_ranks(
     np.less_equal(rows, farthest[:, None], out=keep)
     # same-identity entries are not counted (padding points at the row's first such entry)
     np.put_along_axis(keep, np.where(valid, cols, cols[:, :1]), False, axis=1)
-    closer = np.zeros((num_b, m_max), dtype=np.int64)
-    at_most = np.zeros((num_b, m_max), dtype=np.int64)
+    # one search per row finds both counts: #(v <= t) is #(v < the next float above t)
+    probes = np.concatenate([thresholds, np.nextafter(thresholds, np.inf)], axis=1)
+    below = np.zeros((num_b, 2 * m_max), dtype=np.int64)
     # an eighth of the rows at a time: a poor model marks whole rows, whose positions (int64) and
     # values must stay a fraction of the block
     step = max(1, -(-num_b // 8))
@@ -233,20 +234,23 @@ def _counted_match_ranks(
         positions = np.flatnonzero(keep[first : first + step])
         values = rows[first : first + step].reshape(-1)[positions]
         counts = np.bincount(positions // num_g, minlength=min(step, num_b - first))
+        del positions
         starts = np.cumsum(counts) - counts
         for b in np.flatnonzero(counts):
-            q = first + b
-            marked = np.sort(values[starts[b] : starts[b] + counts[b]])
-            closer[q] = np.searchsorted(marked, thresholds[q], side="left")
-            at_most[q] = np.searchsorted(marked, thresholds[q], side="right")
-            tied = np.flatnonzero((at_most[q] != closer[q]) & real[q])
-            if stable and tied.size:  # the tied non-matches before each true match: smaller index
-                segment = slice(starts[b], starts[b] + counts[b])
-                for j in tied:
-                    equal = values[segment] == thresholds[q, j]
-                    closer[q, j] += np.count_nonzero(positions[segment][equal] % num_g < threshold_cols[q, j])
-                at_most[q, tied] = closer[q, tied]
-    needs_sort = ~finite | ((at_most != closer) & real).any(1)
+            marked = values[starts[b] : starts[b] + counts[b]]
+            marked.sort()
+            below[first + b] = marked.searchsorted(probes[first + b])
+    closer, at_most = below[:, :m_max], below[:, m_max:]
+    tied = (at_most != closer) & real
+    if stable:  # the tied non-matches before a true match are those of smaller gallery index
+        for q in np.flatnonzero(tied.any(1)):
+            marked_cols = np.flatnonzero(keep[q])
+            marked_values = rows[q, marked_cols]
+            for j in np.flatnonzero(tied[q]):
+                before = (marked_values == thresholds[q, j]) & (marked_cols < threshold_cols[q, j])
+                closer[q, j] += np.count_nonzero(before)
+        tied[:] = False
+    needs_sort = ~finite | tied.any(1)
     return closer + k + 1, n_rel, needs_sort
 
 
