@@ -130,7 +130,7 @@ def market_ranks(
     per_query: list[np.ndarray] = []
     kept_len = np.empty(num_q, dtype=np.int64)
     num_sorted = 0
-    keep_buffer = np.empty((min(chunk_size, num_q), num_g), dtype=bool) if _counts_on(device) else None
+    keep_buffer = np.empty((mark_rows(min(chunk_size, num_q)), num_g), dtype=bool) if _counts_on(device) else None
     for start in range(0, num_q, chunk_size):
         stop = min(start + chunk_size, num_q)
         cols, valid, junk = gallery.same_identity(q_pid[start:stop], q_cam[start:stop])
@@ -165,6 +165,12 @@ def market_ranks(
     return _assemble(per_query, kept_len, max_rank, market_cmc=True)
 
 
+def mark_rows(chunk_rows: int) -> int:
+    """Rows marked at a time by :func:`_counted_match_ranks` in a chunk of ``chunk_rows``: an
+    eighth of it, so the boolean mask is an eighth of the block of distances."""
+    return max(1, -(-chunk_rows // 8))
+
+
 def _counts_on(device: torch.device) -> bool:
     """Whether the ranks are counted (:func:`_counted_match_ranks`, the CPU) rather than read
     from whole sorted rows (:func:`_sorted_chunk_torch`, other devices)."""
@@ -195,7 +201,8 @@ def _counted_match_ranks(
         cols: ``(B, S)`` gallery columns of each query's same-identity entries (0 in padding).
         valid: ``(B, S)`` bool, real entries of ``cols`` (the rest is padding).
         junk: ``(B, S)`` bool, entries of ``cols`` removed by the protocol (same camera).
-        keep: ``(B, G)`` bool buffer, overwritten.
+        keep: ``(b, G)`` bool buffer, overwritten: the rows are marked ``b`` at a time
+            (:func:`mark_rows` gives the size).
         stable: ties in gallery index order (else numpy's unstable sort decides them).
 
     Returns:
@@ -221,35 +228,39 @@ def _counted_match_ranks(
     ranked = finite & (n_rel > 0)
     farthest = np.full(num_b, -np.inf, dtype=rows.dtype)
     farthest[ranked] = thresholds[ranked, n_rel[ranked] - 1]
-    np.less_equal(rows, farthest[:, None], out=keep)
-    # same-identity entries are not counted (padding points at the row's first such entry)
-    np.put_along_axis(keep, np.where(valid, cols, cols[:, :1]), False, axis=1)
+    cols = np.where(valid, cols, cols[:, :1])  # padding: the row's first same-identity entry
     # one search per row finds both counts: #(v <= t) is #(v < the next float above t)
     probes = np.concatenate([thresholds, np.nextafter(thresholds, np.inf)], axis=1)
     below = np.zeros((num_b, 2 * m_max), dtype=np.int64)
-    # an eighth of the rows at a time: a poor model marks whole rows, whose positions (int64) and
-    # values must stay a fraction of the block
-    step = max(1, -(-num_b // 8))
+    tied = np.zeros((num_b, m_max), dtype=bool)
+    # an eighth of the rows at a time: the mask is an eighth of the block, and a poor model, which
+    # marks whole rows, gathers an eighth of it (positions and values)
+    step = keep.shape[0]
     for first in range(0, num_b, step):
-        positions = np.flatnonzero(keep[first : first + step])
-        values = rows[first : first + step].reshape(-1)[positions]
-        counts = np.bincount(positions // num_g, minlength=min(step, num_b - first))
+        last = min(first + step, num_b)
+        marks = keep[: last - first]
+        np.less_equal(rows[first:last], farthest[first:last, None], out=marks)
+        np.put_along_axis(marks, cols[first:last], False, axis=1)  # same-identity entries do not count
+        positions = np.flatnonzero(marks)
+        values = rows[first:last].reshape(-1)[positions]
+        counts = np.bincount(positions // num_g, minlength=last - first)
         del positions
         starts = np.cumsum(counts) - counts
         for b in np.flatnonzero(counts):
             marked = values[starts[b] : starts[b] + counts[b]]
             marked.sort()
             below[first + b] = marked.searchsorted(probes[first + b])
-    closer, at_most = below[:, :m_max], below[:, m_max:]
-    tied = (at_most != closer) & real
-    if stable:  # the tied non-matches before a true match are those of smaller gallery index
-        for q in np.flatnonzero(tied.any(1)):
-            marked_cols = np.flatnonzero(keep[q])
-            marked_values = rows[q, marked_cols]
-            for j in np.flatnonzero(tied[q]):
-                before = (marked_values == thresholds[q, j]) & (marked_cols < threshold_cols[q, j])
-                closer[q, j] += np.count_nonzero(before)
-        tied[:] = False
+        tied[first:last] = (below[first:last, m_max:] != below[first:last, :m_max]) & real[first:last]
+        if stable:  # the tied non-matches before a true match are those of smaller gallery index
+            for b in np.flatnonzero(tied[first:last].any(1)):
+                q = first + b
+                marked_cols = np.flatnonzero(marks[b])
+                marked_values = rows[q, marked_cols]
+                for j in np.flatnonzero(tied[q]):
+                    before = (marked_values == thresholds[q, j]) & (marked_cols < threshold_cols[q, j])
+                    below[q, j] += np.count_nonzero(before)
+            tied[first:last] = False
+    closer = below[:, :m_max]
     needs_sort = ~finite | tied.any(1)
     return closer + k + 1, n_rel, needs_sort
 
