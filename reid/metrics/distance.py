@@ -42,10 +42,10 @@ __all__ = [
     "DISTANCE_METRICS",
     "FeatureInput",
     "Metric",
+    "chunk_rows",
     "compute_distance_matrix",
     "cosine_distance",
     "euclidean_distance",
-    "chunk_rows",
     "euclidean_squared_distance",
     "paired_euclidean_distance",
 ]
