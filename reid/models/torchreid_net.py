@@ -36,13 +36,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from .base import Explainability, ReidModel
 from .pcb import PCBOutput
 from .registry import register_model
+from .state_files import TORCHREID_CHECKPOINT_GLOBALS  # noqa: F401  (importable from here as before)
+from .state_files import StateFileError, read_state_file
 
 logger = logging.getLogger(__name__)
 
@@ -268,33 +269,23 @@ def as_reid_model(net: nn.Module, arch: str, test_normalized: bool = False) -> T
     return net
 
 
-#: What ``torch.load(..., weights_only=True)`` must allow besides tensors and containers to read
-#: torchreid's ``model.pth.tar-N``: its ``save_checkpoint`` stores the rank-1 as a NumPy scalar
-#: (the scalar's reconstructor and the dtypes of float and integer scalars; data only).
-TORCHREID_CHECKPOINT_GLOBALS = [
-    np._core.multiarray.scalar, np.dtype,
-    *(type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64)),
-]
-
-
 def load_weights_file(path: str) -> dict:
-    """A weights file (a state dict, torchreid's checkpoint or ours) read with ``weights_only=True``.
+    """A weights file (a state dict, torchreid's checkpoint or ours) read with ``weights_only=True``
+    (:func:`reid.models.state_files.read_state_file`, torchreid's NumPy rank-1 allowed).
 
     Raises:
-        TorchreidError: the file is missing or holds something else than a dict.
+        TorchreidError: the file is missing, unreadable or holds something else than a dict.
     """
     import os
 
     if not os.path.isfile(path):
         raise TorchreidError(f"weights file not found: {path}")
     try:
-        with torch.serialization.safe_globals(TORCHREID_CHECKPOINT_GLOBALS):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
-        raise TorchreidError(f"{path} is not a weights file or is damaged: {str(exc).splitlines()[0][:200]}") from None
-    if not isinstance(state, dict):
-        raise TorchreidError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return state
+        return read_state_file(path)
+    except StateFileError as exc:
+        if exc.holds is not None:
+            raise TorchreidError(f"{path} holds a {exc.holds}, not a state dict") from None
+        raise TorchreidError(f"{path} is not a weights file or is damaged: {exc.reason}") from None
 
 
 def load_matching_weights(net: nn.Module, state: dict, source: str) -> int:

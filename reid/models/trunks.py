@@ -8,7 +8,9 @@ indices): stem = 0-1 (stride 2), layer1 = 2-3 (24 channels), layer2 = 4-6 (32), 
 layer4 = 14-18 (160, 320, then the 1x1 convolution to 1280 that torchvision and torchreid pool).
 
 Nothing is ever downloaded: ImageNet weights come from an explicit file or the torchvision cache
-(:func:`find_pretrained_weights`; ``reid weights fetch mobilenet_v2`` writes MobileNetV2's there).
+(:func:`find_pretrained_weights`; ``reid weights fetch mobilenet_v2`` writes MobileNetV2's there),
+read with the safe loader (:func:`reid.models.state_files.read_state_file`: a damaged file is
+refused with ``StateFileError`` naming it).
 Without them the trunk starts from random weights and the log says so; ``reid train`` refuses to
 start that way when ``MODEL.PRETRAINED`` is true (:func:`missing_weights_message`).
 Reference: ``docs/method.md`` section 1 (trunk), section 5 (AVSL levels).
@@ -24,6 +26,8 @@ import os
 import torch
 import torchvision
 from torch import nn
+
+from .state_files import read_state_file
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +183,7 @@ def build_trunk(backbone: str, last_stride: int, pretrained: bool, path: str, pa
                 os.path.join(torch.hub.get_dir(), "checkpoints"),
             )
         else:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = read_state_file(weights)  # StateFileError (a ValueError) names a damaged file
             head = _HEAD_PREFIXES.get(backbone, "fc.")
             missing, unexpected = trunk.load_state_dict(state, strict=False)
             unexpected = [k for k in unexpected if not k.startswith(head)]
