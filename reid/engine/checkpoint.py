@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from reid.io import atomic_write, remove_temporary_files
-import reid.models.torchreid_net  # noqa: F401  (registers MODEL.NAME torchreid; reid.builders relies on it)
 from reid.models.state_files import StateFileError, read_state_file
 
 from .distributed import DistributedContext, gather_objects

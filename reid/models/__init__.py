@@ -12,6 +12,7 @@ from .base import Explainability, ReidModel
 from .pcb import PCB, PCBOutput
 from .registry import create_model, list_models, register_model
 from .trunks import BACKBONES, PADDING_MODES, find_pretrained_weights
+from . import torchreid_net  # noqa: F401  (registers MODEL.NAME torchreid)
 
 __all__ = [
     "AVSL", "AVSLFeatures", "AVSLOutput", "BACKBONES", "Explainability", "PADDING_MODES", "PCB", "PCBOutput",

@@ -166,6 +166,24 @@ def test_a_sam_layer_the_model_lacks_is_one_line(tiny_data_root, tmp_path, capsy
     assert last.startswith("config error: SAM.LAYER 'layer9': ") and "layer9" in last[len("config error: SAM.LAYER"):]
 
 
+def test_damaged_imagenet_weights_are_one_line(tiny_data_root, tmp_path, capsys):
+    from reid.cli.main import run_command
+    from tests.conftest import tiny_overrides
+
+    junk = tmp_path / "resnet18-junk.pth"
+    junk.write_bytes(bytes(range(256)) * 4)
+    status = run_command("train", [
+        "--config", os.path.join(ROOT, "configs", "synthetic_pcb.yaml"), "--no-progress",
+        *tiny_overrides(tiny_data_root, tmp_path / "out"), "MODEL.PRETRAINED", "True",
+        "MODEL.PRETRAINED_PATH", str(junk),
+    ])
+    assert status == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("weights error: ") and str(junk) in last and "cannot be read as a state file" in last
+    assert "Traceback" not in err and "weights_only" not in err
+
+
 def test_options_anywhere_and_list_options_stop_at_the_next_key():
     import argparse
 
