@@ -192,9 +192,10 @@ def _counted_match_ranks(
     strictly below and once at most. A difference is a kept non-match at exactly ``t_k``, where
     the tie order decides: in the stable order (gallery index) the tied non-matches of smaller
     index are counted too; numpy's order cannot be predicted, so the query is flagged for the
-    sorting path. A row whose true matches are not all finite is flagged in either order. NaN elsewhere in a row is never marked, which is
-    where every sort puts it: last. How many entries are marked depends on the model: few for a
-    good one (its true matches rank near the top), the whole row at worst.
+    sorting path. A row whose true matches are not all finite is flagged in either order. NaN
+    elsewhere in a row is never marked, which is where every sort puts it: last. How many entries
+    are marked depends on the model: few for a good one (its true matches rank near the top), the
+    whole row at worst.
 
     Args:
         rows: ``(B, G)`` distances in the working dtype (:func:`work_dtype`).
@@ -232,7 +233,7 @@ def _counted_match_ranks(
     # one search per row finds both counts: #(v <= t) is #(v < the next float above t)
     probes = np.concatenate([thresholds, np.nextafter(thresholds, np.inf)], axis=1)
     below = np.zeros((num_b, 2 * m_max), dtype=np.int64)
-    tied = np.zeros((num_b, m_max), dtype=bool)
+    needs_sort = ~finite
     # an eighth of the rows at a time: the mask is an eighth of the block, and a poor model, which
     # marks whole rows, gathers an eighth of it (positions and values)
     step = keep.shape[0]
@@ -250,19 +251,19 @@ def _counted_match_ranks(
             marked = values[starts[b] : starts[b] + counts[b]]
             marked.sort()
             below[first + b] = marked.searchsorted(probes[first + b])
-        tied[first:last] = (below[first:last, m_max:] != below[first:last, :m_max]) & real[first:last]
-        if stable:  # the tied non-matches before a true match are those of smaller gallery index
-            for b in np.flatnonzero(tied[first:last].any(1)):
-                q = first + b
-                marked_cols = np.flatnonzero(marks[b])
-                marked_values = rows[q, marked_cols]
-                for j in np.flatnonzero(tied[q]):
-                    before = (marked_values == thresholds[q, j]) & (marked_cols < threshold_cols[q, j])
-                    below[q, j] += np.count_nonzero(before)
-            tied[first:last] = False
-    closer = below[:, :m_max]
-    needs_sort = ~finite | tied.any(1)
-    return closer + k + 1, n_rel, needs_sort
+        tied = (below[first:last, m_max:] != below[first:last, :m_max]) & real[first:last]
+        if not stable:
+            needs_sort[first:last] |= tied.any(1)
+            continue
+        # the stable order: the tied non-matches before a true match are those of smaller index
+        for b in np.flatnonzero(tied.any(1)):
+            q = first + b
+            marked_cols = np.flatnonzero(marks[b])
+            marked_values = rows[q, marked_cols]
+            for j in np.flatnonzero(tied[b]):
+                before = (marked_values == thresholds[q, j]) & (marked_cols < threshold_cols[q, j])
+                below[q, j] += np.count_nonzero(before)
+    return below[:, :m_max] + k + 1, n_rel, needs_sort
 
 
 def _sorted_chunk_torch(

@@ -33,8 +33,8 @@ and scores a streamed retrieval set with one computation of each block). In each
 self-distances are set to ``+inf``, the ``k + 1`` smallest entries of each row are taken in
 ``(distance, index)`` order (:func:`~reid.metrics.retrieval.smallest_k`, exact for ties at the
 k-th place) and the query itself is dropped, which leaves its ``k = max(max(K), max R)`` nearest
-others, in order, even where other distances are ``+inf`` too. The metrics only need these. k-means holds the
-``(N, D)`` embeddings in float64 (scikit-learn works on chunks of points inside).
+others, in order, even where other distances are ``+inf`` too. The metrics only need these.
+k-means holds the ``(N, D)`` embeddings in float64 (scikit-learn works on chunks of points inside).
 
 This module imports numpy and torch, and scikit-learn for the clustering.
 """

@@ -87,12 +87,10 @@ class DistanceRows:
         block_rows = min(num_q, block_rows)
         if not into_buffer:
             return cls(lambda start, stop: distances(query[start:stop], gallery), (num_q, num_g), block_rows, dtype=dtype)
-        buffer: list[torch.Tensor] = []  # allocated at the first block
+        buffer = torch.empty(block_rows, num_g, dtype=torch.float64 if wide else torch.float32)
 
         def rows_into_buffer(start: int, stop: int) -> np.ndarray | torch.Tensor:
-            if not buffer:
-                buffer.append(torch.empty(block_rows, num_g, dtype=torch.float64 if wide else torch.float32))
-            return distances(query[start:stop], gallery, out=buffer[0][: stop - start])
+            return distances(query[start:stop], gallery, out=buffer[: stop - start])
 
         return cls(rows_into_buffer, (num_q, num_g), block_rows, dtype=dtype)
 
