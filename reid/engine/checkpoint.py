@@ -161,10 +161,10 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
             instead of torch's advice to load it with ``weights_only=False``, which could run
             code from the file).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return read_state_file(path, map_location=map_location)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
     except StateFileError as exc:
         if exc.holds is not None:
             raise CheckpointError(

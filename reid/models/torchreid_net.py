@@ -276,12 +276,10 @@ def load_weights_file(path: str) -> dict:
     Raises:
         TorchreidError: the file is missing, unreadable or holds something else than a dict.
     """
-    import os
-
-    if not os.path.isfile(path):
-        raise TorchreidError(f"weights file not found: {path}")
     try:
         return read_state_file(path)
+    except FileNotFoundError:
+        raise TorchreidError(f"weights file not found: {path}") from None
     except StateFileError as exc:
         if exc.holds is not None:
             raise TorchreidError(f"{path} holds a {exc.holds}, not a state dict") from None
